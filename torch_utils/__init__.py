@@ -1,0 +1,1 @@
+"""PyTorch utilities that NVlabs network pickles import by this exact package name."""

@@ -1,0 +1,1 @@
+"""Differentiable image-processing ops used by the networks (pure PyTorch, any device)."""
