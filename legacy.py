@@ -17,6 +17,7 @@ import re
 import tempfile
 import warnings
 
+import click
 import numpy as np
 import torch
 
@@ -403,5 +404,351 @@ def _force_fp16(data):
 # ----------------------------------------------------------------------------
 
 
+# TF-era (TensorFlow 1.x) StyleGAN2 pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
+#
+# Each state holds `version`, `static_kwargs` (the network's constructor arguments), `components`
+# (nested states, e.g. mapping and synthesis) and `variables` (name, ndarray) pairs. We rebuild our
+# StyleGAN2 networks (compat='ada') from the arguments and fill every parameter and buffer from
+# the variables; nothing from TensorFlow is imported and no code in the pickle runs.
+
+_TF_MIN_VERSION = 4  # The tflib Network state version of StyleGAN2 and later.
+
+# Arguments that only affect training or the TF graph, never the weights or the images we compute.
+_TF_IGNORED_KWARGS = frozenset(['truncation_psi', 'truncation_cutoff', 'style_mixing_prob', 'structure',
+                                'conditioning', 'fused_modconv'])
+
+# Build functions of StyleGAN1 / ProGAN and of the StyleGAN1-like networks in the StyleGAN2 repo.
+_TF_STYLEGAN1_FUNCS = frozenset(['G_style', 'G_synthesis', 'G_paper', 'D_basic', 'D_paper',
+                                 'G_synthesis_stylegan_revised', 'D_stylegan'])
+
+# How a TF variable becomes one of our tensors: (TF shape from our shape, TF array -> our array).
+# TF stores dense weights [in, out] and conv weights [kh, kw, in, out]. Our upsampling layers use
+# a true convolution where TF's transposed convolution correlates, hence the spatial flip.
+_TF_LAYOUTS = {
+    'same':      (lambda s: s, lambda x: x),
+    'fc':        (lambda s: (s[1], s[0]), lambda x: x.T),
+    'conv':      (lambda s: (s[2], s[3], s[1], s[0]), lambda x: x.transpose(3, 2, 0, 1)),
+    'conv_flip': (lambda s: (s[2], s[3], s[1], s[0]), lambda x: x[::-1, ::-1].transpose(3, 2, 0, 1)),
+    'mod_bias':  (lambda s: s, lambda x: x + 1),  # TF adds the style offset 1 at run time; ours is in the bias.
+    'const':     (lambda s: (1, *s), lambda x: x[0]),
+    'noise':     (lambda s: (1, 1, *s), lambda x: x[0, 0]),
+}
+
+
 def _convert_tf_pickle(data, name):
-    raise NetworkLoadError(f'{name} is a TF-era (TensorFlow 1.x) pickle; converting those is not supported yet')
+    """Convert a TF-era (G, D, Gs) tuple into a snapshot dict of this repository's networks."""
+    tf_G, tf_D, tf_Gs = data
+    return dict(
+        training_set_kwargs = None,
+        G                   = _convert_tf_generator(tf_G, f'{name}: G'),
+        D                   = _convert_tf_discriminator(tf_D, f'{name}: D'),
+        G_ema               = _convert_tf_generator(tf_Gs, f'{name}: Gs'),
+        augment_pipe        = None,
+    )
+
+
+def _convert_tf_generator(tf_G, where):
+    _check_tf_network(tf_G, where, need_synthesis=True)
+    kwarg = _TFKwargs(tf_G, where)
+    kwargs = dict(
+        z_dim               = kwarg('latent_size', 512),
+        c_dim               = kwarg('label_size', 0),
+        w_dim               = kwarg('dlatent_size', 512),
+        img_resolution      = kwarg('resolution', 1024),
+        img_channels        = kwarg('num_channels', 3),
+        mapping_kwargs      = dict(
+            num_layers      = kwarg('mapping_layers', 8),
+            embed_features  = kwarg('label_fmaps', None),
+            layer_features  = kwarg('mapping_fmaps', None),
+            activation      = kwarg('mapping_nonlinearity', 'lrelu'),
+            lr_multiplier   = kwarg('mapping_lrmul', 0.01),
+            w_avg_beta      = kwarg('w_avg_beta', 0.995, none=1),
+        ),
+        synthesis_kwargs    = dict(
+            channel_base    = kwarg('fmap_base', 16384) * 2,  # TF halves the channels one stage earlier.
+            channel_max     = kwarg('fmap_max', 512),
+            num_fp16_res    = kwarg('num_fp16_res', 0),
+            conv_clamp      = kwarg('conv_clamp', None),
+            architecture    = kwarg('architecture', 'skip'),
+            resample_filter = kwarg('resample_kernel', [1, 3, 3, 1]),
+            use_noise       = kwarg('use_noise', True),
+            activation      = kwarg('nonlinearity', 'lrelu'),
+        ),
+        compat              = 'ada',
+    )
+    kwarg.check_all_known()
+    from training import networks_stylegan2
+    G = _build_from_tf_kwargs(networks_stylegan2.Generator, kwargs, where)
+    _load_tf_variables(G, _collect_tf_variables(tf_G, where), _tf_generator_source, where)
+    return G
+
+
+def _convert_tf_discriminator(tf_D, where):
+    _check_tf_network(tf_D, where, need_synthesis=False)
+    kwarg = _TFKwargs(tf_D, where)
+    activation = kwarg('nonlinearity', 'lrelu')
+    mapping_fmaps = kwarg('mapping_fmaps', None)
+    kwargs = dict(
+        c_dim               = kwarg('label_size', 0),
+        img_resolution      = kwarg('resolution', 1024),
+        img_channels        = kwarg('num_channels', 3),
+        architecture        = kwarg('architecture', 'resnet'),
+        channel_base        = kwarg('fmap_base', 16384) * 2,
+        channel_max         = kwarg('fmap_max', 512),
+        num_fp16_res        = kwarg('num_fp16_res', 0),
+        conv_clamp          = kwarg('conv_clamp', None),
+        cmap_dim            = mapping_fmaps,
+        block_kwargs        = dict(
+            activation      = activation,
+            resample_filter = kwarg('resample_kernel', [1, 3, 3, 1]),
+            freeze_layers   = kwarg('freeze_layers', 0),
+        ),
+        mapping_kwargs      = dict(
+            num_layers      = kwarg('mapping_layers', 0),
+            embed_features  = mapping_fmaps,
+            layer_features  = mapping_fmaps,
+            activation      = activation,
+            lr_multiplier   = kwarg('mapping_lrmul', 0.1),
+        ),
+        epilogue_kwargs     = dict(
+            mbstd_group_size    = kwarg('mbstd_group_size', None),
+            mbstd_num_channels  = kwarg('mbstd_num_features', 1),
+            activation          = activation,
+        ),
+        compat              = 'ada',
+    )
+    kwarg.check_all_known()
+    from training import networks_stylegan2
+    D = _build_from_tf_kwargs(networks_stylegan2.Discriminator, kwargs, where)
+    _load_tf_variables(D, _collect_tf_variables(tf_D, where), _tf_discriminator_source, where)
+    return D
+
+
+def _tf_state(tf_net):
+    return tf_net.__dict__  # _TFNetworkStub keeps the unpickled state as plain attributes.
+
+
+def _tf_subnetworks(tf_net):
+    yield tf_net
+    components = _tf_state(tf_net).get('components') or {}
+    if isinstance(components, dict):
+        for component in components.values():
+            if isinstance(component, _TFNetworkStub):
+                yield from _tf_subnetworks(component)
+
+
+def _check_tf_network(tf_net, where, need_synthesis):
+    """Refuse TF networks that are not StyleGAN2 before reading their arguments."""
+    unsupported = f'{where}: StyleGAN1/ProGAN TF pickles are not supported; only TF StyleGAN2 (G_main, D_stylegan2) ' \
+                  'pickles can be converted'
+    for net in _tf_subnetworks(tf_net):
+        func_name = str(_tf_state(net).get('build_func_name') or '').rsplit('.', 1)[-1]
+        if func_name in _TF_STYLEGAN1_FUNCS:
+            raise NetworkLoadError(f'{unsupported} (found {func_name})')
+        for var_name, _value in _tf_variable_pairs(net, where):
+            if re.search(r'_lod\d*(/|$)', var_name):  # Progressive-growing ToRGB/FromRGB per level of detail.
+                raise NetworkLoadError(f'{unsupported} (found variable {var_name})')
+    components = _tf_state(tf_net).get('components') or {}
+    if need_synthesis and 'synthesis' not in components:
+        raise NetworkLoadError(f'{unsupported} (the generator has no synthesis network)')
+
+    version = _tf_state(tf_net).get('version')
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
+        raise NetworkLoadError(f'{where}: the TF network has no valid version ({version!r}); the pickle is damaged '
+                               'or not a TF StyleGAN2 pickle')
+    if version < _TF_MIN_VERSION:
+        raise NetworkLoadError(f'{where}: TF network version {version} is too old; only StyleGAN2 pickles '
+                               f'(TF network version >= {_TF_MIN_VERSION}) can be converted')
+
+
+class _TFKwargs:
+    """Reads a TF network's static_kwargs by TF name with defaults, and refuses the ones it never read."""
+
+    def __init__(self, tf_net, where):
+        kwargs = _tf_state(tf_net).get('static_kwargs') or {}
+        if not isinstance(kwargs, dict):
+            raise NetworkLoadError(f'{where}: the TF network arguments are a {type(kwargs).__name__}, not a dict')
+        self.kwargs = dict(kwargs)
+        self.known = set(_TF_IGNORED_KWARGS)
+        self.where = where
+
+    def __call__(self, tf_name, default, none=None):
+        self.known.add(tf_name)
+        value = self.kwargs.get(tf_name, default)
+        if value is None and none is not None:
+            return none
+        return value.item() if isinstance(value, np.generic) else value
+
+    def check_all_known(self):
+        unknown = sorted(set(self.kwargs) - self.known)
+        if unknown:
+            listed = ', '.join(f'{key}={self.kwargs[key]!r}' for key in unknown)
+            raise NetworkLoadError(f'{self.where}: unknown TF network argument(s) {listed}; this converter reads '
+                                   'TF StyleGAN2 arguments only and does not guess what others mean')
+
+
+def _build_from_tf_kwargs(cls, kwargs, where):
+    try:
+        net = cls(**kwargs)
+    except Exception as err:  # noqa: BLE001 -- any failure means the TF arguments describe no network of ours.
+        message = str(err).splitlines()[0] if str(err) else ''
+        raise NetworkLoadError(f'{where}: cannot build a StyleGAN2 {cls.__name__} from the TF network arguments '
+                               f'({type(err).__name__}: {message})') from None
+    return net.eval().requires_grad_(False)
+
+
+def _tf_variable_pairs(tf_net, where):
+    variables = _tf_state(tf_net).get('variables') or []
+    try:
+        pairs = [(str(var_name), value) for var_name, value in variables]
+    except (TypeError, ValueError):
+        raise NetworkLoadError(f'{where}: the TF network variables are not (name, value) pairs; the pickle is '
+                               'damaged or not a TF StyleGAN2 pickle') from None
+    return pairs
+
+
+def _collect_tf_variables(tf_net, where, prefix=''):
+    """All variables of a TF network and its components, named 'component/.../variable'."""
+    out = {}
+    for var_name, value in _tf_variable_pairs(tf_net, where):
+        if not (isinstance(value, np.ndarray) or isinstance(value, np.generic)) or np.asarray(value).dtype.kind != 'f':
+            raise NetworkLoadError(f'{where}: TF variable {prefix + var_name} is a {type(value).__name__}, '
+                                   'not a float array')
+        out[prefix + var_name] = np.asarray(value)
+    components = _tf_state(tf_net).get('components') or {}
+    for comp_name, component in dict(components).items():
+        if not isinstance(component, _TFNetworkStub):
+            raise NetworkLoadError(f'{where}: TF component {prefix + str(comp_name)} is a '
+                                   f'{type(component).__name__}, not a TF network')
+        for var_name, value in _collect_tf_variables(component, where, f'{prefix}{comp_name}/').items():
+            if var_name in out:
+                raise NetworkLoadError(f'{where}: TF variable {var_name} appears twice')
+            out[var_name] = value
+    return out
+
+
+@torch.no_grad()
+def _load_tf_variables(net, tf_vars, source_fn, where):
+    """Fill every parameter and buffer of ``net`` from its TF variable, each exactly once, all checked."""
+    used = set()
+    for name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        if name.rsplit('.', 1)[-1] == 'resample_filter':
+            continue  # Derived from resample_kernel at construction; TF keeps no variable for it.
+        source = source_fn(name)
+        if source is None:
+            raise NetworkLoadError(f'{where}: our {name} has no TF counterpart; this converter does not support '
+                                   'the network arguments in the pickle')
+        tf_name, layout = source
+        if tf_name not in tf_vars:
+            raise NetworkLoadError(f'{where}: TF variable {tf_name} is missing (it holds our {name}); the pickle '
+                                   'is damaged or its variables do not match its network arguments')
+        tf_shape, convert = _TF_LAYOUTS[layout]
+        value = tf_vars[tf_name]
+        expected = tuple(tf_shape(tuple(tensor.shape)))
+        if value.shape != expected:
+            raise NetworkLoadError(f'{where}: TF variable {tf_name} has shape {value.shape}, expected {expected} '
+                                   f'from the network arguments; the pickle is damaged or inconsistent')
+        tensor.copy_(torch.from_numpy(np.array(convert(value), dtype=np.float32, order='C')))
+        used.add(tf_name)
+
+    # A variable we did not use means the TF network computes something ours does not.
+    unused = sorted(var_name for var_name in set(tf_vars) - used if var_name.rsplit('/', 1)[-1] != 'lod')
+    if unused:
+        shown = ', '.join(unused[:5]) + (f' and {len(unused) - 5} more' if len(unused) > 5 else '')
+        raise NetworkLoadError(f'{where}: TF variable(s) {shown} have no counterpart in the StyleGAN2 network its '
+                               'arguments describe; refusing a partial conversion')
+
+
+def _tf_generator_source(name):
+    """(TF variable name, layout) that holds our generator tensor ``name``, or None."""
+    if name == 'mapping.w_avg':
+        return 'dlatent_avg', 'same'
+    match = re.fullmatch(r'mapping\.(embed|fc(\d+))\.(weight|bias)', name)
+    if match:
+        layer = 'LabelEmbed' if match[1] == 'embed' else f'Dense{match[2]}'
+        return f'mapping/{layer}/{match[3]}', ('fc' if match[3] == 'weight' else 'same')
+    if name == 'synthesis.b4.const':
+        return 'synthesis/4x4/Const/const', 'const'
+    match = re.fullmatch(r'synthesis\.b(\d+)\.(conv0|conv1|torgb|skip)\.(.+)', name)
+    if not match:
+        return None
+    res, layer, param = int(match[1]), match[2], match[3]
+    if param == 'noise_const':
+        # TF numbers its noise inputs over all conv layers: b4.conv1, b8.conv0, b8.conv1, b16.conv0, ...
+        index = 2 * int(np.log2(res)) - (5 if layer == 'conv0' else 4)
+        return f'synthesis/noise{index}', 'noise'
+    tf_layer = dict(conv0='Conv0_up', conv1=('Conv' if res == 4 else 'Conv1'), torgb='ToRGB', skip='Skip')[layer]
+    weight_layout = 'conv_flip' if layer in ('conv0', 'skip') else 'conv'
+    tf_param = {
+        'weight':           ('weight', weight_layout),
+        'bias':             ('bias', 'same'),
+        'noise_strength':   ('noise_strength', 'same'),
+        'affine.weight':    ('mod_weight', 'fc'),
+        'affine.bias':      ('mod_bias', 'mod_bias'),
+    }.get(param)
+    if tf_param is None:
+        return None
+    return f'synthesis/{res}x{res}/{tf_layer}/{tf_param[0]}', tf_param[1]
+
+
+def _tf_discriminator_source(name):
+    """(TF variable name, layout) that holds our discriminator tensor ``name``, or None."""
+    match = re.fullmatch(r'mapping\.(embed|fc(\d+))\.(weight|bias)', name)
+    if match:
+        layer = 'LabelEmbed' if match[1] == 'embed' else f'Mapping{match[2]}'
+        return f'{layer}/{match[3]}', ('fc' if match[3] == 'weight' else 'same')
+    match = re.fullmatch(r'b(\d+)\.(fromrgb|conv0|conv1|skip|conv|fc|out)\.(weight|bias)', name)
+    if not match:
+        return None
+    res, layer, param = int(match[1]), match[2], match[3]
+    if layer == 'out':
+        tf_layer = 'Output'
+    else:
+        tf_layer = dict(fromrgb='FromRGB', conv0='Conv0', conv1='Conv1_down', skip='Skip', conv='Conv',
+                        fc='Dense0')[layer]
+        tf_layer = f'{res}x{res}/{tf_layer}'
+    if param == 'bias':
+        return f'{tf_layer}/bias', 'same'
+    return f'{tf_layer}/weight', ('fc' if layer in ('fc', 'out') else 'conv')
+
+# ----------------------------------------------------------------------------
+# Command line: python legacy.py --source in.pkl --dest out.pkl
+
+
+@click.command()
+@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2, StyleGAN2-ADA or StyleGAN3): path or URL',
+              required=True, metavar='PATH')
+@click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
+@click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)
+@click.option('--allow-pickle-code', help='Run code embedded in the source pickle (only for files you trust)',
+              is_flag=True)
+def convert_network_pickle(source, dest, force_fp16, allow_pickle_code):
+    """Convert a network pickle to this repository's PyTorch format (readable by NVlabs' PyTorch code too).
+
+    \b
+    Example:
+    python legacy.py --source=stylegan2-ffhq-config-f.pkl --dest=stylegan2-ffhq-config-f-pt.pkl
+    """
+    try:
+        with dnnlib.util.open_url(source, verbose=False) as f:
+            data = load_network_pkl(f, allow_code=allow_pickle_code, force_fp16=force_fp16)
+    except NetworkLoadError as err:
+        raise click.ClickException(str(err)) from None
+    except FileNotFoundError:
+        raise click.ClickException(f'network pickle not found: {source}') from None
+    except OSError as err:
+        raise click.ClickException(f'cannot read {source}: {err}') from None
+    for key in ('G', 'D', 'G_ema', 'augment_pipe'):
+        if data[key] is not None and not persistence.is_persistent(data[key]):
+            raise click.ClickException(f'{source}: {key} is a {type(data[key]).__name__} that cannot be saved in the '
+                                       'NVlabs pickle format')
+    try:
+        save_network_pkl(dest, **{key: data[key] for key in ('G', 'D', 'G_ema', 'training_set_kwargs',
+                                                              'augment_pipe')})
+    except OSError as err:
+        raise click.ClickException(f'cannot write {dest}: {err}') from None
+    click.echo(f'Saved {dest}')
+
+
+if __name__ == '__main__':
+    convert_network_pickle()  # pylint: disable=no-value-for-parameter
