@@ -41,6 +41,7 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     """
     name = getattr(f, 'name', None) or 'the network pickle'
     data = _unpickle(f, name, allow_code)
+    keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data):
         data = _convert_tf_pickle(data, name)
@@ -50,10 +51,11 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     if not allow_code:
         data = _rebuild_snapshot(data, name)
 
+    if data.get('G_ema') is None:
+        found = ', '.join(keys_found) if keys_found else 'none'
+        raise NetworkLoadError(f'{name} has no G_ema network (keys in the file: {found})')
     for key in ('G', 'D', 'G_ema', 'training_set_kwargs', 'augment_pipe'):
         data.setdefault(key, None)
-    if data['G_ema'] is None:
-        raise NetworkLoadError(f'{name} has no G_ema network; keys found: {", ".join(sorted(map(str, data)))}')
     for key in ('G', 'D', 'G_ema'):
         if data[key] is not None and not isinstance(data[key], torch.nn.Module):
             raise NetworkLoadError(f'{name}: {key} is a {type(data[key]).__name__}, not a network')
@@ -141,7 +143,10 @@ class _PickledPersistent:
 
 def _load_storage_from_bytes(b):
     # torch's own _load_from_bytes runs an unrestricted torch.load; the nested storage needs none of that.
-    return torch.load(io.BytesIO(b), weights_only=True)
+    try:
+        return torch.load(io.BytesIO(b), weights_only=True)
+    except pickle.UnpicklingError:
+        raise _RefusedGlobal('non-tensor content inside a tensor storage') from None
 
 
 try:
@@ -191,7 +196,22 @@ class _RefusedGlobal(pickle.UnpicklingError):
     pass
 
 
+def _check_pickle_header(f, name):
+    """Every pickle of protocol 2 or later starts with the PROTO opcode; anything else is not a snapshot."""
+    if not (hasattr(f, 'seekable') and f.seekable()):
+        return
+    start = f.tell()
+    head = f.read(2)
+    f.seek(start)
+    if len(head) == 0:
+        raise NetworkLoadError(f'{name} is truncated or empty: download it again')
+    if head[:1] != pickle.PROTO or len(head) < 2 or head[1] < 2:
+        raise NetworkLoadError(f'{name} is not a network pickle (it does not start with a pickle header); '
+                               'check the path')
+
+
 def _unpickle(f, name, allow_code):
+    _check_pickle_header(f, name)
     unpickler = _CodeUnpickler(f) if allow_code else _SafeUnpickler(f)
     try:
         return unpickler.load()
@@ -282,7 +302,9 @@ def _rebuild_network(obj, name, key):
         from training import networks_stylegan3 as module
     cls = getattr(module, obj.class_name)
     try:
-        net = cls(*init_args, **init_kwargs)
+        # Built on the meta device: arguments from the file allocate nothing until they are verified.
+        with torch.device('meta'):
+            net = cls(*init_args, **init_kwargs)
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
@@ -311,9 +333,8 @@ def _plain_attrs(state):
     return {key: value for key, value in state.items() if not key.startswith('_') and key not in _MODULE_ATTRS}
 
 
-@torch.no_grad()
 def _verify_and_copy(net, obj, path, where):
-    """Check that ``net`` has exactly the pickled architecture, then load the pickled tensors into it."""
+    """Check that ``net`` has exactly the pickled architecture, then adopt the pickled tensors as its own."""
     def fail(message):
         raise NetworkLoadError(f'{where}: the pickled network differs from ours at {path}: {message}; '
                                'refusing to load (pass --allow-pickle-code to run the pickle\'s own code)')
@@ -336,11 +357,12 @@ def _verify_and_copy(net, obj, path, where):
                 continue
             if not isinstance(pickled, torch.Tensor) or tuple(pickled.shape) != tuple(tensor.shape):
                 fail(f'{kind[1:-1]} {key} has shape {tuple(getattr(pickled, "shape", ()))}, ours {tuple(tensor.shape)}')
-            if not pickled.is_floating_point():
-                fail(f'{kind[1:-1]} {key} has dtype {pickled.dtype}')
-            tensor.copy_(pickled)
+            if pickled.dtype != tensor.dtype:
+                fail(f'{kind[1:-1]} {key} has dtype {pickled.dtype}, ours {tensor.dtype}')
             if kind == '_parameters':
-                tensor.requires_grad_(pickled.requires_grad)
+                ours[key] = torch.nn.Parameter(pickled.detach(), requires_grad=pickled.requires_grad)
+            else:
+                ours[key] = pickled.detach()
 
     ours_attrs, theirs_attrs = _plain_attrs(net.__dict__), _plain_attrs(state)
     if 'compat' not in theirs_attrs:

@@ -50,7 +50,7 @@ def setup_filter(f, device=torch.device('cpu'), normalize=True, flip_filter=Fals
     """
     if f is None:
         f = 1
-    f = torch.as_tensor(f, dtype=torch.float32)
+    f = torch.as_tensor(f, dtype=torch.float32, device=torch.device('cpu'))
     assert f.ndim in (0, 1, 2) and f.numel() > 0
     if f.ndim == 0:
         f = f[np.newaxis]

@@ -1,0 +1,77 @@
+"""Turning generator output into images on disk: NVlabs' uint8 conversion, PNG writing, grids."""
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+
+def to_uint8(img):
+    """NVlabs' conversion of NCHW float images in about [-1, 1] to NHWC uint8.
+
+    ``(img * 127.5 + 128).clamp(0, 255)`` then a truncating cast, computed in float32 on the
+    images' device, exactly as generate.py and the metrics code do.
+    """
+    img = img.to(torch.float32).permute(0, 2, 3, 1)
+    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def save_png(path, array):
+    """Write an HxW or HxWxC uint8 array as a PNG, atomically (pyspng's encoder where available, else Pillow)."""
+    array = np.ascontiguousarray(array)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(_encode_png(array))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _encode_png(array):
+    # pyspng's PyPI releases (0.1.x) only decode; its encoder exists in newer builds.
+    try:
+        import pyspng
+        if hasattr(pyspng, 'encode'):
+            return pyspng.encode(array)
+    except ImportError:
+        pass
+    import io
+
+    import PIL.Image
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array).save(buffer, format='png')
+    return buffer.getvalue()
+
+
+def load_png(path):
+    """Read a PNG as a uint8 array (HxW for grayscale, HxWxC otherwise)."""
+    try:
+        import pyspng
+        with open(path, 'rb') as f:
+            return pyspng.load(f.read())
+    except ImportError:
+        import PIL.Image
+        with PIL.Image.open(path) as image:
+            return np.array(image)
+
+
+def make_grid(images, cols=None, pad=0, pad_value=0):
+    """Tile NHWC uint8 images into one HxWxC image, row by row; ``cols`` defaults to ceil(sqrt(N))."""
+    images = np.asarray(images)
+    num, height, width, channels = images.shape
+    cols = cols or int(np.ceil(np.sqrt(num)))
+    rows = int(np.ceil(num / cols))
+    grid = np.full([rows * (height + pad) - pad, cols * (width + pad) - pad, channels], pad_value, dtype=images.dtype)
+    for idx, image in enumerate(images):
+        row, col = divmod(idx, cols)
+        y, x = row * (height + pad), col * (width + pad)
+        grid[y:y + height, x:x + width] = image
+    return grid

@@ -1,0 +1,59 @@
+"""Batched image synthesis from latents, independent of the command line."""
+
+import numpy as np
+import torch
+
+
+def make_transform(translate=(0, 0), angle=0):
+    """StyleGAN3 input transform [[cos, sin, tx], [-sin, cos, ty], [0, 0, 1]] for ``angle`` in degrees."""
+    m = np.eye(3)
+    s = np.sin(angle / 360.0 * np.pi * 2)
+    c = np.cos(angle / 360.0 * np.pi * 2)
+    m[0][0], m[0][1], m[0][2] = c, s, translate[0]
+    m[1][0], m[1][1], m[1][2] = -s, c, translate[1]
+    return m
+
+
+def set_input_transform(G, translate=(0, 0), angle=0):
+    """Write the inverse of ``make_transform`` into a StyleGAN3 generator; no effect on other networks."""
+    synthesis_input = getattr(G.synthesis, 'input', None)
+    if synthesis_input is None or not hasattr(synthesis_input, 'transform'):
+        return False
+    m = np.linalg.inv(make_transform(translate, angle))
+    synthesis_input.transform.copy_(torch.from_numpy(m))
+    return True
+
+
+@torch.no_grad()
+def synthesize(G, z=None, c=None, ws=None, truncation_psi=1, truncation_cutoff=None, noise_mode='const',
+               batch_size=32, progress=None):
+    """Yield float32 NCHW images for latents ``z`` [N, z_dim] (or ``ws`` [N, num_ws, w_dim]) in batches.
+
+    ``c`` is [N, c_dim] or [1, c_dim] (broadcast). Latents may be numpy or torch; they are moved to
+    G's device. ``progress`` is called with the number of images after each batch.
+    """
+    device = next(G.parameters()).device
+    source = ws if ws is not None else z
+    num = len(source)
+    for start in range(0, num, batch_size):
+        stop = min(start + batch_size, num)
+        if ws is not None:
+            batch_ws = torch.as_tensor(np.asarray(ws[start:stop]) if not torch.is_tensor(ws) else ws[start:stop])
+            img = G.synthesis(batch_ws.to(device, torch.float32), noise_mode=noise_mode)
+        else:
+            batch_z = torch.as_tensor(z[start:stop]).to(device, torch.float32)
+            batch_c = _batch_labels(G, c, start, stop, device)
+            img = G(batch_z, batch_c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                    noise_mode=noise_mode)
+        if progress is not None:
+            progress(stop - start)
+        yield img
+
+
+def _batch_labels(G, c, start, stop, device):
+    if c is None:
+        return torch.zeros([stop - start, G.c_dim], device=device)
+    c = torch.as_tensor(c).to(device, torch.float32)
+    if c.shape[0] == 1:
+        return c.expand(stop - start, -1)
+    return c[start:stop]
