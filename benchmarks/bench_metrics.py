@@ -1,0 +1,152 @@
+"""Time and peak memory of precision/recall: NVlabs' algorithm vs ours vs the hubness-aware variant.
+
+Each method runs in its own subprocess on the same synthetic features (regenerated from a seed),
+so that its peak resident memory (VmHWM) can be read without the others' allocations. The
+baseline is a plain re-implementation of the algorithm NVlabs' ``pr50k3`` describes (see
+docs/nvlabs-compat.md): each 10000-row batch is compared with *all* columns at once. It uses the
+same per-block distance arithmetic as ours on the same device, so the ratios measure the
+algorithmic differences (bounded blocks, skipping probes that already hit, hub subsets).
+
+Usage (from the repository root):
+
+    python benchmarks/bench_metrics.py                 # 20000 x 20000 features, d = 512
+    python benchmarks/bench_metrics.py --dim 4096
+    python benchmarks/bench_metrics.py --quick         # 3000 x 3000, d = 512
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import click
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from metrics.efficient_precision_recall import efficient_precision_recall_from_features  # noqa: E402
+from metrics.precision_recall import precision_recall_from_features  # noqa: E402
+
+METHODS = ('nvlabs', 'ours', 'efficient')
+
+# ----------------------------------------------------------------------------
+
+
+def make_features(num, dim, seed=0):
+    """Clustered synthetic features, loosely like detector embeddings: real and generated overlap partly."""
+    rng = np.random.RandomState(seed)
+    centers = rng.randn(64, dim).astype(np.float32) * 1.5
+    real = centers[rng.randint(64, size=num)] + rng.randn(num, dim).astype(np.float32)
+    # 16 clusters dropped and a slight scale change: precision ~0.68, recall ~0.49 at 3000 x 512.
+    gen = centers[rng.randint(48, size=num)] * 1.05 + rng.randn(num, dim).astype(np.float32)
+    return real, gen
+
+
+def _distances(x, y):
+    # Same arithmetic as NVlabs on CUDA (float16 cdist); on CPU float32 cdist of the float16 values.
+    if x.device.type == 'cpu':
+        return torch.cdist(x.float(), y.float()).half()
+    return torch.cdist(x.unsqueeze(0), y.unsqueeze(0))[0]
+
+
+def _nvlabs_rows_vs_all(rows, cols, col_batch_size):
+    return torch.cat([_distances(rows, cols[c:c + col_batch_size]) for c in range(0, len(cols), col_batch_size)], dim=1)
+
+
+def nvlabs_precision_recall(real, gen, nhood_size=3, row_batch_size=10000, col_batch_size=10000, device='cpu'):
+    """Baseline: NVlabs' documented algorithm, one full row batch x all columns at a time."""
+    real = torch.from_numpy(real).to(device=device, dtype=torch.float16)
+    gen = torch.from_numpy(gen).to(device=device, dtype=torch.float16)
+    results = []
+    for manifold, probes in [(real, gen), (gen, real)]:
+        radii = []
+        for r in range(0, len(manifold), row_batch_size):
+            dist = _nvlabs_rows_vs_all(manifold[r:r + row_batch_size], manifold, col_batch_size)
+            radii.append(dist.to(torch.float32).kthvalue(nhood_size + 1, dim=1).values.to(torch.float16))
+            del dist
+        radii = torch.cat(radii)
+        hits = []
+        for r in range(0, len(probes), row_batch_size):
+            dist = _nvlabs_rows_vs_all(probes[r:r + row_batch_size], manifold, col_batch_size)
+            hits.append((dist <= radii.unsqueeze(0)).any(dim=1))
+            del dist
+        results.append(torch.cat(hits).to(torch.float64).mean().item())
+    return tuple(results)
+
+# ----------------------------------------------------------------------------
+
+
+def _vm_kib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    return 0
+
+
+def run_worker(method, num, dim, device):
+    real, gen = make_features(num, dim)
+    torch.zeros(1, device=device)  # initialise the device before the memory baseline
+    base_kib = _vm_kib('VmRSS')
+    if device != 'cpu':
+        torch.cuda.reset_peak_memory_stats()
+    fn = dict(nvlabs=nvlabs_precision_recall, ours=precision_recall_from_features,
+              efficient=efficient_precision_recall_from_features)[method]
+    start = time.perf_counter()
+    precision, recall = fn(real, gen, device=device)
+    if device != 'cpu':
+        torch.cuda.synchronize()
+    out = dict(precision=precision, recall=recall, seconds=time.perf_counter() - start)
+    out['extra_rss_mib'] = (_vm_kib('VmHWM') - base_kib) / 1024
+    if device != 'cpu':
+        out['peak_device_mib'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    print(json.dumps(out))
+
+
+def run_in_subprocess(method, num, dim, device):
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', method, '--num', str(num), '--dim', str(dim),
+           '--device', device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise click.ClickException(f'{method} worker failed:\n{proc.stderr.strip()}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+# ----------------------------------------------------------------------------
+
+
+@click.command()
+@click.option('--num', type=click.IntRange(min=10), default=20000, show_default=True, help='Real and generated samples each')
+@click.option('--dim', type=click.IntRange(min=1), default=512, show_default=True, help='Feature dimension (VGG16: 4096)')
+@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--quick', is_flag=True, help='Small run: 3000 samples each')
+@click.option('--worker', type=click.Choice(METHODS), default=None, hidden=True)
+def main(num, dim, device, quick, worker):
+    """Compare precision/recall implementations: time, peak memory, agreement."""
+    if quick:
+        num = min(num, 3000)
+    if worker is not None:
+        run_worker(worker, num, dim, device)
+        return
+    print(f'precision/recall, {num} real x {num} generated, d = {dim}, device {device}, '
+          f'{torch.get_num_threads()} threads')
+    res = {m: run_in_subprocess(m, num, dim, device) for m in METHODS}
+    for m in METHODS:
+        r = res[m]
+        mem = f"extra RSS {r['extra_rss_mib']:8.1f} MiB" + (f", device {r['peak_device_mib']:.1f} MiB" if 'peak_device_mib' in r else '')
+        print(f"{m:10s} {r['seconds']:8.2f} s   {mem}   precision {r['precision']:.4f} recall {r['recall']:.4f}")
+    base, ours, eff = res['nvlabs'], res['ours'], res['efficient']
+    same = (base['precision'], base['recall']) == (ours['precision'], ours['recall'])
+    print(f"ours vs nvlabs:      time x{base['seconds'] / ours['seconds']:.2f} faster, "
+          f"memory x{ours['extra_rss_mib'] / max(base['extra_rss_mib'], 1e-9):.2f}, identical result: {same}")
+    print(f"efficient vs ours:   time x{ours['seconds'] / eff['seconds']:.2f} faster, "
+          f"memory x{eff['extra_rss_mib'] / max(ours['extra_rss_mib'], 1e-9):.2f}")
+    print(f"efficient error vs full metric: precision {eff['precision'] - ours['precision']:+.4f}, "
+          f"recall {eff['recall'] - ours['recall']:+.4f} (absolute)")
+
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
+
+# ----------------------------------------------------------------------------
