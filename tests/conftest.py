@@ -18,3 +18,13 @@ def fixtures_dir():
     if not os.path.isdir(FIXTURES_DIR):
         pytest.fail(f'NVlabs reference fixtures not found at {FIXTURES_DIR}')
     return FIXTURES_DIR
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _one_torch_thread():
+    """Test tensors are tiny: intra-op threads only add barrier waits (10x slower on a busy 2-core machine)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

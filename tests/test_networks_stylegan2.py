@@ -19,13 +19,6 @@ from training import networks_stylegan2 as networks
 # Helpers.
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    # These networks are tiny: extra intra-op threads only contend with other processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

@@ -23,16 +23,6 @@ IMG_ATOL = 1e-4
 #----------------------------------------------------------------------------
 # Fixture network and its per-seed outputs (computed once: CPU forwards are the slow part).
 
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    # These tensors are tiny: intra-op threads only add barrier waits, which cost 10x or more on a
-    # shared 2-core machine.
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 @pytest.fixture(scope='module')
 def fixture(fixtures_dir):
     data = np.load(os.path.join(fixtures_dir, 'sg3_tiny_state.npz'))

@@ -19,13 +19,6 @@ SQRT2 = np.sqrt(2)
 FILTER_TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    # These tensors are tiny: intra-op threads only add overhead, badly so on a shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 #----------------------------------------------------------------------------
 # Float64 references.
