@@ -1,0 +1,617 @@
+"""Exact k-occurrence (hub scores) of a set of vectors, and hubness diagnostics.
+
+The k-occurrence of a point x among the rows of X is its in-degree in the Euclidean k-nearest-neighbour
+graph of X: ``N_k(x) = |{y != x : x in kNN_k(y)}|`` (Radovanovic et al., JMLR 2010). Hubness-prior sampling
+(Liang et al., ICML 2022) keeps the latents with the largest N_k.
+
+Exactness. Neighbour lists are those of an exact float64 computation of squared Euclidean distances (sum of
+squared differences), with ties broken by the smaller index. The bulk of the work runs in float32 matrix
+products; every row whose k-th/(k+1)-th boundary is closer than a rigorous float32 error bound is re-decided
+in float64, so the result never depends on rounding, block size, device or number of processes.
+
+Cost. The distance matrix is symmetric, so each pair of row blocks (I, J), I <= J, is multiplied once and the
+same tile updates the running top lists of both blocks. Memory is O(block_size**2 + N * (d + k)), never N x N.
+"""
+
+import concurrent.futures
+import contextlib
+import math
+import threading
+
+import numpy as np
+import torch
+
+__all__ = ['k_occurrence', 'k_occurrence_distributed', 'k_nearest_neighbors', 'hubness_stats']
+
+# Candidates kept per point beyond k: if float32 rounding blurs the k-th/(k+1)-th boundary, the float64
+# re-check normally settles it among these instead of recomputing the whole row.
+_MARGIN = 4
+
+_UNIT_ROUNDOFF_F32 = 2.0 ** -24
+
+#----------------------------------------------------------------------------
+
+def _as_tensor(x):
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    if t.ndim != 2:
+        raise ValueError(f'expected a 2-D array of points [N, d], got shape {tuple(t.shape)}')
+    if not t.is_floating_point():
+        t = t.to(torch.float64)
+    return t
+
+
+def _check_k(num, k, count_self):
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f'k must be a positive integer, got {k!r}')
+    k_max = num if count_self else num - 1
+    if k > k_max:
+        raise ValueError(f'k = {k} needs at least {k + (0 if count_self else 1)} points, got {num}')
+
+
+def _default_block_size(device):
+    # CPU: a 2048 x 2048 float32 tile (16 MB) keeps the GEMM efficient and the selection passes cache-friendly.
+    return 2048 if device.type == 'cpu' else 8192
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads):
+    """Temporarily set torch's (process-wide) intra-op thread count; None leaves it alone."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _full_float32_matmul():
+    # The float32 error bound below assumes IEEE float32 products; TF32/bfloat16 "fast" modes would break it.
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision('highest')
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+#----------------------------------------------------------------------------
+# float32 candidate search.
+
+class _Augmented:
+    """Squared distances from one GEMM: a_i . b_j = |x_i - x_j|^2 with a_i = [x_i, |x_i|^2, 1], b_j = [-2 x_j, 1, |x_j|^2].
+
+    Only b is stored (float32, on the compute device); a row block of a is rebuilt from it when needed.
+    """
+
+    def __init__(self, x, device, block_size):
+        num, dim = x.shape
+        self.dim = dim
+        self.b = torch.empty([num, dim + 2], dtype=torch.float32, device=device)
+        for i0 in range(0, num, block_size):
+            xb = x[i0 : i0 + block_size].to(device=device, dtype=torch.float32)
+            self.b[i0 : i0 + block_size, :dim] = xb * -2  # Exact: scaling by a power of two.
+            self.b[i0 : i0 + block_size, dim + 1] = (xb * xb).sum(dim=1)
+        self.b[:, dim] = 1
+        _check_float32_norms(x, self.b[:, dim + 1])
+
+    def lhs(self, i0, i1):
+        b = self.b[i0:i1]
+        a = torch.empty_like(b)
+        a[:, : self.dim] = b[:, : self.dim] * -0.5
+        a[:, self.dim] = b[:, self.dim + 1]
+        a[:, self.dim + 1] = 1
+        return a
+
+    def rhs(self, j0, j1):
+        return self.b[j0:j1]
+
+
+# Selection works on groups of consecutive tile entries: one cheap min-reduction per group finds the few groups
+# that can hold a new candidate, and only those are inspected element by element. Groups run along the stored
+# rows for row owners and down the stored columns for column owners; the sizes are the fastest measured on CPU
+# for each memory layout.
+_GROUP_ALONG_ROWS = 32
+_GROUP_DOWN_COLS = 8
+
+
+class _RunningTopK:
+    """Per-point running list of the `width` smallest float32 distances seen so far, sorted ascending.
+
+    On the CPU, once a row's list is full only tile entries below its current worst can enter, and after the
+    first few tiles those are rare: extracting them is far cheaper than a top-k pass over the tile. On other
+    devices a dense top-k is cheap and avoids host synchronisation, so it is always used there.
+
+    Several threads may update it at once: each row block (keyed by its first row) has a lock, held only to
+    read the thresholds and to merge, not while a tile is scanned.
+    """
+
+    def __init__(self, num_rows, width, device, sparse, block_starts):
+        self.dist = torch.full([num_rows, width], math.inf, dtype=torch.float32, device=device)
+        self.index = torch.full([num_rows, width], -1, dtype=torch.int64, device=device)
+        self.width = width
+        self.sparse = sparse
+        self._locks = {r0: threading.Lock() for r0 in block_starts}
+
+    def update(self, r0, r1, tile, col0, transposed=False):
+        """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
+        dist, index = self.dist[r0:r1], self.index[r0:r1]
+        with self._locks[r0]:
+            thr = dist[:, -1].clone()
+        dim = 0 if transposed else 1
+        if self.sparse and bool(torch.isfinite(thr).all()):
+            owner, nbr, values = _entries_below(tile, thr, transposed)
+            if owner.numel() == 0:
+                return
+            new_dist, new_index = _pack_rows(owner, nbr + col0, values, r1 - r0)
+        else:
+            new_dist, pos = tile.topk(min(self.width, tile.shape[dim]), dim=dim, largest=False, sorted=False)
+            new_index = pos + col0
+            if transposed:
+                new_dist, new_index = new_dist.T, new_index.T
+        with self._locks[r0]:
+            all_dist = torch.cat([dist, new_dist], dim=1)
+            all_index = torch.cat([index, new_index], dim=1)
+            top_dist, pos = all_dist.topk(self.width, dim=1, largest=False, sorted=True)
+            dist.copy_(top_dist)
+            index.copy_(all_index.gather(1, pos))
+
+
+def _entries_below(tile, thr, transposed):
+    """All entries below their owner's threshold, as (owner, neighbour, value).
+
+    Row-wise: owner i, neighbour j for tile[i, j] < thr[i]. Transposed: owner j, neighbour i for
+    tile[i, j] < thr[j].
+    """
+    if transposed:
+        return _entries_below_down_cols(tile, thr)
+    group = _GROUP_ALONG_ROWS
+    full = tile.shape[1] - tile.shape[1] % group
+    owners, nbrs, values = [], [], []
+    if full:
+        groups = tile[:, :full].unflatten(1, (full // group, group))  # [rows, groups, group]
+        hit_row, hit_group = (groups.amin(2) < thr[:, None]).nonzero(as_tuple=True)
+        vals = groups[hit_row, hit_group]
+        a, b = (vals < thr[hit_row][:, None]).nonzero(as_tuple=True)
+        owners.append(hit_row[a]), nbrs.append(hit_group[a] * group + b), values.append(vals[a, b])
+    if full < tile.shape[1]:
+        rest = tile[:, full:]
+        i, j = (rest < thr[:, None]).nonzero(as_tuple=True)
+        owners.append(i), nbrs.append(j + full), values.append(rest[i, j])
+    return torch.cat(owners), torch.cat(nbrs), torch.cat(values)
+
+
+def _entries_below_down_cols(tile, thr):
+    group = _GROUP_DOWN_COLS
+    full = tile.shape[0] - tile.shape[0] % group
+    owners, nbrs, values = [], [], []
+    if full:
+        groups = tile[:full].unflatten(0, (full // group, group))  # [groups, group, cols]
+        hit_group, hit_col = (groups.amin(1) < thr[None, :]).nonzero(as_tuple=True)
+        vals = groups[hit_group, :, hit_col]  # [hits, group]
+        a, b = (vals < thr[hit_col][:, None]).nonzero(as_tuple=True)
+        owners.append(hit_col[a]), nbrs.append(hit_group[a] * group + b), values.append(vals[a, b])
+    if full < tile.shape[0]:
+        rest = tile[full:]
+        i, j = (rest < thr[None, :]).nonzero(as_tuple=True)
+        owners.append(j), nbrs.append(i + full), values.append(rest[i, j])
+    return torch.cat(owners), torch.cat(nbrs), torch.cat(values)
+
+
+def _pack_rows(owner, index, values, num_rows):
+    """Scatter (owner, index, value) triplets into a dense inf-padded [num_rows, max per owner] pair."""
+    order = torch.argsort(owner, stable=True)
+    owner, index, values = owner[order], index[order], values[order]
+    counts = torch.bincount(owner, minlength=num_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(owner.numel(), device=owner.device) - starts[owner]
+    width = int(counts.max())
+    dist = torch.full([num_rows, width], math.inf, dtype=values.dtype, device=values.device)
+    idx = torch.full([num_rows, width], -1, dtype=torch.int64, device=values.device)
+    dist[owner, pos] = values
+    idx[owner, pos] = index
+    return dist, idx
+
+
+def _run_tasks(fn, tasks, workers):
+    """fn(task) for every task, on `workers` threads whose torch ops are single-threaded.
+
+    Coarse-grained threads (one tile per thread at a time) keep both cores busy without the per-operation
+    barriers of intra-op parallelism, which stall badly when the cores are shared with other processes.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            fn(task)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for future in [pool.submit(fn, task) for task in tasks]:
+            future.result()
+
+
+def _candidates_all(aug, num, width, block_size, sparse, workers):
+    """float32 top-`width` lists of every point against all others, one GEMM per block pair (I <= J)."""
+    blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
+    top = _RunningTopK(num, width, aug.b.device, sparse, [i0 for i0, _ in blocks])
+
+    def diagonal(block):
+        i0, i1 = block
+        tile = torch.mm(aug.lhs(i0, i1), aug.rhs(i0, i1).T)
+        tile.fill_diagonal_(math.inf)
+        top.update(i0, i1, tile, i0)
+
+    def block_row(bi):
+        i0, i1 = blocks[bi]
+        lhs = aug.lhs(i0, i1)
+        for j0, j1 in blocks[bi + 1 :]:
+            tile = torch.mm(lhs, aug.rhs(j0, j1).T)
+            top.update(i0, i1, tile, j0)
+            top.update(j0, j1, tile, i0, transposed=True)
+
+    # Diagonal tiles first (dense selection), so that every row has a finite threshold before the
+    # off-diagonal tiles, where only the few entries below it are extracted. Longest block rows first.
+    _run_tasks(diagonal, blocks, workers)
+    _run_tasks(block_row, list(range(len(blocks) - 1)), workers)
+    return top.dist, top.index
+
+
+def _candidates_rows(aug, num, r0, r1, width, block_size, sparse, workers):
+    """float32 top-`width` lists of rows r0 .. r1-1 against all points (no symmetry: used per rank)."""
+    blocks = [(i0, min(i0 + block_size, r1)) for i0 in range(r0, r1, block_size)]
+    top = _RunningTopK(r1 - r0, width, aug.b.device, sparse, [i0 - r0 for i0, _ in blocks])
+
+    def block_row(block):
+        i0, i1 = block
+        lhs = aug.lhs(i0, i1)
+        for j0 in range(0, num, block_size):
+            j1 = min(j0 + block_size, num)
+            tile = torch.mm(lhs, aug.rhs(j0, j1).T)
+            lo, hi = max(i0, j0), min(i1, j1)
+            if lo < hi:  # Exclude self.
+                diag = torch.arange(lo, hi, device=tile.device)
+                tile[diag - i0, diag - j0] = math.inf
+            top.update(i0 - r0, i1 - r0, tile, j0)
+
+    _run_tasks(block_row, blocks, workers)
+    return top.dist, top.index
+
+
+def _candidates_faiss(x, width):
+    import faiss  # Optional accelerator, imported only when asked for.
+
+    x32 = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    sq_norms = torch.from_numpy((x32 * x32).sum(axis=1))
+    _check_float32_norms(x, sq_norms)
+    index = faiss.IndexFlatL2(x32.shape[1])
+    index.add(x32)
+    dist, idx = index.search(x32, width + 1)
+    dist, idx = torch.from_numpy(dist), torch.from_numpy(idx).to(torch.int64)
+    # Drop each point itself; where a duplicate pushed it out of the list, drop the farthest instead.
+    is_self = idx == torch.arange(idx.shape[0])[:, None]
+    key = torch.where(is_self, torch.full_like(dist, math.inf), dist)
+    key, pos = key.sort(dim=1, stable=True)
+    return key[:, :width].contiguous(), idx.gather(1, pos)[:, :width].contiguous(), sq_norms
+
+#----------------------------------------------------------------------------
+# Exact decision of the k-th boundary.
+
+def _norm_bounds(sq_norms32, dim):
+    """Upper bounds (float64) of the exact norms, from float32 squared norms (relative error <= (dim + 1) u)."""
+    return sq_norms32.to(torch.float64).sqrt() * (1 + (dim + 4) * _UNIT_ROUNDOFF_F32)
+
+
+def _check_float32_norms(x, sq_norms32):
+    if not bool(torch.isfinite(sq_norms32).all()):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError('points contain NaN or infinity')
+        raise ValueError('points are too large for float32 distances (|x|^2 overflows); rescale them')
+
+
+def _exact_dist(x, rows, cols):
+    """float64 squared distances |x[rows[i]] - x[cols[i, j]]|^2 as sums of squared differences."""
+    xr = x[rows].to(torch.float64)
+    out = torch.empty(cols.shape, dtype=torch.float64, device=x.device)
+    for j in range(cols.shape[1]):
+        diff = xr - x[cols[:, j]].to(torch.float64)
+        out[:, j] = (diff * diff).sum(dim=1)
+    return out
+
+
+def _lexicographic_smallest(dist, index, k):
+    """The k entries per row that are smallest by (dist, index)."""
+    order = torch.argsort(index, dim=1, stable=True)
+    dist, index = dist.gather(1, order), index.gather(1, order)
+    order = torch.argsort(dist, dim=1, stable=True)[:, :k]
+    return dist.gather(1, order), index.gather(1, order)
+
+
+def _exact_rows(x, rows, k, budget=1 << 22):
+    """Brute-force float64 k-NN (self excluded) of the given rows against all points, in bounded memory."""
+    num, dim = x.shape
+    out = torch.empty([rows.numel(), k], dtype=torch.int64, device=x.device)
+    group = max(1, min(256, budget // num))
+    col_chunk = max(1, budget // (group * max(dim, 1)))
+    all_index = torch.arange(num, device=x.device)
+    for s in range(0, rows.numel(), group):
+        r = rows[s : s + group]
+        xr = x[r].to(torch.float64)[:, None, :]
+        dist = torch.empty([r.numel(), num], dtype=torch.float64, device=x.device)
+        for j0 in range(0, num, col_chunk):
+            diff = x[j0 : j0 + col_chunk].to(torch.float64)[None] - xr
+            dist[:, j0 : j0 + col_chunk] = (diff * diff).sum(dim=2)
+        dist[torch.arange(r.numel(), device=x.device), r] = math.inf
+        _, out[s : s + group] = _lexicographic_smallest(dist, all_index.expand(r.numel(), num), k)
+    return out
+
+
+def _decide(x, norms, rows, cand_dist, cand_index, k, chunk=8192):
+    """Exact k-NN sets of `rows` from their sorted float32 candidate lists.
+
+    Let eps_i bound |d32 - d64| for every pair involving row i. If the (k+1)-th float32 candidate exceeds the
+    k-th by more than 2 eps_i, the first k candidates are the exact set. Otherwise the candidates are ranked
+    by exact (d64, index); this is final if every point outside the list (float32 distance >= the last
+    candidate's, c) is provably farther: c - eps_i > d64 of the k-th. Rows that still fail are recomputed
+    exactly against all points.
+    """
+    num, dim = x.shape
+    width = cand_index.shape[1]
+    norm_max = float(norms.max())
+    # To first order |d32 - d64| <= (2d + 6) u (|x_i| + |x_j|)^2: the GEMM over d + 2 terms contributes
+    # gamma_{d+2} (|x_i| + |x_j|)^2, the float32 squared norms gamma_d (|x_i|^2 + |x_j|^2), rounding the inputs
+    # to float32 2u (|x_i| + |x_j|)^2. (2d + 16) u / (1 - (d + 8) u) also covers higher orders and float64
+    # rounding; |x_j| <= max norm.
+    eps_scale = 2.0 * (dim + 8) * _UNIT_ROUNDOFF_F32 / (1.0 - (dim + 8) * _UNIT_ROUNDOFF_F32)
+    result = cand_index[:, :k].clone()
+    if width == num - 1:
+        doubtful = torch.ones([rows.numel()], dtype=torch.bool, device=cand_dist.device)  # Candidates = all.
+    else:
+        gap = cand_dist[:, k].to(torch.float64) - cand_dist[:, k - 1].to(torch.float64)
+        eps = eps_scale * (norms[rows.to(norms.device)].to(cand_dist.device) + norm_max) ** 2
+        doubtful = ~(gap > 2 * eps)
+    doubtful_pos = doubtful.nonzero().flatten()
+    hard = []
+    for s in range(0, doubtful_pos.numel(), chunk):
+        pos = doubtful_pos[s : s + chunk]
+        r = rows[pos].to(x.device)
+        ci = cand_index[pos].to(x.device)
+        d64 = _exact_dist(x, r, ci)
+        best_dist, best_index = _lexicographic_smallest(d64, ci, k)
+        result[pos] = best_index.to(result.device)
+        if width < num - 1:
+            last = cand_dist[pos, -1].to(torch.float64).to(x.device)
+            eps_r = eps_scale * (norms[r.to(norms.device)].to(x.device) + norm_max) ** 2
+            settled = last - eps_r > best_dist[:, -1]
+            hard.append(pos[~settled.to(pos.device)])
+    if hard:
+        hard = torch.cat(hard)
+        if hard.numel():
+            result[hard] = _exact_rows(x, rows[hard].to(x.device), k).to(result.device)
+    return result
+
+#----------------------------------------------------------------------------
+
+def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
+    """Exact k-NN index sets (self excluded) of x[rows] (default: all rows): LongTensor [R, k], unordered."""
+    num, dim = x.shape
+    device = torch.device(device) if device is not None else x.device
+    if block_size is None:
+        block_size = _default_block_size(device)
+    if int(block_size) != block_size or block_size < 1:
+        raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+    block_size = int(block_size)
+    # float64 checks run where float64 exists; Apple's MPS has none.
+    exact_device = torch.device('cpu') if device.type == 'mps' else device
+    x_exact = x.to(exact_device)
+    width = min(k + _MARGIN, num - 1)
+    r0, r1 = (0, num) if rows is None else rows
+    if backend == 'faiss':
+        with _full_float32_matmul():
+            cand_dist, cand_index, sq_norms = _candidates_faiss(x, width)
+            norms = _norm_bounds(sq_norms, dim).to(exact_device)
+            cand_dist, cand_index = cand_dist[r0:r1], cand_index[r0:r1]
+    elif backend == 'torch':
+        # On the CPU, parallelism comes from worker threads (see _run_tasks), not from inside each operation.
+        workers = torch.get_num_threads() if device.type == 'cpu' else 1
+        with _full_float32_matmul(), _intra_op_threads(1 if device.type == 'cpu' else None):
+            aug = _Augmented(x, device, block_size)
+            norms = _norm_bounds(aug.b[:, dim + 1], dim).to(exact_device)
+            sparse = device.type == 'cpu'  # On GPUs a dense top-k is cheap and avoids host syncs.
+            if rows is None:
+                cand_dist, cand_index = _candidates_all(aug, num, width, block_size, sparse, workers)
+            else:
+                cand_dist, cand_index = _candidates_rows(aug, num, r0, r1, width, block_size, sparse, workers)
+            del aug
+    else:
+        raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'faiss'")
+    row_index = torch.arange(r0, r1, device=cand_index.device)
+    return _decide(x_exact, norms, row_index, cand_dist, cand_index, k).cpu()
+
+
+def k_nearest_neighbors(x, k, block_size=None, device=None, backend='torch'):
+    """Exact Euclidean k-nearest-neighbour sets of every row of `x` among the other rows.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor of shape (N, d)
+    k : int, 1 <= k <= N - 1
+    block_size, device, backend : see :func:`k_occurrence`.
+
+    Returns
+    -------
+    neighbors : torch.LongTensor of shape (N, k), on the CPU
+        Row i holds the indices of the k nearest other points of point i (as a set: the order within a row
+        is unspecified). Ties at the k-th distance are broken in favour of the smaller index.
+    """
+    x = _as_tensor(x)
+    _check_k(x.shape[0], k, count_self=False)
+    return _neighbors(x, int(k), block_size=block_size, device=device, backend=backend)
+
+
+def _counts_from_sets(sets, num):
+    return torch.bincount(sets.flatten(), minlength=num)
+
+
+def k_occurrence(x, k, count_self=False, block_size=None, device=None, backend='torch'):
+    """Exact k-occurrence N_k of every row of `x`: how often it is among the k nearest neighbours of the others.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor of shape (N, d)
+        Points, one per row (any float dtype; integers are converted to float64).
+    k : int
+        Neighbourhood size.
+    count_self : bool, default=False
+        False: the textbook N_k, where every point has k neighbours other than itself (1 <= k <= N - 1).
+        True: the convention of the hubness-prior authors' code (a k-NN graph of X queried with X), where every
+        point is its own first neighbour and has k - 1 others, so its score counts itself once
+        (1 <= k <= N). The result is then ``1 + k_occurrence(x, k - 1)``. Either way the mean score is k.
+    block_size : int, optional
+        Rows per block; memory is O(block_size**2 + N * (d + k)). Default 2048 on CPU, 8192 on GPUs. The
+        result does not depend on it.
+    device : str or torch.device, optional
+        Where to compute (default: the device of `x`, the CPU for numpy input).
+    backend : {'torch', 'faiss'}, default='torch'
+        'faiss' searches float32 candidates with faiss.IndexFlatL2 (faiss must be installed), then applies the
+        same exact float64 boundary check: results are identical to 'torch'.
+
+    Returns
+    -------
+    counts : torch.LongTensor of shape (N,), on the CPU
+
+    Notes
+    -----
+    Neighbour sets equal those of an exact float64 computation with ties at the k-th distance broken in
+    favour of the smaller index (duplicate points are tied; a point is never its own neighbour when
+    count_self is False).
+
+    On the CPU the tiles are spread over ``torch.get_num_threads()`` worker threads, each running torch with
+    one intra-op thread; the process-wide thread count and float32 matmul precision are set for the call and
+    restored afterwards.
+
+    Examples
+    --------
+    >>> x = np.random.RandomState(0).randn(10_000, 512).astype(np.float32)
+    >>> scores = k_occurrence(x, 5, count_self=True)   # The hubness-prior authors' score.
+    >>> hubs = np.flatnonzero(scores.numpy() >= 50)      # doctest: +SKIP
+    """
+    x = _as_tensor(x)
+    num = x.shape[0]
+    _check_k(num, k, count_self)
+    k = int(k)
+    if count_self:
+        if k == 1:
+            return torch.ones([num], dtype=torch.int64)
+        return 1 + k_occurrence(x, k - 1, block_size=block_size, device=device, backend=backend)
+    sets = _neighbors(x, k, block_size=block_size, device=device, backend=backend)
+    return _counts_from_sets(sets, num)
+
+
+def _fingerprint(x, chunk=4096):
+    acc = torch.zeros([3], dtype=torch.float64)
+    acc[0] = x.shape[0]
+    for i0 in range(0, x.shape[0], chunk):
+        xb = x[i0 : i0 + chunk].to(device='cpu', dtype=torch.float64)
+        acc[1] += xb.sum()
+        acc[2] += (xb * xb).sum()
+    return acc
+
+
+def k_occurrence_distributed(x, k, count_self=False, group=None, block_size=None, device=None):
+    """:func:`k_occurrence` split over the processes of a torch.distributed group.
+
+    Every rank passes the same `x` (e.g. latents regenerated from the same seed); rank r decides the neighbour
+    sets of a contiguous share of the rows against all points, and the counts are summed with all_reduce.
+    The result equals the single-process one exactly. Without an initialised process group it is simply
+    :func:`k_occurrence`. Collective tensors live on the CPU for gloo and on `device` otherwise (NCCL).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return k_occurrence(x, k, count_self=count_self, block_size=block_size, device=device)
+    x = _as_tensor(x)
+    num = x.shape[0]
+    _check_k(num, k, count_self)
+    k = int(k)
+    if count_self and k == 1:
+        return torch.ones([num], dtype=torch.int64)
+    k_others = k - 1 if count_self else k
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    comm_device = torch.device('cpu') if dist.get_backend(group) == 'gloo' else torch.device(
+        device if device is not None else f'cuda:{torch.cuda.current_device()}')
+
+    # Different inputs on different ranks would silently give garbage: compare a cheap fingerprint.
+    fingerprint = _fingerprint(x).to(comm_device)
+    lo, hi = fingerprint.clone(), fingerprint.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
+    if not torch.equal(lo, hi):
+        raise ValueError('k_occurrence_distributed: the ranks were given different points')
+
+    r0, r1 = num * rank // world, num * (rank + 1) // world
+    counts = torch.zeros([num], dtype=torch.int64)
+    if r1 > r0:
+        sets = _neighbors(x, k_others, rows=(r0, r1), block_size=block_size, device=device)
+        counts = _counts_from_sets(sets, num)
+    counts = counts.to(comm_device)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+    counts = counts.cpu()
+    return counts + 1 if count_self else counts
+
+#----------------------------------------------------------------------------
+
+def hubness_stats(counts, k, hub_size=2.0, threshold=None):
+    """Hubness diagnostics of a k-occurrence vector (definitions of the hubness literature).
+
+    Parameters
+    ----------
+    counts : array-like of shape (N,)
+        k-occurrences, e.g. from :func:`k_occurrence`.
+    k : int
+        The neighbourhood size they were computed with (their mean).
+    hub_size : float, default=2.0
+        Hubs are points with N_k > hub_size * k, antihubs points with N_k == 0 (Feldbauer & Flexer, KAIS 2019;
+        scikit-hubness's convention).
+    threshold : float, optional
+        Also report the fraction of points with N_k >= threshold (the hubness-prior selection rule, e.g. 50).
+
+    Returns
+    -------
+    stats : dict
+        ``skewness``: third standardised moment of N_k, E[(N_k - mean)^3] / std^3 with population moments
+        (Radovanovic et al.'s S_{N_k}; 0 when all N_k are equal).
+        ``robinhood``: Robin Hood (Hoover) index sum_x |N_k(x) - mean| / (2 sum_x N_k(x)): the fraction of all
+        k-NN slots that would have to move to give every point the mean (0: none, towards 1: extreme hubness).
+        ``hub_occurrence``: fraction of all k-NN slots taken by hubs, sum_{hubs} N_k / sum_x N_k.
+        ``antihub_occurrence``: fraction of points that are antihubs.
+        ``num_hubs``, ``num_antihubs``, ``mean``, ``std``, ``max``, and with `threshold`: ``hub_ratio``,
+        ``num_above_threshold``.
+    """
+    c = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64).ravel()
+    if c.size == 0:
+        raise ValueError('hubness_stats needs at least one count')
+    mean = c.mean()
+    centred = c - mean
+    std = math.sqrt(np.mean(centred ** 2))
+    total = c.sum()
+    hubs = c > hub_size * k
+    antihubs = c == 0
+    stats = dict(
+        skewness=float(np.mean(centred ** 3) / std ** 3) if std > 0 else 0.0,
+        robinhood=float(np.abs(centred).sum() / (2 * total)) if total > 0 else 0.0,
+        hub_occurrence=float(c[hubs].sum() / total) if total > 0 else 0.0,
+        antihub_occurrence=float(antihubs.mean()),
+        num_hubs=int(hubs.sum()),
+        num_antihubs=int(antihubs.sum()),
+        mean=float(mean),
+        std=float(std),
+        max=int(c.max()),
+    )
+    if threshold is not None:
+        above = c >= threshold
+        stats.update(hub_ratio=float(above.mean()), num_above_threshold=int(above.sum()))
+    return stats
+
+#----------------------------------------------------------------------------

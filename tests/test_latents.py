@@ -1,0 +1,191 @@
+"""Seed conventions and latent banks (sampling/latents.py)."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sampling import latents as L
+from sampling.latents import LatentBank
+
+#----------------------------------------------------------------------------
+# Seeds.
+
+def test_z_from_seeds_matches_generate_py_convention():
+    seeds = [0, 1, 42, 2 ** 32 - 1]
+    z = L.z_from_seeds(seeds, 17)
+    assert z.dtype == np.float64 and z.shape == (4, 17)
+    for i, seed in enumerate(seeds):
+        assert np.array_equal(z[i], np.random.RandomState(seed).randn(1, 17)[0])
+
+
+def test_z_from_seeds_matches_nvlabs_fixture(fixtures_dir):
+    with np.load(os.path.join(fixtures_dir, 'sg2ada_tiny_state.npz'), allow_pickle=False) as data:
+        seeds, ref_z = data['ref/seeds'], data['ref/z']
+    z = L.z_from_seeds(seeds, ref_z.shape[1], dtype=np.float32)
+    assert np.array_equal(z, ref_z)
+
+
+@pytest.mark.parametrize('bad', [-1, 2 ** 32, 1.5])
+def test_z_from_seeds_rejects_bad_seeds(bad):
+    with pytest.raises(ValueError, match='seeds'):
+        L.z_from_seeds([bad], 4)
+
+
+def test_z_batch_rows_do_not_depend_on_how_many_are_drawn(monkeypatch):
+    # A tiny skip chunk (odd, so chunk ends split the normal sampler's pairs) exercises the chunked skip.
+    monkeypatch.setattr(L, '_SKIP_CHUNK', 7)
+    seed, z_dim = 123, 5
+    reference = np.random.RandomState(seed).randn(40, z_dim)
+    for start, num in [(0, 40), (0, 1), (3, 10), (17, 23), (39, 1), (12, 0)]:
+        assert np.array_equal(L.z_batch(seed, num, z_dim, start=start), reference[start : start + num])
+    chunks = [L.z_batch(seed, 9, z_dim, start=s) for s in range(0, 36, 9)]
+    assert np.array_equal(np.concatenate(chunks), reference[:36])
+    assert np.array_equal(L.z_batch(seed, 1, z_dim)[0], L.z_from_seeds([seed], z_dim)[0])
+    assert L.z_batch(seed, 3, z_dim, dtype=np.float32).dtype == np.float32
+
+
+def test_z_from_addresses():
+    seeds = np.array([5, 9, 5, 5, 9])
+    indices = np.array([3, 0, 0, 7, 2])
+    z = L.z_from_addresses(seeds, indices, 6)
+    for row, (s, j) in enumerate(zip(seeds, indices)):
+        assert np.array_equal(z[row], np.random.RandomState(s).randn(j + 1, 6)[j])
+
+
+def test_random_labels_one_hot_and_prefix_consistent():
+    c_dim, seed = 10, 77
+    classes = np.random.RandomState([seed, 1]).randint(c_dim, size=50)
+    c = L.random_labels(seed, 50, c_dim)
+    assert c.dtype == np.float32 and c.shape == (50, c_dim)
+    assert np.array_equal(c.sum(axis=1), np.ones(50)) and np.array_equal(c.argmax(axis=1), classes)
+    assert np.array_equal(L.random_labels(seed, 20, c_dim, start=30), c[30:])
+    assert L.random_labels(seed, 4, 0).shape == (4, 0)
+
+
+def test_one_hot():
+    c = L.one_hot([2, 0], 3)
+    assert np.array_equal(c, [[0, 0, 1], [1, 0, 0]]) and c.dtype == np.float32
+    with pytest.raises(ValueError, match='class'):
+        L.one_hot([3], 3)
+
+#----------------------------------------------------------------------------
+# Files.
+
+def test_file_sha256(tmp_path):
+    data = np.random.RandomState(0).bytes(3 * (1 << 20) + 123)
+    path = tmp_path / 'net.pkl'
+    path.write_bytes(data)
+    assert L.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def _bank(num=6, z_dim=4, c_dim=0, seed=0):
+    rs = np.random.RandomState(seed)
+    labels = L.one_hot(rs.randint(c_dim, size=num), c_dim) if c_dim else None
+    meta = L.make_meta(command='test', network_sha256='ab' * 32, space='w', k=5, count_self=True,
+                       z_dim=z_dim, c_dim=c_dim, note='x')
+    return LatentBank(rs.randn(num, z_dim).astype(np.float32), labels, meta=meta,
+                      hub_score=rs.randint(0, 60, size=num), svds=rs.rand(num, 3).astype(np.float32),
+                      seeds=np.full(num, 11, dtype=np.int64), indices=np.arange(num))
+
+
+@pytest.mark.parametrize('c_dim', [0, 3])
+def test_bank_roundtrip_without_pickle(tmp_path, c_dim):
+    bank = _bank(c_dim=c_dim)
+    path = tmp_path / 'bank.npz'
+    bank.save(path)
+    with np.load(path, allow_pickle=False) as raw:
+        assert set(raw.files) == {'latents', 'labels', 'meta', 'hub_score', 'svds', 'seeds', 'indices'}
+        assert raw['labels'].shape == ((0,) if c_dim == 0 else (6, c_dim))
+        assert json.loads(str(raw['meta']))['k'] == 5
+    back = LatentBank.load(path)
+    assert back.equals(bank)
+    assert back.labels.shape == (6, c_dim) and back.c_dim == c_dim and back.z_dim == 4
+    assert back.meta['versions']['bank_format'] == L.BANK_FORMAT and back.meta['extras'] == {'note': 'x'}
+    assert back.meta['versions']['numpy'] == np.__version__
+
+
+def test_bank_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / 'bank.npz'
+    _bank(seed=1).save(path)
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(np, 'savez', broken_savez)
+    with pytest.raises(OSError, match='disk full'):
+        _bank(seed=2).save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['bank.npz']
+
+
+def test_bank_validation():
+    with pytest.raises(ValueError, match='rows'):
+        LatentBank(np.zeros([3, 2]), hub_score=np.zeros(4))
+    with pytest.raises(ValueError, match='labels'):
+        LatentBank(np.zeros([3, 2]), labels=np.zeros([2, 5]))
+    with pytest.raises(ValueError, match='pickle'):
+        LatentBank(np.zeros([3, 2]), names=np.array(['a', None, 'c'], dtype=object))
+    with pytest.raises(TypeError, match='JSON'):
+        LatentBank(np.zeros([3, 2]), meta={'bad': object()})
+
+
+def test_load_rejects_non_bank(tmp_path):
+    np.savez(tmp_path / 'x.npz', foo=np.zeros(3))
+    with pytest.raises(ValueError, match="no 'latents'"):
+        LatentBank.load(tmp_path / 'x.npz')
+
+
+@pytest.mark.parametrize('with_labels', [False, True])
+def test_load_magnet_authors_file_drops_zero_rows(tmp_path, with_labels):
+    rs = np.random.RandomState(3)
+    latents = rs.randn(8, 5).astype(np.float32)
+    svds = np.sort(rs.rand(8, 4).astype(np.float32), axis=1)[:, ::-1]
+    latents[[2, 6]] = 0
+    svds[[2, 6]] = 0
+    latents[4] = 0  # Zero latent with non-zero singular values: a real row, kept.
+    labels = L.one_hot(rs.randint(3, size=8), 3) if with_labels else np.zeros([0], dtype=np.float32)
+    np.savez(tmp_path / 'authors.npz', svds=svds, latents=latents, labels=labels)
+    bank = LatentBank.load(tmp_path / 'authors.npz')
+    keep = [0, 1, 3, 4, 5, 7]
+    assert bank.meta['dropped_zero_rows'] == 2 and bank.meta['source'] == 'external'
+    assert np.array_equal(bank.latents, latents[keep]) and np.array_equal(bank['svds'], svds[keep])
+    assert np.array_equal(bank.labels, labels[keep] if with_labels else np.zeros([6, 0]))
+
+
+def test_check_compatible():
+    bank = _bank()
+    L.check_compatible(bank, network_sha256='ab' * 32, z_dim=4, c_dim=0)
+    with pytest.raises(ValueError) as err:
+        L.check_compatible(bank, network_sha256='cd' * 32)
+    assert 'ab' * 32 in str(err.value) and 'cd' * 32 in str(err.value)
+    with pytest.raises(ValueError, match='z_dim = 4.*z_dim = 512'):
+        L.check_compatible(bank.meta, z_dim=512)
+    with pytest.raises(ValueError, match='c_dim'):
+        L.check_compatible(bank, c_dim=10)
+    L.check_compatible(LatentBank(np.zeros([2, 4])), network_sha256='cd' * 32)  # Nothing recorded: passes.
+
+
+def test_select_and_concatenate():
+    a, b = _bank(num=5, seed=1), _bank(num=3, seed=2)
+    joined = L.concatenate([a, b])
+    for name in a.keys():
+        assert np.array_equal(joined[name], np.concatenate([a[name], b[name]]))
+    assert joined.meta == a.meta
+    picked = joined.select([6, 0])
+    assert np.array_equal(picked.latents, np.stack([b.latents[1], a.latents[0]]))
+    mask = joined['hub_score'] >= 30
+    assert np.array_equal(joined.select(mask)['indices'], joined['indices'][mask])
+    other = _bank(num=2)
+    other.meta['k'] = 10
+    with pytest.raises(ValueError, match='different k'):
+        L.concatenate([a, other])
+    with pytest.raises(ValueError, match='arrays'):
+        L.concatenate([a, LatentBank(np.zeros([2, 4], dtype=np.float32))])
+    assert L.concatenate([a, other], meta={'merged': True}).meta == {'merged': True}
+
+#----------------------------------------------------------------------------

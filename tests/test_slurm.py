@@ -1,0 +1,205 @@
+"""The SLURM templates in slurm/: what they run, and (opt-in) a real array job with its merge on a private cluster.
+
+The always-on tests execute the templates with bash and simulated SLURM variables, with PYTHON pointing at a
+stub that records its arguments; the recorded command lines are then run in-process and their merged bank
+compared with a single run. The real-cluster test needs sbatch, root and RUN_SLURM_TESTS=1 (see docs/slurm.md).
+"""
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import compute_volume_scalars
+import legacy
+from training.networks_stylegan2 import Generator
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARRAY = os.path.join(REPO_ROOT, 'slurm', 'compute_volume_scalars.sbatch')
+MERGE = os.path.join(REPO_ROOT, 'slurm', 'merge_volume_scalars.sbatch')
+
+
+@pytest.fixture(scope='module')
+def tiny_pkl(tmp_path_factory):
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32).eval()
+    path = tmp_path_factory.mktemp('net') / 'tiny.pkl'
+    legacy.save_network_pkl(path, G=G, G_ema=G)
+    return str(path)
+
+
+def _job_args(pkl, outdir):
+    return ['--network', pkl, '--num', '5', '--space', 'style', '--method', 'exact', '--top-k', '3',
+            '--chunk-size', '2', '--outdir', str(outdir), '--device', 'cpu']
+
+
+def _load(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != 'meta'}
+
+
+def _assert_same_arrays(a, b):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
+
+
+def _run_template(script, args, tmp_path, **slurm_env):
+    """Run a template with bash; returns (exit code, stderr, [cwd, argv...] recorded by the PYTHON stub)."""
+    record = tmp_path / 'record.txt'
+    stub = tmp_path / 'python-stub'
+    stub.write_text('#!/bin/sh\npwd > "$RECORD"\nprintf "%s\\n" "$@" >> "$RECORD"\n')
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+    env.update(PYTHON=str(stub), RECORD=str(record), SLURM_SUBMIT_DIR=REPO_ROOT, **slurm_env)
+    if record.exists():
+        record.unlink()
+    proc = subprocess.run(['bash', script, *args], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = record.read_text().splitlines() if record.exists() else []
+    return proc.returncode, proc.stderr, lines
+
+
+def test_templates_run_the_shard_and_merge_commands(tiny_pkl, tmp_path):
+    args = _job_args(tiny_pkl, tmp_path / 'sharded')
+    commands = []
+    for task in ('0', '1'):
+        code, err, lines = _run_template(ARRAY, args, tmp_path, SLURM_ARRAY_TASK_ID=task, SLURM_ARRAY_TASK_COUNT='2',
+                                         SLURM_ARRAY_TASK_MIN='0')
+        assert code == 0, err
+        assert lines[0] == REPO_ROOT   # Runs from the submission directory (the repository root).
+        assert lines[1:] == ['compute_volume_scalars.py', *args, '--shard', f'{task}/2']
+        commands.append(lines[2:])
+    code, err, lines = _run_template(MERGE, args, tmp_path)
+    assert code == 0, err
+    assert lines[1:] == ['compute_volume_scalars.py', *args, '--merge', '--device=cpu']
+    commands.append(lines[2:])
+
+    for command in commands:   # What the jobs would run, run here.
+        result = CliRunner().invoke(compute_volume_scalars.main, command)
+        assert result.exit_code == 0, result.output
+    single = CliRunner().invoke(compute_volume_scalars.main, _job_args(tiny_pkl, tmp_path / 'single'))
+    assert single.exit_code == 0, single.output
+    _assert_same_arrays(_load(tmp_path / 'sharded' / 'volumes.npz'), _load(tmp_path / 'single' / 'volumes.npz'))
+
+
+def test_array_template_refuses_non_arrays_and_offset_ranges(tiny_pkl, tmp_path):
+    args = _job_args(tiny_pkl, tmp_path / 'out')
+    code, err, lines = _run_template(ARRAY, args, tmp_path)
+    assert code == 2 and 'array' in err and lines == []
+    code, err, lines = _run_template(ARRAY, args, tmp_path, SLURM_ARRAY_TASK_ID='3', SLURM_ARRAY_TASK_COUNT='1',
+                                     SLURM_ARRAY_TASK_MIN='3')
+    assert code == 2 and '--array=0-' in err and lines == []
+
+#----------------------------------------------------------------------------
+# A real SLURM run (opt-in).
+
+_REAL_SLURM_MISSING = [
+    reason for reason, missing in (
+        ('set RUN_SLURM_TESTS=1 to run it', os.environ.get('RUN_SLURM_TESTS') != '1'),
+        ('sbatch is not on PATH (Debian: apt-get install slurm-wlm)', shutil.which('sbatch') is None),
+        ('slurmctld/slurmd are not on PATH', not (shutil.which('slurmctld') or os.path.exists('/usr/sbin/slurmctld'))),
+        ('it must run as root (it starts its own slurmd)', hasattr(os, 'geteuid') and os.geteuid() != 0),
+    ) if missing]
+
+
+def _free_ports(count):
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(('127.0.0.1', 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _daemon(name):
+    return shutil.which(name) or os.path.join('/usr/sbin', name)
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out waiting for {what}')
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def private_cluster(tmp_path):
+    """A single-node cluster of our own: generated slurm.conf, auth/none, free ports, state under tmp_path."""
+    root = tmp_path / 'slurm'
+    (root / 'state').mkdir(parents=True)
+    (root / 'spool').mkdir()
+    host = socket.gethostname().split('.')[0]
+    ctld_port, d_port = _free_ports(2)
+    conf = root / 'slurm.conf'
+    conf.write_text('\n'.join([
+        'ClusterName=voltest', f'SlurmctldHost={host}(127.0.0.1)', 'SlurmUser=root', 'SlurmdUser=root',
+        'AuthType=auth/none', 'CredType=cred/none', f'SlurmctldPort={ctld_port}', f'SlurmdPort={d_port}',
+        f'StateSaveLocation={root}/state', f'SlurmdSpoolDir={root}/spool',
+        f'SlurmctldPidFile={root}/slurmctld.pid', f'SlurmdPidFile={root}/slurmd.pid',
+        f'SlurmctldLogFile={root}/slurmctld.log', f'SlurmdLogFile={root}/slurmd.log',
+        'ProctrackType=proctrack/linuxproc', 'TaskPlugin=task/none', 'SelectType=select/cons_tres',
+        'SelectTypeParameters=CR_CPU', 'SchedulerType=sched/builtin', 'MpiDefault=none', 'ReturnToService=2',
+        'JobCompType=jobcomp/none', 'AccountingStorageType=accounting_storage/none', 'PlugStackConfig=/dev/null',
+        f'NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN',
+        'PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP', '']))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    for key in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
+        del env[key]
+    subprocess.run([_daemon('slurmctld'), '-f', str(conf), '-i'], env=env, check=True, timeout=60)
+    try:
+        subprocess.run([_daemon('slurmd'), '-f', str(conf)], env=env, check=True, timeout=60)
+
+        def idle():
+            out = subprocess.run(['sinfo', '-h', '-o', '%t'], env=env, capture_output=True, text=True)
+            return out.stdout.strip() == 'idle'
+        _wait(idle, 60, 'the private cluster to come up')
+        yield env, root
+    finally:
+        subprocess.run(['scontrol', 'shutdown'], env=env, capture_output=True, timeout=60)
+        for name in ('slurmd.pid', 'slurmctld.pid'):   # Only the daemons this fixture started.
+            with contextlib.suppress(OSError, ValueError):
+                pid = int((root / name).read_text().strip())
+                time.sleep(1)
+                os.kill(pid, 9)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(bool(_REAL_SLURM_MISSING), reason='real SLURM test is opt-in: ' + '; '.join(_REAL_SLURM_MISSING))
+def test_real_slurm_array_and_merge(private_cluster, tiny_pkl, tmp_path):
+    env, root = private_cluster
+    env = dict(env, PYTHON=sys.executable)
+    args = _job_args(tiny_pkl, tmp_path / 'sharded')
+    # Override the template's GPU, CPU and time requests for this CPU-only node.
+    common = ['--gres=none', '--cpus-per-task=1', '--mem=0', '--time=10', '--parsable']
+    submit = subprocess.run(['sbatch', *common, '--array=0-1', f'--output={root}/array-%A_%a.out', ARRAY, *args],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert submit.returncode == 0, submit.stderr
+    array_id = submit.stdout.strip().split(';')[0]
+    merge = subprocess.run(['sbatch', *common, f'--dependency=afterok:{array_id}', f'--output={root}/merge-%j.out',
+                            MERGE, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert merge.returncode == 0, merge.stderr
+    merge_id = merge.stdout.strip().split(';')[0]
+
+    def finished():
+        queue = subprocess.run(['squeue', '-h', '-j', f'{array_id},{merge_id}'], env=env, capture_output=True, text=True)
+        return queue.returncode == 0 and queue.stdout.strip() == ''
+    _wait(finished, 300, 'the array and merge jobs')
+    logs = '\n'.join(p.read_text() for p in sorted(root.glob('*.out')))
+    assert (tmp_path / 'sharded' / 'volumes.npz').exists(), logs
+    assert sorted(os.listdir(tmp_path / 'sharded' / 'chunks')) == [
+        'chunk-000000.npz', 'chunk-000001.npz', 'chunk-000002.npz', 'chunks.json'], logs
+    assert 'Shard 0/2' in logs and 'Shard 1/2' in logs, logs
+
+    single = CliRunner().invoke(compute_volume_scalars.main, _job_args(tiny_pkl, tmp_path / 'single'))
+    assert single.exit_code == 0, single.output
+    _assert_same_arrays(_load(tmp_path / 'sharded' / 'volumes.npz'), _load(tmp_path / 'single' / 'volumes.npz'))
