@@ -11,10 +11,8 @@ as NVlabs' own loader does; both give the same images.
 
 import copy
 import io
-import os
 import pickle
 import re
-import tempfile
 import warnings
 
 import click
@@ -102,22 +100,9 @@ def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None,
             assert persistence.is_persistent(module), f'{key} must be an instance of a persistent class'
             module = copy.deepcopy(module).eval().requires_grad_(False).cpu()
         data[key] = module
-    _atomic_write(path, lambda f: pickle.dump(data, f, protocol=4))
+    with dnnlib.util.atomic_write(path) as f:
+        pickle.dump(data, f, protocol=4)
 
-
-def _atomic_write(path, write_fn):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 # ----------------------------------------------------------------------------
 # Unpickling.

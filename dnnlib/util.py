@@ -5,6 +5,7 @@ unchanged: ``EasyDict`` (pickled by this exact name), ``make_cache_dir_path``, `
 ``format_time`` and the ``*_by_name`` import helpers.
 """
 
+import contextlib
 import glob
 import hashlib
 import html
@@ -63,6 +64,29 @@ def make_cache_dir_path(*paths):
     if 'USERPROFILE' in os.environ:
         return os.path.join(os.environ['USERPROFILE'], '.cache', 'dnnlib', *paths)
     return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode='wb'):
+    """Open a temporary file beside ``path``; on success it is flushed, synced and renamed onto ``path``.
+
+    An interrupted write leaves at most a hidden ``.<name>.*.tmp`` file, never a partial ``path``.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
 
 
 # ----------------------------------------------------------------------------

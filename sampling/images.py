@@ -1,10 +1,9 @@
 """Turning generator output into images on disk: NVlabs' uint8 conversion, PNG writing, grids."""
 
-import os
-import tempfile
-
 import numpy as np
 import torch
+
+import dnnlib
 
 
 def to_uint8(img):
@@ -22,17 +21,8 @@ def save_png(path, array):
     array = np.ascontiguousarray(array)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(_encode_png(array))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with dnnlib.util.atomic_write(path) as f:
+        f.write(_encode_png(array))
 
 
 def _encode_png(array):

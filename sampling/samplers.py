@@ -32,7 +32,8 @@ Samplers (defaults in brackets):
     (:func:`sampling.hubness.k_occurrence`) in W (``G.mapping(z, c, truncation_psi=1)[:, 0]``, ``space=w``) or
     in Z (``space=z``); a latent is a hub if its score is >= t. ``count_self=1`` counts every latent as its
     own first neighbour, as the authors' code does (``count_self=0``: the textbook N_k). The first ``num``
-    hubs in (batch, index) order are returned: the same hubs ``generate_hubness.py`` finds with these settings.
+    hubs in (batch, index) order are returned: the same hubs ``generate_hubness.py`` finds with these settings
+    (for a conditional network, with ``labels=uniform``, its ``--class random``).
 ``polarity`` [bank=PATH (required), rho=1, top_k=all, eps=0, replace=1, per_class=1]
     Polarity / MaGNET resampling (Humayun et al. 2022) of a latent bank with singular values (``svds``, e.g.
     from ``compute_volume_scalars.py`` or the MaGNET authors' files; a ``log_volume`` array is used if there is
@@ -280,6 +281,8 @@ def _to_choice(choices):
 
 
 def _to_path(name, value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # A file named like a number.
     if not isinstance(value, str) or not value:
         raise SamplerSpecError(f'{name} must be a file path, got {value!r}')
     return value
@@ -441,10 +444,10 @@ class HubnessSource:
     @torch.no_grad()
     def _points(self, z, c):
         if self.space == 'z':
-            return torch.from_numpy(z)
+            return torch.from_numpy(z)  # float64, as generate_hubness.py scores it.
         out = []
         for i0 in range(0, len(z), 4096):  # Fixed block: W does not depend on any user batch size.
-            zb = torch.from_numpy(z[i0:i0 + 4096]).to(self.device)
+            zb = torch.from_numpy(z[i0:i0 + 4096]).to(self.device, torch.float32)
             cb = torch.from_numpy(c[i0:i0 + 4096]).to(self.device)
             out.append(self.G.mapping(zb, cb, truncation_psi=1)[:, 0].float())
         return torch.cat(out)
@@ -460,7 +463,7 @@ class HubnessSource:
                 if found >= num:
                     break
                 batch_seed = (seed + b) % _MAX_SEED
-                z = latent_utils.z_batch(batch_seed, self.batch, self.G.z_dim).astype(np.float32)
+                z = latent_utils.z_batch(batch_seed, self.batch, self.G.z_dim)
                 c = self.labels(batch_seed, self.batch)
                 scores = k_occurrence(self._points(z, c), self.k, count_self=self.count_self, device=self.device)
                 keep = np.flatnonzero(scores.numpy() >= self.t)

@@ -136,7 +136,7 @@ def test_generate_conditional_needs_class(tmp_path):
 @pytest.mark.parametrize('content, message', [
     (None, 'network pickle not found'),
     (b'', 'truncated or empty'),
-    (b'hello, this is text\n', 'not a readable network pickle'),
+    (b'hello, this is text\n', 'is not a network pickle'),
 ])
 def test_generate_bad_network(tmp_path, content, message):
     path = tmp_path / 'net.pkl'

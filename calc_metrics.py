@@ -1,0 +1,297 @@
+"""Metrics of a sampling method: NVlabs' FID / KID / precision-recall / IS / PPL of a (network, sampler) pair.
+
+Each result is printed as one JSON line (NVlabs' record, plus the sampler, seed and detectors) and appended to
+metric-<name>.jsonl beside the pickle when its folder holds NVlabs' training_options.json, and to --out.
+
+Examples:
+
+\b
+    # NVlabs' fid50k_full of plain sampling, against a dataset:
+    python calc_metrics.py --network=net.pkl --metrics=fid50k_full,pr50k3_full --data=ffhq.zip --mirror=1
+
+\b
+    # Hubness-prior sampling (the authors' k=5, t=50 in W), then 20 % MaGNET + 80 % random at psi 0.9:
+    python calc_metrics.py --network=net.pkl --data=ffhq.zip --sampler='hubness:k=5,t=50'
+    python calc_metrics.py --network=net.pkl --data=ffhq.zip --sampler='mix:0.2*polarity(bank=magnet.npz)+0.8*random;trunc=0.9'
+
+\b
+    # Several GPUs: one process per GPU with torchrun (identical numbers to one process):
+    torchrun --standalone --nproc_per_node=4 calc_metrics.py --network=net.pkl --data=ffhq.zip
+
+\b
+Metrics: fid50k_full kid50k_full pr50k3_full is50k ppl2_wend fid50k kid50k pr50k3 ppl_zfull ppl_wfull ppl_zend
+ppl_wend, and sizes: fid{N}k[_full] kid{N}k[_full] pr{N}k{K}[_full] is{N}k ppl2_wend_{N}k (N thousand; a plain
+count also works: fid500_full, pr500_3_full), epr{N}k{K}[_full] (hubness-aware efficient P/R, an estimate).
+
+\b
+Sampler specs (--sampler; all seeded by --seed, latents chosen at psi 1):
+  random                      NVlabs-like N(0, I) latents, labels from the dataset's label distribution
+  trunc:0.7                   random, truncation psi 0.7
+  hubness:k=5,t=50,space=w,batch=10000,count_self=1    hub latents (the authors' convention)
+  polarity:bank=B.npz,rho=1,top_k=30,replace=1         MaGNET / polarity resampling of a latent bank
+  bank:HUBS.npz               the first latents of a bank (e.g. from generate_hubness.py)
+  mix:0.2*polarity(bank=B.npz,rho=1)+0.8*random         exact-count mixture
+  SPEC;trunc=0.9              truncation psi 0.9 on any sampler
+Full grammar: sampling/samplers.py.
+
+FID, KID and IS use NVlabs' Inception-v3 and P/R and PPL their VGG16 (downloaded once, cached). --detector
+replaces them (a name: inception, vgg16, inception-sg3, vgg16-sg3; or a TorchScript file or URL: a module taking
+uint8 NCHW images and returning features [N, D]); numbers from other detectors are not comparable with
+published ones. Unlike NVlabs' run, the whole evaluation is reproducible from --seed.
+"""
+
+import os
+import sys
+
+import click
+import numpy as np
+import torch
+
+import dnnlib
+from metrics import metric_main, metric_utils
+from sampling import cli, samplers
+
+# ----------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """Bad input: one line for the user."""
+
+
+def _parse_metrics(text):
+    names = [name.strip() for name in text.split(',') if name.strip()]
+    if names == ['none']:
+        return []
+    if not names:
+        raise _Failure('--metrics is empty; pass e.g. fid50k_full or none')
+    for name in names:
+        if not metric_main.is_valid_metric(name):
+            raise _Failure(metric_main.unknown_metric_message(name))
+    return names
+
+
+def _parse_detectors(text):
+    """'X' (every role) or 'inception=X,vgg16=Y' -> {role: url}."""
+    if text is None:
+        return {}
+    roles = ('inception', 'vgg16')
+    parts = [part.strip() for part in text.split(',')]
+    if all(part.split('=', 1)[0] in roles and '=' in part for part in parts):
+        pairs = [part.split('=', 1) for part in parts]
+    else:
+        pairs = [(role, text) for role in roles]
+    try:
+        return {role: metric_utils.resolve_detector(value) for role, value in pairs}
+    except metric_utils.DetectorError as err:
+        raise _Failure(f'--detector: {err}') from None
+
+
+def _load_fid_stats(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if 'mu' not in data or 'sigma' not in data:
+                raise _Failure(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data.files)}')
+            mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+    except (OSError, ValueError) as err:
+        raise _Failure(f'--fid-stats {path}: cannot read it as an .npz file ({str(err).splitlines()[0]})') from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise _Failure(f'--fid-stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)} and '
+                       f'{list(sigma.shape)}')
+    return mu, sigma
+
+
+def _load_snapshot(network, device, allow_code):
+    import legacy
+    try:
+        with dnnlib.util.open_url(network, verbose=False) as f:
+            data = legacy.load_network_pkl(f, allow_code=allow_code)
+    except legacy.NetworkLoadError as err:
+        raise _Failure(str(err)) from None
+    except FileNotFoundError:
+        raise _Failure(f'network pickle not found: {network}') from None
+    except (OSError, ValueError) as err:
+        raise _Failure(f'cannot read {network}: {str(err).splitlines()[0]}') from None
+    G = data['G_ema'].eval().requires_grad_(False).to(device)
+    return G, data.get('training_set_kwargs')
+
+
+def _dataset_kwargs(data, training_set_kwargs, G, mirror):
+    # NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
+    # kwargs names the dataset statistics cache, so theirs and ours find each other's files.
+    if data is not None:
+        kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
+    elif training_set_kwargs is not None:
+        kwargs = dnnlib.EasyDict(training_set_kwargs)
+    else:
+        return None
+    kwargs.resolution = G.img_resolution
+    kwargs.use_labels = (G.c_dim != 0)
+    if mirror is not None:
+        kwargs.xflip = mirror
+    return kwargs
+
+
+def _open_dataset(dataset_kwargs, G, from_pickle):
+    from training.dataset import DatasetError
+    try:
+        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+    except DatasetError as err:
+        hint = ' (the dataset recorded in the network pickle; pass --data)' if from_pickle else ''
+        raise _Failure(f'{err}{hint}') from None
+    if dataset.num_channels != G.img_channels:
+        raise _Failure(f'the dataset has {dataset.num_channels}-channel images but the network makes '
+                       f'{G.img_channels}-channel ones; use the dataset the network was trained on')
+    return dataset
+
+
+def _label_pool(dataset, G, rank):
+    if G.c_dim == 0 or dataset is None:
+        return None
+    if not dataset.has_labels or dataset.label_dim != G.c_dim:
+        if rank == 0:
+            click.echo(f'note: the dataset has no {G.c_dim}-class labels; samplers draw classes uniformly', err=True)
+        return None
+    return metric_utils.dataset_labels(dataset)
+
+
+def _distributed(gpus, device):
+    """(num_gpus, rank, device): torchrun's world, or a single process."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1:
+        if gpus > 1:
+            raise _Failure(f'--gpus {gpus} needs one process per GPU: run torchrun --standalone '
+                           f'--nproc_per_node={gpus} calc_metrics.py ... (same options, without --gpus)')
+        return 1, 0, device
+    if gpus not in (1, world):
+        raise _Failure(f'--gpus {gpus} differs from the torchrun world size {world}; drop --gpus')
+    rank = int(os.environ['RANK'])
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo')
+    return world, rank, device
+
+
+def _note(rank, message):
+    if rank == 0:
+        click.echo(message, err=True)
+
+
+def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, seed, detector, device, out,
+                 fid_stats, allow_pickle_code, cache, workers):
+    """Everything after option parsing; raises _Failure for bad input."""
+    metrics = _parse_metrics(metrics)
+    try:
+        spec = samplers.parse(sampler_spec)
+    except samplers.SamplerSpecError as err:
+        raise _Failure(f'--sampler: {err}') from None
+    detectors = _parse_detectors(detector)
+    reference = _load_fid_stats(fid_stats) if fid_stats is not None else None
+    try:
+        device = cli.resolve_device(device)
+    except click.BadParameter as err:
+        raise _Failure(f'--device: {err.message}') from None
+    num_gpus, rank, device = _distributed(gpus, device)
+    if device.type == 'cuda':  # NVlabs' metrics run without TF32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    try:
+        network = cli.network_or_default(network)
+    except click.UsageError as err:
+        raise _Failure(err.message) from None
+    if verbose:
+        _note(rank, f'Loading network from "{network}"...')
+    G, training_set_kwargs = _load_snapshot(network, device, allow_pickle_code)
+
+    dataset_kwargs = _dataset_kwargs(data, training_set_kwargs, G, mirror)
+    needs_data = [m for m in metrics if metric_main.metric_kind(m) in ('kid', 'pr')
+                  or (metric_main.metric_kind(m) == 'fid' and reference is None)]
+    if needs_data and dataset_kwargs is None:
+        raise _Failure(f'{needs_data[0]} needs real images: pass --data DIR|ZIP (the network pickle records no '
+                       'training set)')
+    dataset = None
+    if dataset_kwargs is not None and (needs_data or G.c_dim):
+        dataset = _open_dataset(dataset_kwargs, G, from_pickle=(data is None))
+        if verbose:
+            _note(rank, f'Dataset: {dataset.name}, {len(dataset)} images of {dataset.resolution}x{dataset.resolution}')
+
+    for role in sorted({role for m in metrics for role in metric_main.detector_roles(m)}):
+        url = detectors.get(role, metric_utils.DETECTOR_URLS[role])
+        if not metric_utils.is_nvlabs_detector(url):
+            _note(rank, f'note: the {role} detector is {url}, not NVlabs\' {role}: the numbers are not comparable '
+                        'with published ones')
+
+    network_sha256 = None
+    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.isfile(network):
+        from sampling.latents import file_sha256
+        network_sha256 = file_sha256(network)
+    try:
+        sampler = samplers.build(spec, G, device=device, label_pool=_label_pool(dataset, G, rank),
+                                 network_sha256=network_sha256, progress=(verbose and rank == 0))
+    except samplers.SamplerSpecError as err:
+        raise _Failure(f'--sampler: {err}') from None
+    if verbose:
+        _note(rank, f'Sampler: {sampler.describe()}, seed {seed}')
+
+    run_dir = None
+    if os.path.isfile(network) and os.path.isfile(os.path.join(os.path.dirname(network) or '.', 'training_options.json')):
+        run_dir = os.path.dirname(network) or '.'
+
+    from training.dataset import DatasetError
+    feature_memo = {} if len(metrics) > 1 else None  # fid + kid (same Inception features) synthesise once.
+    for metric in metrics:
+        if verbose:
+            _note(rank, f'Calculating {metric}...')
+        try:
+            result = metric_main.calc_metric(
+                metric, G=G, dataset_kwargs=dataset_kwargs, num_gpus=num_gpus, rank=rank, device=device,
+                progress=verbose, cache=cache, sampler=sampler, seed=seed, detectors=detectors,
+                fid_stats=reference, allow_pickle_code=allow_pickle_code, num_workers=workers,
+                feature_memo=feature_memo)
+        except (metric_utils.DetectorError, DatasetError, samplers.SamplerSpecError) as err:
+            raise _Failure(f'{metric}: {err}') from None
+        except ValueError as err:
+            raise _Failure(f'{metric}: {str(err).splitlines()[0]}') from None
+        if rank == 0:
+            metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
+
+
+@click.command(help=__doc__)
+@click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
+@click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')
+@click.option('--mirror', type=bool, metavar='BOOL', help='Mirror the real images (default: as in the pickle)')
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
+              help='Processes; with more than one, launch with torchrun --nproc_per_node=N')
+@click.option('--verbose', type=bool, default=True, metavar='BOOL', show_default=True, help='Progress output')
+@click.option('--sampler', 'sampler_spec', default='random', show_default=True, metavar='SPEC',
+              help='Where the latents come from (see above)')
+@click.option('--seed', type=click.IntRange(min=0, max=2 ** 32 - 1), default=0, show_default=True,
+              help='Base seed of the whole evaluation')
+@click.option('--detector', metavar='NAME|PATH|URL', help='Feature detector replacing NVlabs\' (or inception=X,vgg16=Y)')
+@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@click.option('--out', type=click.Path(dir_okay=False), help='Also append the JSON lines to this file')
+@click.option('--fid-stats', type=click.Path(), help='Reference FID statistics (.npz with mu, sigma) instead of --data')
+@click.option('--allow-pickle-code', is_flag=True, help='Run code embedded in pickles (only for files you trust)')
+@click.option('--cache', type=bool, default=True, metavar='BOOL', show_default=True,
+              help='Cache dataset statistics in the dnnlib cache')
+@click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loading processes')
+@click.option('--debug', is_flag=True, help='Show tracebacks')
+def main(debug, **kwargs):
+    try:
+        calc_metrics(**kwargs)
+    except _Failure as err:
+        if debug:
+            raise
+        raise click.ClickException(str(err)) from None
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    sys.exit(main())  # pylint: disable=no-value-for-parameter
+
+# ----------------------------------------------------------------------------
