@@ -495,15 +495,21 @@ def test_conv2d_gradfix_matches_functional(enabled, monkeypatch):
 
 
 def test_conv2d_gradfix_no_weight_gradients():
+    # NVlabs' pattern (R1): the forward runs outside, the gradient w.r.t. the input inside the block; the
+    # second-order gradient must still reach the weights, and nothing inside the block changes values.
     assert conv2d_gradfix.weight_gradients_disabled is False
     x = _randn(1, 2, 5, 5, seed=28, requires_grad=True)
     w = _randn(3, 2, 3, 3, seed=29, requires_grad=True)
+    y = conv2d_gradfix.conv2d(x, w)
     with conv2d_gradfix.no_weight_gradients():
         assert conv2d_gradfix.weight_gradients_disabled is True
-        y = conv2d_gradfix.conv2d(x, w)
+        (gx,) = torch.autograd.grad(y.square().sum(), [x], create_graph=True)
+        assert torch.equal(conv2d_gradfix.conv2d(x, w), y)
     assert conv2d_gradfix.weight_gradients_disabled is False
-    gx, gw = torch.autograd.grad(y.square().sum(), [x, w], allow_unused=True)
-    assert gx is not None and (gw is None or torch.all(gw == 0))
+    (gw,) = torch.autograd.grad(gx.square().sum(), [w])
+    (gx_ref,) = torch.autograd.grad(F.conv2d(x, w).square().sum(), [x], create_graph=True)
+    (gw_ref,) = torch.autograd.grad(gx_ref.square().sum(), [w])
+    assert torch.allclose(gw, gw_ref) and gw.abs().sum() > 0
     with conv2d_gradfix.no_weight_gradients(False):
         assert conv2d_gradfix.weight_gradients_disabled is False
 

@@ -1,7 +1,10 @@
-"""conv2d / conv_transpose2d with a switch to skip weight gradients.
+"""conv2d / conv_transpose2d as NVlabs' network code calls them.
 
-NVlabs needed a custom double-backward for torch < 1.11; current PyTorch differentiates
+NVlabs needed a custom double-backward op for torch < 1.11; current PyTorch differentiates
 convolutions to any order, so the forward and all gradients here are torch.nn.functional's.
+``no_weight_gradients()`` only sets a flag: NVlabs uses it around ``torch.autograd.grad(...,
+inputs=[images])`` (R1, path length) to skip computing weight gradients nobody asked for, and
+PyTorch's autograd already computes only the requested gradients. It never changes results.
 """
 
 import contextlib
@@ -9,12 +12,11 @@ import contextlib
 import torch.nn.functional as F
 
 enabled = False                     # Kept for API compatibility (NVlabs' custom op switch); no effect.
-weight_gradients_disabled = False   # While set, convolutions do not propagate gradients to the weights.
+weight_gradients_disabled = False   # Set inside no_weight_gradients(); informational only.
 
 
 @contextlib.contextmanager
 def no_weight_gradients(disable=True):
-    """Within the block, gradients do not flow into convolution weights (e.g. path-length regularisation)."""
     global weight_gradients_disabled
     old = weight_gradients_disabled
     if disable:
@@ -25,14 +27,10 @@ def no_weight_gradients(disable=True):
         weight_gradients_disabled = old
 
 
-def _maybe_detach(weight):
-    return weight.detach() if weight_gradients_disabled else weight
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return F.conv2d(input, _maybe_detach(weight), bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    return F.conv_transpose2d(input, _maybe_detach(weight), bias, stride=stride, padding=padding,
-                              output_padding=output_padding, groups=groups, dilation=dilation)
+    return F.conv_transpose2d(input, weight, bias, stride=stride, padding=padding, output_padding=output_padding,
+                              groups=groups, dilation=dilation)

@@ -1,0 +1,166 @@
+"""Train a small StyleGAN2 on a dataset zip made by dataset_tool.py (CPU or one GPU).
+
+The defaults suit 32x32 grayscale digits (the network this repository ships): z = w = 64, two
+mapping layers, channel_base 1024 / channel_max 128 (32, 64, 128, 128 channels at 32, 16, 8, 4 px),
+batch 32, R1 gamma 0.05 (not tuned; StyleGAN2-ADA's heuristic 0.0002 * res^2 / batch gives 0.006),
+200 kimg. That costs about 40 CPU-seconds per kimg with one thread. Each run gets a new numbered
+folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids, stats.jsonl and log.txt.
+
+Examples:
+
+\b
+    # MNIST digits at 32x32 on the CPU:
+    python dataset_tool.py --source mnist --dest datasets/mnist32.zip
+    python train.py --outdir training-runs --data datasets/mnist32.zip --kimg 200 --threads 1
+
+\b
+    # Class-conditional, on a GPU, with mirrored copies of the images:
+    python train.py --outdir training-runs --data datasets/mnist32.zip --cond=1 --mirror=1 --device cuda
+
+\b
+    # Resume (the image count continues from the snapshot's name):
+    python train.py --outdir training-runs --data datasets/mnist32.zip \\
+        --resume training-runs/00000-mnist32-batch32-gamma0.05/network-snapshot-000100.pkl
+"""
+
+import json
+import os
+import re
+
+import click
+
+import dnnlib
+from sampling import cli
+from training.dataset import DatasetError, ImageFolderDataset
+
+
+def next_run_dir(outdir, desc):
+    """``<outdir>/<id>-<desc>`` with id one more than the largest numbered entry already there."""
+    ids = []
+    if os.path.isdir(outdir):
+        for name in os.listdir(outdir):
+            match = re.match(r'^(\d+)', name)
+            if match and os.path.isdir(os.path.join(outdir, name)):
+                ids.append(int(match.group(1)))
+    return os.path.join(outdir, f'{max(ids, default=-1) + 1:05d}-{desc}')
+
+
+def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbase, cmax, map_layers, z_dim, w_dim,
+                  glr, dlr, ema, style_mix, pl_weight, device, workers, resume, resume_kimg):
+    """The training_loop arguments for these command-line options (an EasyDict); checks the dataset.
+
+    Raises click errors (one line, no traceback) for a bad dataset or inconsistent options.
+    """
+    c = dnnlib.EasyDict()
+    c.training_set_kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data,
+                                            use_labels=True, max_size=None, xflip=False)
+    try:
+        dataset = ImageFolderDataset(path=data, use_labels=bool(cond))
+    except DatasetError as err:
+        raise click.ClickException(str(err)) from None
+    if cond and not dataset.has_labels:
+        raise click.ClickException(f'--cond=1 needs labels, but {data} has no dataset.json labels; '
+                                   'train with --cond=0 or add labels (dataset_tool.py writes them)')
+    # NVlabs' key order (it feeds the metric cache key): path, use_labels, max_size, xflip, resolution, random_seed.
+    c.training_set_kwargs.resolution = dataset.resolution
+    c.training_set_kwargs.use_labels = bool(cond)
+    c.training_set_kwargs.max_size = len(dataset)
+    c.training_set_kwargs.xflip = bool(mirror)
+    c.training_set_kwargs.random_seed = seed
+    dataset_name = dataset.name
+    dataset.close()
+
+    c.data_loader_kwargs = dnnlib.EasyDict(num_workers=workers)
+    if device.type == 'cuda':
+        c.data_loader_kwargs.pin_memory = True
+    c.G_kwargs = dnnlib.EasyDict(class_name='training.networks_stylegan2.Generator', z_dim=z_dim, w_dim=w_dim,
+                                 mapping_kwargs=dnnlib.EasyDict(num_layers=map_layers),
+                                 channel_base=cbase, channel_max=cmax, num_fp16_res=0, conv_clamp=256,
+                                 fused_modconv_default='inference_only')
+    c.D_kwargs = dnnlib.EasyDict(class_name='training.networks_stylegan2.Discriminator', channel_base=cbase,
+                                 channel_max=cmax, num_fp16_res=0, conv_clamp=256,
+                                 epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=min(batch, 4)))
+    c.G_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=glr, betas=[0, 0.99], eps=1e-8)
+    c.D_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=dlr, betas=[0, 0.99], eps=1e-8)
+    c.loss_kwargs = dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=gamma,
+                                    style_mixing_prob=style_mix, pl_weight=pl_weight)
+    c.G_reg_interval = 4 if pl_weight > 0 else None
+    c.D_reg_interval = 16
+    c.random_seed = seed
+    c.batch_size = batch
+    c.ema_kimg = ema if ema is not None else batch * 10 / 32
+    c.ema_rampup = 0.05
+    c.total_kimg = kimg
+    c.kimg_per_tick = tick
+    c.image_snapshot_ticks = c.network_snapshot_ticks = snap
+    c.resume_pkl = resume
+    c.resume_kimg = resume_kimg
+    c.device = str(device)
+
+    desc = f'{dataset_name}-{"cond-" if cond else ""}{"mirror-" if mirror else ""}batch{batch}-gamma{gamma:g}'
+    return c, desc
+
+
+@click.command(help=__doc__)
+@click.option('--outdir', required=True, metavar='DIR', help='Where to make the run folder')
+@click.option('--data', required=True, metavar='ZIP|DIR', help='Training data (from dataset_tool.py)')
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Number of GPUs (only 1)')
+@click.option('--batch', type=click.IntRange(min=1), default=32, show_default=True, help='Total batch size')
+@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
+              help='Training length in thousands of real images')
+@click.option('--tick', type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
+              help='Progress line every N kimg')
+@click.option('--snap', type=click.IntRange(min=1), default=10, show_default=True, help='Snapshot every N ticks')
+@click.option('--resume', type=click.Path(exists=True, dir_okay=False), metavar='PKL', help='Resume from a snapshot')
+@click.option('--resume-kimg', type=click.FloatRange(min=0), help='kimg already done at --resume [default: from its name]')
+@click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed')
+@click.option('--cond', type=bool, metavar='BOOL', default=False, show_default=True, help='Train a class-conditional model')
+@click.option('--mirror', type=bool, metavar='BOOL', default=False, show_default=True, help='Add x-flipped copies of the images')
+@click.option('--gamma', type=click.FloatRange(min=0), default=0.05, show_default=True, help='R1 regularisation weight')
+@click.option('--cbase', type=click.IntRange(min=1), default=1024, show_default=True, help='Capacity multiplier')
+@click.option('--cmax', type=click.IntRange(min=1), default=128, show_default=True, help='Max. feature maps')
+@click.option('--map', 'map_layers', type=click.IntRange(min=1), default=2, show_default=True, help='Mapping layers')
+@click.option('--z-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Latent (Z) dimensionality')
+@click.option('--w-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Intermediate latent (W) dimensionality')
+@click.option('--glr', type=click.FloatRange(min=0, min_open=True), default=0.0025, show_default=True, help='G learning rate')
+@click.option('--dlr', type=click.FloatRange(min=0, min_open=True), default=0.0025, show_default=True, help='D learning rate')
+@click.option('--ema', type=click.FloatRange(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
+@click.option('--style-mix', type=click.FloatRange(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
+@click.option('--pl-weight', type=click.FloatRange(min=0), default=0, show_default=True, help='Path-length regularisation weight')
+@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@click.option('--threads', type=click.IntRange(min=1), help="CPU threads for torch [default: torch's]; 1 is often "
+              'fastest on a busy machine')
+@click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes [default: 0 on CPU, 3 on GPU]')
+@click.option('--desc', metavar='STR', help='Extra text for the run folder name')
+@click.option('--dry-run', is_flag=True, help='Print the training options and exit')
+def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed, cond, mirror, gamma, cbase, cmax,
+         map_layers, z_dim, w_dim, glr, dlr, ema, style_mix, pl_weight, device, threads, workers, desc, dry_run):
+    if gpus != 1:
+        raise click.BadParameter('this trainer runs on one device; use --gpus 1', param_hint='--gpus')
+    device = cli.resolve_device(device)
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+    if workers is None:
+        workers = 3 if device.type == 'cuda' else 0
+    c, run_desc = build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbase, cmax, map_layers,
+                                z_dim, w_dim, glr, dlr, ema, style_mix, pl_weight, device, workers, resume,
+                                resume_kimg)
+    if desc:
+        run_desc += f'-{desc}'
+    c.run_dir = next_run_dir(outdir, run_desc)
+
+    click.echo(json.dumps(c, indent=2))
+    if dry_run:
+        click.echo('Dry run; exiting.')
+        return
+
+    from training import training_loop
+    try:
+        training_loop.training_loop(**c)
+    except (training_loop.ResumeError, DatasetError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+if __name__ == '__main__':
+    main()
