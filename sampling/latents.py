@@ -26,15 +26,15 @@ Files without ``meta`` are read as the MaGNET authors' published banks (``svds``
 ``labels``): their all-zero padding rows are dropped and counted in ``meta['dropped_zero_rows']``.
 """
 
-import contextlib
 import hashlib
 import json
 import os
 import shlex
 import sys
-import tempfile
 
 import numpy as np
+
+from dnnlib.util import atomic_write  # noqa: F401 (re-exported: sampling code imports it from here)
 
 BANK_FORMAT = 1
 
@@ -150,27 +150,6 @@ def file_sha256(path, chunk_size=1 << 20):
         for block in iter(lambda: f.read(chunk_size), b''):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode='wb'):
-    """Open a temporary file next to `path`; on success it is flushed, synced and renamed onto `path`.
-
-    An interrupted write leaves at most a hidden ``.<name>.*.tmp`` file, never a partial `path`.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def _json_default(obj):

@@ -17,15 +17,6 @@ from sampling.hubness import hubness_stats, k_nearest_neighbors, k_occurrence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared: many small tiles with intra-op threads thrash when cores are oversubscribed.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 #----------------------------------------------------------------------------
 # Independent float64 reference: full distance matrix by differences, rows ranked by (distance, index).
 
@@ -82,9 +73,13 @@ def test_worker_threads_give_the_same_result():
     # Three workers on many small tiles, with ties, so that concurrent merges into shared rows really happen.
     base = np.random.RandomState(18).randn(500, 48).astype(np.float32)
     x = np.concatenate([base, base[:100]])
+    threads = torch.get_num_threads()
     torch.set_num_threads(3)
-    counts = k_occurrence(x, 5, block_size=32)
-    assert torch.get_num_threads() == 3  # Restored after the call.
+    try:
+        counts = k_occurrence(x, 5, block_size=32)
+        assert torch.get_num_threads() == 3  # Restored after the call.
+    finally:
+        torch.set_num_threads(threads)
     assert np.array_equal(counts.numpy(), reference_counts(x, 5))
 
 
