@@ -46,7 +46,7 @@ def time_phases(G, D, batch, resolution, channels, iters):
     c = torch.zeros(batch, 0)
     out = {}
     for phase, module in (('Gmain', G), ('Dmain', D), ('Dreg', D)):
-        def step():
+        def step(phase=phase, module=module):
             module.requires_grad_(True)
             loss.accumulate_gradients(phase, real, c, torch.randn(batch, G.z_dim), c, gain=1, cur_nimg=0)
             module.requires_grad_(False)

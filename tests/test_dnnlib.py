@@ -104,7 +104,7 @@ def test_easydict_attribute_access():
     del d.a
     assert 'a' not in d
     with pytest.raises(AttributeError):
-        d.missing
+        _ = d.missing
     assert dnnlib.EasyDict is util.EasyDict
 
 

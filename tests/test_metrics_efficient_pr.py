@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from metrics.efficient_precision_recall import (efficient_precision_recall_from_features,
-                                                efficient_precision_recall_with_error, hub_indices)
+from metrics.efficient_precision_recall import (
+    efficient_precision_recall_from_features,
+    efficient_precision_recall_with_error,
+    hub_indices,
+)
 from metrics.precision_recall import precision_recall_from_features
 
 
