@@ -197,8 +197,8 @@ def balanced_subset(labels, indices, per_class):
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
-def train_classifier(images, labels, val_images=None, val_labels=None, epochs=15, batch_size=64, lr=1e-3,
-                     max_shift=2, outlier_weight=0.5, seed=0, device='cpu', model_kwargs=None, progress=None):
+def train_classifier(images, labels, val_images=None, val_labels=None, epochs=20, batch_size=64, lr=1e-3,
+                     max_shift=2, outlier_weight=0.2, seed=0, device='cpu', model_kwargs=None, progress=None):
     """Train an :class:`MNISTClassifier` with Adam, a cosine learning-rate decay, random shifts and outliers.
 
     The loss is the cross-entropy on the digits plus ``outlier_weight`` times the cross-entropy
@@ -215,7 +215,7 @@ def train_classifier(images, labels, val_images=None, val_labels=None, epochs=15
         Optimisation; ``lr`` decays to 0 along a cosine over all epochs.
     max_shift : int, default=2
         Augmentation: each training image is translated by up to this many pixels.
-    outlier_weight : float, default=0.5
+    outlier_weight : float, default=0.2
         Weight of the outlier term; 0 trains on digits alone.
     seed : int, default=0
         Seeds the initialisation, the batch order and the augmentation.
