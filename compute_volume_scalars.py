@@ -36,8 +36,6 @@ Examples:
 """
 
 import os
-import shlex
-import sys
 
 import click
 import torch
@@ -73,7 +71,7 @@ def _load_embedder(path, device, dtype):
                                    f'save it with torch.jit.save') from None
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Latents (per class with --class all)')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Batch seed of the latents')
@@ -120,7 +118,7 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
             if shard[1] > 1:
                 click.echo('When every shard has finished, run the same command with --merge', err=True)
                 return
-        bank = job.merge(outdir, command=' '.join(shlex.quote(a) for a in sys.argv))
+        bank = job.merge(outdir, command=cli.command_line())
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f'Wrote {len(bank)} latents with their top-{job.top_k} singular values to '

@@ -82,7 +82,7 @@ def _check_class(G, class_idx):
     return class_idx
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save bank, images, report')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Number of hub latents wanted')
@@ -163,7 +163,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     except ValueError as err:
         raise click.ClickException(f'{err} (batches 0..{max_batches - 1} with --max-batches {max_batches})') from None
 
-    meta = make_meta(network_sha256=sha256, space=space, k=k, count_self=count_self, z_dim=G.z_dim, c_dim=G.c_dim,
+    meta = make_meta(command=cli.command_line(), network_sha256=sha256, space=space, k=k, count_self=count_self, z_dim=G.z_dim, c_dim=G.c_dim,
                      threshold=search.threshold, top=top, quantile=quantile, batch_size=batch_size, seed=seed,
                      class_idx=search.class_idx, num_requested=num, num_batches=len(result.batches))
     report = hub_sampler.write_outputs(G, result, search, outdir, meta, images=not no_images,

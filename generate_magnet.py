@@ -30,8 +30,6 @@ Examples:
 
 import json
 import os
-import shlex
-import sys
 
 import click
 import numpy as np
@@ -54,7 +52,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
         json.dump(record, f, indent=1)
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', 'bank_path', type=click.Path(exists=True, dir_okay=False), required=True, help='Volume bank (.npz)')
 @click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
@@ -100,7 +98,7 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
     os.makedirs(outdir, exist_ok=True)
     summary.update(bank=os.path.abspath(bank_path), bank_sha256=latents.file_sha256(bank_path),
                    network_sha256=network_sha256, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                   command=' '.join(shlex.quote(a) for a in sys.argv))
+                   command=cli.command_line())
     _write_selection(outdir, z, c, bank_index, summary)
 
     num_written, grid_images = 0, []

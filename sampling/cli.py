@@ -2,6 +2,8 @@
 
 import os
 import re
+import shlex
+import sys
 
 import click
 import torch
@@ -89,3 +91,23 @@ def class_label(G, class_idx, device, batch_size=1):
         raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
     label[:, class_idx] = 1
     return label
+
+
+class Command(click.Command):
+    """A click command that remembers the arguments it parsed, for :func:`command_line`."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta['gansampling.argv'] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def command_line():
+    """The running command as a shell line, ``python script.py ARGS`` (recorded in banks for provenance).
+
+    Built from the arguments click parsed, so it is right also when the command is invoked in-process.
+    """
+    ctx = click.get_current_context()
+    script = os.path.basename(getattr(sys.modules.get(ctx.command.callback.__module__), '__file__', None)
+                              or ctx.command_path)
+    args = ctx.meta.get('gansampling.argv', sys.argv[1:])
+    return ' '.join(['python', shlex.quote(script)] + [shlex.quote(arg) for arg in args])
