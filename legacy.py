@@ -727,14 +727,17 @@ def _tf_discriminator_source(name):
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)
+@click.option('--g-ema-only', help='Keep only G_ema (and training_set_kwargs): a smaller file for sampling',
+              is_flag=True)
 @click.option('--allow-pickle-code', help='Run code embedded in the source pickle (only for files you trust)',
               is_flag=True)
-def convert_network_pickle(source, dest, force_fp16, allow_pickle_code):
+def convert_network_pickle(source, dest, force_fp16, g_ema_only, allow_pickle_code):
     """Convert a network pickle to this repository's PyTorch format (readable by NVlabs' PyTorch code too).
 
     \b
     Example:
     python legacy.py --source=stylegan2-ffhq-config-f.pkl --dest=stylegan2-ffhq-config-f-pt.pkl
+    python legacy.py --source=network-snapshot-000100.pkl --dest=generator.pkl --g-ema-only
     """
     try:
         with dnnlib.util.open_url(source, verbose=False) as f:
@@ -745,6 +748,8 @@ def convert_network_pickle(source, dest, force_fp16, allow_pickle_code):
         raise click.ClickException(f'network pickle not found: {source}') from None
     except OSError as err:
         raise click.ClickException(f'cannot read {source}: {err}') from None
+    if g_ema_only:
+        data.update(G=None, D=None, augment_pipe=None)
     for key in ('G', 'D', 'G_ema', 'augment_pipe'):
         if data[key] is not None and not persistence.is_persistent(data[key]):
             raise click.ClickException(f'{source}: {key} is a {type(data[key]).__name__} that cannot be saved in the '

@@ -269,6 +269,16 @@ def test_convert_command_writes_pytorch_pickle(tmp_path):
     for name, tensor in ref.state_dict().items():
         assert torch.equal(G.state_dict()[name], tensor), name
 
+    # --g-ema-only keeps the generator alone: a smaller file with the same G_ema.
+    small = tmp_path / 'g_ema.pkl'
+    result = _run_convert('--source', dest, '--dest', small, '--g-ema-only')
+    assert result.returncode == 0, result.stderr
+    with open(small, 'rb') as f:
+        data = legacy.load_network_pkl(f)
+    assert data['G'] is None and data['D'] is None and data['G_ema'] is not None
+    assert small.stat().st_size < dest.stat().st_size / 2
+    _assert_same_networks(data, case, keys=('G_ema',))
+
 
 def test_convert_command_errors_are_one_line(tmp_path):
     result = _run_convert('--source', tmp_path / 'missing.pkl', '--dest', tmp_path / 'out.pkl')
