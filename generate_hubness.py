@@ -84,8 +84,9 @@ def _check_class(G, class_idx):
 
 @click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
-@click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save bank, images, report')
-@click.option('--num', type=click.IntRange(min=1), required=True, help='Number of hub latents wanted')
+@click.option('--outdir', type=click.Path(file_okay=False), default='out/hubness', show_default=True,
+              help='Where to save bank, images, report')
+@click.option('--num', type=click.IntRange(min=1), default=16, show_default=True, help='Number of hub latents wanted')
 @click.option('--space', type=click.Choice(['w', 'z']), default='w', show_default=True,
               help="Where to score: W (the authors') or Z")
 @click.option('--k', type=click.IntRange(min=1), default=5, show_default=True, help='Neighbourhood size')
