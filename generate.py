@@ -19,7 +19,6 @@ import os
 
 import click
 import numpy as np
-from tqdm import tqdm
 
 from sampling import cli, images
 from sampling.latents import z_from_seeds
@@ -62,18 +61,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
                              batch_size=batch_size)
 
-    num_written = 0
-    grid_images = []
-    with tqdm(total=len(names), unit='img', desc='Generating', disable=None) as bar:
-        for img in batches:
-            for array in images.to_uint8(img):
-                images.save_png(os.path.join(outdir, names[num_written]), array)
-                num_written += 1
-                if grid:
-                    grid_images.append(array)
-            bar.update(len(img))
-    if grid:
-        images.save_png(os.path.join(outdir, 'grid.png'), images.make_grid(np.stack(grid_images)))
+    num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')
 
 

@@ -32,8 +32,6 @@ import json
 import os
 
 import click
-import numpy as np
-from tqdm import tqdm
 
 from sampling import cli, images, latents, magnet_sampler
 from sampling.synthesis import synthesize
@@ -101,18 +99,9 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
                    command=cli.command_line())
     _write_selection(outdir, z, c, bank_index, summary)
 
-    num_written, grid_images = 0, []
     batches = synthesize(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
-    with tqdm(total=num, unit='img', desc='Generating', disable=None) as bar:
-        for img in batches:
-            for array in images.to_uint8(img):
-                images.save_png(os.path.join(outdir, f'magnet{num_written:06d}.png'), array)
-                num_written += 1
-                if grid:
-                    grid_images.append(array)
-            bar.update(len(img))
-    if grid:
-        images.save_png(os.path.join(outdir, 'grid.png'), images.make_grid(np.stack(grid_images)))
+    names = [f'magnet{idx:06d}.png' for idx in range(num)]
+    num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')
 
 

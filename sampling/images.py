@@ -1,7 +1,10 @@
 """Turning generator output into images on disk: NVlabs' uint8 conversion, PNG writing, grids."""
 
+import os
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import dnnlib
 
@@ -65,3 +68,23 @@ def make_grid(images, cols=None, pad=0, pad_value=0):
         y, x = row * (height + pad), col * (width + pad)
         grid[y:y + height, x:x + width] = image
     return grid
+
+
+def write_images(batches, names, outdir, grid=False, desc='Generating'):
+    """Save the images of an iterable of NCHW float batches as ``outdir/names[i]``, with a progress bar.
+
+    With ``grid``, all images are also tiled into ``outdir/grid.png``. Returns the number written.
+    """
+    num_written = 0
+    grid_images = []
+    with tqdm(total=len(names), unit='img', desc=desc, disable=None) as bar:
+        for img in batches:
+            for array in to_uint8(img):
+                save_png(os.path.join(outdir, names[num_written]), array)
+                num_written += 1
+                if grid:
+                    grid_images.append(array)
+            bar.update(len(img))
+    if grid and grid_images:
+        save_png(os.path.join(outdir, 'grid.png'), make_grid(np.stack(grid_images)))
+    return num_written
