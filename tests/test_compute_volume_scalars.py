@@ -17,25 +17,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_generator
 
 import compute_volume_scalars
 import legacy
 from sampling import volume
-from training.networks_stylegan2 import Generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Z_DIM = 16
-
-
-def _tiny_generator(c_dim=0, seed=0):
-    torch.manual_seed(seed)
-    G = Generator(z_dim=Z_DIM, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32)
-    with torch.no_grad():  # Non-zero noise strengths and biases so that every path matters.
-        for name, param in G.named_parameters():
-            if name.endswith('noise_strength') or name.endswith('bias'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +32,7 @@ def nets(tmp_path_factory):
     folder = tmp_path_factory.mktemp('nets')
     out = {}
     for name, c_dim in (('uncond', 0), ('cond', 3)):
-        G = _tiny_generator(c_dim=c_dim, seed=c_dim)
+        G = tiny_generator(c_dim=c_dim, seed=c_dim)
         path = str(folder / f'{name}.pkl')
         legacy.save_network_pkl(path, G=G, G_ema=G)
         out[name] = (path, G)

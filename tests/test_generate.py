@@ -7,28 +7,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_generator
 
 import legacy
 from sampling.images import load_png, make_grid
-from training.networks_stylegan2 import Generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_generator(c_dim=0, seed=0):
-    torch.manual_seed(seed)
-    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32)
-    with torch.no_grad():  # Non-zero noise strengths and biases so that every path matters.
-        for name, param in G.named_parameters():
-            if name.endswith('noise_strength') or name.endswith('bias'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval()
-
-
 @pytest.fixture(scope='module')
 def tiny_pkl(tmp_path_factory):
-    G = _tiny_generator()
+    G = tiny_generator()
     path = tmp_path_factory.mktemp('net') / 'tiny.pkl'
     legacy.save_network_pkl(path, G=G, G_ema=G)
     return str(path), G
@@ -116,7 +105,7 @@ def test_generate_bad_seeds(tiny_pkl, tmp_path, args, message):
 
 
 def test_generate_conditional_needs_class(tmp_path):
-    G = _tiny_generator(c_dim=3)
+    G = tiny_generator(c_dim=3)
     legacy.save_network_pkl(tmp_path / 'cond.pkl', G=G, G_ema=G)
     result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0', '--outdir', str(tmp_path), '--device', 'cpu')
     assert result.returncode != 0

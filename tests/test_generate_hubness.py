@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_generator
 
 import generate_hubness
 import legacy
 from sampling import cli, hub_sampler
 from sampling.images import load_png
 from sampling.latents import LatentBank, file_sha256
-from training.networks_stylegan2 import Generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,29 +26,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--batch-size', '300', '--k', '5', '--threshold', '13', '--device', 'cpu']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # The machine is shared; tiny problems gain nothing from threads.
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tiny_generator(c_dim=0):
-    torch.manual_seed(0)
-    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32)
-    with torch.no_grad():  # Non-zero biases and noise strengths so that every path matters.
-        for name, param in G.named_parameters():
-            if name.endswith('bias') or name.endswith('noise_strength'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp('net')
-    G, G_cond = _tiny_generator(), _tiny_generator(c_dim=3)
+    G, G_cond = tiny_generator(), tiny_generator(c_dim=3)
     legacy.save_network_pkl(folder / 'tiny.pkl', G=G, G_ema=G)
     legacy.save_network_pkl(folder / 'tiny_cond.pkl', G=G_cond, G_ema=G_cond)
     return dict(pkl=str(folder / 'tiny.pkl'), G=G, cond_pkl=str(folder / 'tiny_cond.pkl'), G_cond=G_cond)

@@ -12,25 +12,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_generator
 
 import compute_volume_scalars
 import generate_magnet
 import legacy
 from sampling.images import load_png
-from training.networks_stylegan2 import Generator
 
 Z_DIM = 16
-
-
-def _tiny_generator(c_dim=0, seed=0):
-    torch.manual_seed(seed)
-    G = Generator(z_dim=Z_DIM, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32)
-    with torch.no_grad():
-        for name, param in G.named_parameters():
-            if name.endswith('noise_strength') or name.endswith('bias'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope='module')
@@ -38,7 +27,7 @@ def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp('magnet')
     nets = {}
     for name, c_dim, seed in (('uncond', 0, 0), ('other', 0, 1), ('cond', 3, 2)):
-        G = _tiny_generator(c_dim=c_dim, seed=seed)
+        G = tiny_generator(c_dim=c_dim, seed=seed)
         legacy.save_network_pkl(folder / f'{name}.pkl', G=G, G_ema=G)
         nets[name] = (str(folder / f'{name}.pkl'), G)
     result = CliRunner().invoke(compute_volume_scalars.main, [

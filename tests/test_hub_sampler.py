@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_generator
 
 from sampling import hub_sampler as hs
 from sampling.chunks import ChunkStore
@@ -20,36 +21,16 @@ from sampling.hub_report import (
     score_norm_moments,
 )
 from sampling.latents import LatentBank
-from training.networks_stylegan2 import Generator
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # The machine is shared; tiny problems gain nothing from threads.
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tiny_generator(c_dim=0):
-    torch.manual_seed(1)
-    G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
-                  mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=32)
-    with torch.no_grad():
-        for name, param in G.named_parameters():
-            if name.endswith('bias') or name.endswith('noise_strength'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope='module')
 def G():
-    return _tiny_generator()
+    return tiny_generator(seed=1)
 
 
 @pytest.fixture(scope='module')
 def G_cond():
-    return _tiny_generator(c_dim=3)
+    return tiny_generator(seed=1, c_dim=3)
 
 #----------------------------------------------------------------------------
 # Independent references.
