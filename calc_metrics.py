@@ -44,114 +44,13 @@ import os
 import sys
 
 import click
-import numpy as np
 import torch
 
-import dnnlib
-from metrics import metric_main, metric_utils
+from metrics import evaluation, metric_main, metric_utils
+from metrics.evaluation import EvaluationError
 from sampling import cli, samplers
 
 # ----------------------------------------------------------------------------
-
-
-class _Failure(Exception):
-    """Bad input: one line for the user."""
-
-
-def _parse_metrics(text):
-    names = [name.strip() for name in text.split(',') if name.strip()]
-    if names == ['none']:
-        return []
-    if not names:
-        raise _Failure('--metrics is empty; pass e.g. fid50k_full or none')
-    for name in names:
-        if not metric_main.is_valid_metric(name):
-            raise _Failure(metric_main.unknown_metric_message(name))
-    return names
-
-
-def _parse_detectors(text):
-    """'X' (every role) or 'inception=X,vgg16=Y' -> {role: url}."""
-    if text is None:
-        return {}
-    roles = ('inception', 'vgg16')
-    parts = [part.strip() for part in text.split(',')]
-    if all(part.split('=', 1)[0] in roles and '=' in part for part in parts):
-        pairs = [part.split('=', 1) for part in parts]
-    else:
-        pairs = [(role, text) for role in roles]
-    try:
-        return {role: metric_utils.resolve_detector(value) for role, value in pairs}
-    except metric_utils.DetectorError as err:
-        raise _Failure(f'--detector: {err}') from None
-
-
-def _load_fid_stats(path):
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if 'mu' not in data or 'sigma' not in data:
-                raise _Failure(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data.files)}')
-            mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-    except (OSError, ValueError) as err:
-        raise _Failure(f'--fid-stats {path}: cannot read it as an .npz file ({str(err).splitlines()[0]})') from None
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise _Failure(f'--fid-stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)} and '
-                       f'{list(sigma.shape)}')
-    return mu, sigma
-
-
-def _load_snapshot(network, device, allow_code):
-    import legacy
-    try:
-        with dnnlib.util.open_url(network, verbose=False) as f:
-            data = legacy.load_network_pkl(f, allow_code=allow_code)
-    except legacy.NetworkLoadError as err:
-        raise _Failure(str(err)) from None
-    except FileNotFoundError:
-        raise _Failure(f'network pickle not found: {network}') from None
-    except (OSError, ValueError) as err:
-        raise _Failure(f'cannot read {network}: {str(err).splitlines()[0]}') from None
-    G = data['G_ema'].eval().requires_grad_(False).to(device)
-    return G, data.get('training_set_kwargs')
-
-
-def _dataset_kwargs(data, training_set_kwargs, G, mirror):
-    # NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
-    # kwargs names the dataset statistics cache, so theirs and ours find each other's files.
-    if data is not None:
-        kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
-    elif training_set_kwargs is not None:
-        kwargs = dnnlib.EasyDict(training_set_kwargs)
-    else:
-        return None
-    kwargs.resolution = G.img_resolution
-    kwargs.use_labels = (G.c_dim != 0)
-    if mirror is not None:
-        kwargs.xflip = mirror
-    return kwargs
-
-
-def _open_dataset(dataset_kwargs, G, from_pickle):
-    from training.dataset import DatasetError
-    try:
-        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
-    except DatasetError as err:
-        hint = ' (the dataset recorded in the network pickle; pass --data)' if from_pickle else ''
-        raise _Failure(f'{err}{hint}') from None
-    if dataset.num_channels != G.img_channels:
-        raise _Failure(f'the dataset has {dataset.num_channels}-channel images but the network makes '
-                       f'{G.img_channels}-channel ones; use the dataset the network was trained on')
-    return dataset
-
-
-def _label_pool(dataset, G, rank):
-    if G.c_dim == 0 or dataset is None:
-        return None
-    if not dataset.has_labels or dataset.label_dim != G.c_dim:
-        if rank == 0:
-            click.echo(f'note: the dataset has no {G.c_dim}-class labels; samplers draw classes uniformly', err=True)
-        return None
-    return metric_utils.dataset_labels(dataset)
 
 
 def _distributed(gpus, device):
@@ -159,11 +58,11 @@ def _distributed(gpus, device):
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world == 1:
         if gpus > 1:
-            raise _Failure(f'--gpus {gpus} needs one process per GPU: run torchrun --standalone '
+            raise EvaluationError(f'--gpus {gpus} needs one process per GPU: run torchrun --standalone '
                            f'--nproc_per_node={gpus} calc_metrics.py ... (same options, without --gpus)')
         return 1, 0, device
     if gpus not in (1, world):
-        raise _Failure(f'--gpus {gpus} differs from the torchrun world size {world}; drop --gpus')
+        raise EvaluationError(f'--gpus {gpus} differs from the torchrun world size {world}; drop --gpus')
     rank = int(os.environ['RANK'])
     if device.type == 'cuda':
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
@@ -180,18 +79,18 @@ def _note(rank, message):
 
 def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, seed, detector, device, out,
                  fid_stats, allow_pickle_code, cache, workers):
-    """Everything after option parsing; raises _Failure for bad input."""
-    metrics = _parse_metrics(metrics)
+    """Everything after option parsing; raises EvaluationError for bad input."""
+    metrics = evaluation.parse_metrics(metrics)
     try:
         spec = samplers.parse(sampler_spec)
     except samplers.SamplerSpecError as err:
-        raise _Failure(f'--sampler: {err}') from None
-    detectors = _parse_detectors(detector)
-    reference = _load_fid_stats(fid_stats) if fid_stats is not None else None
+        raise EvaluationError(f'--sampler: {err}') from None
+    detectors = evaluation.parse_detectors(detector)
+    reference = evaluation.load_fid_stats(fid_stats) if fid_stats is not None else None
     try:
         device = cli.resolve_device(device)
     except click.BadParameter as err:
-        raise _Failure(f'--device: {err.message}') from None
+        raise EvaluationError(f'--device: {err.message}') from None
     num_gpus, rank, device = _distributed(gpus, device)
     if device.type == 'cuda':  # NVlabs' metrics run without TF32.
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -200,20 +99,20 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
     try:
         network = cli.network_or_default(network)
     except click.UsageError as err:
-        raise _Failure(err.message) from None
+        raise EvaluationError(err.message) from None
     if verbose:
         _note(rank, f'Loading network from "{network}"...')
-    G, training_set_kwargs = _load_snapshot(network, device, allow_pickle_code)
+    G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_pickle_code)
 
-    dataset_kwargs = _dataset_kwargs(data, training_set_kwargs, G, mirror)
+    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror)
     needs_data = [m for m in metrics if metric_main.metric_kind(m) in ('kid', 'pr')
                   or (metric_main.metric_kind(m) == 'fid' and reference is None)]
     if needs_data and dataset_kwargs is None:
-        raise _Failure(f'{needs_data[0]} needs real images: pass --data DIR|ZIP (the network pickle records no '
+        raise EvaluationError(f'{needs_data[0]} needs real images: pass --data DIR|ZIP (the network pickle records no '
                        'training set)')
     dataset = None
     if dataset_kwargs is not None and (needs_data or G.c_dim):
-        dataset = _open_dataset(dataset_kwargs, G, from_pickle=(data is None))
+        dataset = evaluation.open_dataset(dataset_kwargs, G, from_pickle=(data is None))
         if verbose:
             _note(rank, f'Dataset: {dataset.name}, {len(dataset)} images of {dataset.resolution}x{dataset.resolution}')
 
@@ -228,10 +127,10 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         from sampling.latents import file_sha256
         network_sha256 = file_sha256(network)
     try:
-        sampler = samplers.build(spec, G, device=device, label_pool=_label_pool(dataset, G, rank),
+        sampler = samplers.build(spec, G, device=device, label_pool=evaluation.label_pool(dataset, G, rank),
                                  network_sha256=network_sha256, progress=(verbose and rank == 0))
     except samplers.SamplerSpecError as err:
-        raise _Failure(f'--sampler: {err}') from None
+        raise EvaluationError(f'--sampler: {err}') from None
     if verbose:
         _note(rank, f'Sampler: {sampler.describe()}, seed {seed}')
 
@@ -251,9 +150,9 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                 fid_stats=reference, allow_pickle_code=allow_pickle_code, num_workers=workers,
                 feature_memo=feature_memo)
         except (metric_utils.DetectorError, DatasetError, samplers.SamplerSpecError) as err:
-            raise _Failure(f'{metric}: {err}') from None
+            raise EvaluationError(f'{metric}: {err}') from None
         except ValueError as err:
-            raise _Failure(f'{metric}: {str(err).splitlines()[0]}') from None
+            raise EvaluationError(f'{metric}: {str(err).splitlines()[0]}') from None
         if rank == 0:
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
 
@@ -282,7 +181,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 def main(debug, **kwargs):
     try:
         calc_metrics(**kwargs)
-    except _Failure as err:
+    except EvaluationError as err:
         if debug:
             raise
         raise click.ClickException(str(err)) from None
