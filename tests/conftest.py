@@ -28,3 +28,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_metrics(monkeypatch, tmp_path):
+    """A private dnnlib cache, an empty in-memory detector cache, no proxies and no torchrun variables."""
+    from dnnlib import util
+    from metrics import metric_utils
+    for var in ('http_proxy', 'https_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY',
+                'WORLD_SIZE', 'RANK', 'LOCAL_RANK'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    monkeypatch.setattr(util, '_dnnlib_cache_dir', None)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setattr(metric_utils, '_detector_cache', {})

@@ -87,17 +87,7 @@ def env(tmp_path_factory):
                 bare=str(root / 'bare.pkl'), detector=detector)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.setattr(util, '_dnnlib_cache_dir', None)
-    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    monkeypatch.setattr(metric_utils, '_detector_cache', {})
-    for var in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):
-        monkeypatch.delenv(var, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # The machine is shared: one thread is faster than two contended ones.
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('isolated_metrics')
 
 
 def _run(*args):

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import dnnlib
-from dnnlib import util
 from metrics import metric_utils
 from metrics.metric_utils import DetectorError, MetricOptions
 from sampling import samplers
@@ -56,19 +55,7 @@ def detector_files(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """Own dnnlib cache, no proxies, an empty in-memory detector cache."""
-    for var in ['http_proxy', 'https_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY']:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
-    monkeypatch.setattr(util, '_dnnlib_cache_dir', None)
-    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
-    monkeypatch.setattr(metric_utils, '_detector_cache', {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # The machine is shared: one thread is faster than two contended ones.
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('isolated_metrics')
 
 # ----------------------------------------------------------------------------
 # Detectors.

@@ -43,13 +43,7 @@ def lpips_file(tmp_path_factory):
     return str(path), proj.double().numpy()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setattr(metric_utils, '_detector_cache', {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('isolated_metrics')
 
 
 def _filtered_mean_reference(d):

@@ -22,15 +22,6 @@ TINY_CLI = ['--cbase', '256', '--cmax', '32', '--z-dim', '16', '--w-dim', '16', 
             '--device', 'cpu', '--threads', '1']
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    # Tiny networks run fastest single-threaded, above all on a busy machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope='module')
 def digits16(tmp_path_factory):
     """256 of scikit-learn's digits at 16x16 with labels, in NVlabs' zip layout."""
