@@ -73,10 +73,15 @@ def modulated_conv2d(
 
     w = None
     dcoefs = None
-    if demodulate or fused_modconv:
+    if fused_modconv or (demodulate and x.dtype != torch.float32):
         w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)
-    if demodulate:
+    if demodulate and w is not None:
         dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    elif demodulate:
+        # sum_{i,k} (weight_oik * s_i)^2 = sum_i s_i^2 * sum_k weight_oik^2: the same coefficients to float32
+        # rounding without a per-sample [N, O, I, kh, kw] tensor, which under autograd and torch.func (training,
+        # Jacobians) costs more than the convolution itself. Float16 keeps NVlabs' formula.
+        dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()
     if demodulate and fused_modconv:
         w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)
 
