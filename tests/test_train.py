@@ -267,7 +267,7 @@ def test_resume_continues_from_snapshot(smoke_run, tmp_path):
 def test_same_seed_same_result(digits16, tmp_path):
     def run(name, seed):
         args = dict(train.build_options(digits16, cond=False, mirror=False, batch=8, kimg=0.008, tick=1, snap=1,
-                                        seed=seed, gamma=1, cbase=256, cmax=32, map_layers=1, z_dim=16, w_dim=16,
+                                        seed=seed, gamma=1, cbase=256, cmax=32, map_layers=1, z_dim=16, w_dim=16, mbstd_group=4,
                                         glr=0.0025, dlr=0.0025, ema=None, style_mix=0.5, pl_weight=2,
                                         device=torch.device('cpu'), workers=0, resume=None, resume_kimg=None)[0])
         args.update(run_dir=str(tmp_path / name), image_snapshot_ticks=None, verbose=False)
@@ -299,6 +299,7 @@ def test_train_cli_errors_are_one_line(digits16, tmp_path):
         (['--data', str(odd)], 'power of two'),
         (['--data', unlabelled, '--cond', '1'], '--cond'),
         (['--data', digits16, '--gpus', '2'], '--gpus'),
+        (['--data', digits16, '--batch', '48', '--mbstd-group', '32'], '--mbstd-group'),
     ]
     for args, fragment in cases:
         result = CliRunner().invoke(train.main, ['--outdir', out] + args)
@@ -315,6 +316,6 @@ def test_train_cli_dry_run_numbers_run_dirs(digits16, tmp_path):
     result = CliRunner().invoke(train.main, ['--outdir', str(out), '--data', digits16, '--dry-run', '--desc', 'x'])
     assert result.exit_code == 0, result.output
     options = json.loads(result.output[:result.output.rindex('}') + 1])
-    assert options['run_dir'] == str(out / '00008-digits16-batch32-gamma0.05-x')
+    assert options['run_dir'] == str(out / '00008-digits16-batch64-gamma1-x')
     assert options['training_set_kwargs']['use_labels'] is False
     assert sorted(os.listdir(out)) == ['00007-earlier-run']  # A dry run creates nothing.
