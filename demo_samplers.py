@@ -118,8 +118,10 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
                f'detector {detector_file}\n')
     click.echo(demo.markdown_table(table, num_metrics, bank_path=bank_path))
     fid_name, pr_name = demo.metric_names(num_metrics)
+    # A local file is recorded relative to the working directory, so a committed table names no home folder.
+    network_label = os.path.relpath(network) if os.path.isfile(network) else network
     demo.write_json(table_json, dict(
-        header=demo.TABLE_HEADER, command=cli.command_line(), network=network, network_sha256=network_sha256,
+        header=demo.TABLE_HEADER, command=cli.command_line(), network=network_label, network_sha256=network_sha256,
         data=dataset_kwargs.path, detector=detector_file, num_samples=num_metrics, seed=seed,
         metrics=dict(fid=fid_name, precision_recall=pr_name), digit_threshold=0.9, rows=table))
     click.echo(f'\nWrote {table_json}', err=True)

@@ -108,6 +108,7 @@ def test_table_has_a_finite_row_per_sampler_and_is_reproducible(env, first_run, 
     outdir, result = first_run
     table = json.loads((outdir / 'table.json').read_text())
     assert table['header'] == demo.TABLE_HEADER and 'not Inception FID' in table['header']
+    assert table['network'] == os.path.relpath(env['net']) and not os.path.isabs(table['network'])
     assert [row['sampler'] for row in table['rows']] == SAMPLERS
     assert table['num_samples'] == 40 and table['seed'] == SEED
     for row in table['rows']:
