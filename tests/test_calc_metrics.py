@@ -11,15 +11,13 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import REPO_ROOT, tiny_generator
 
 import calc_metrics
 import legacy
 from dnnlib import util
 from metrics import metric_utils
 from training import dataset as dataset_module
-from training.networks_stylegan2 import Generator
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------
 
@@ -29,17 +27,6 @@ class TinyDetector(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32), 4).flatten(1)
-
-
-def _tiny_generator():
-    torch.manual_seed(0)
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=3, mapping_kwargs=dict(num_layers=2),
-                  channel_base=256, channel_max=32)
-    with torch.no_grad():  # Non-zero noise strengths and biases so that every path matters.
-        for name, param in G.named_parameters():
-            if name.endswith('noise_strength') or name.endswith('bias'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval()
 
 
 def _write_images(folder, images):
@@ -64,7 +51,7 @@ def env(tmp_path_factory):
     real manifold while untruncated ones spread further: truncation must raise precision.
     """
     root = tmp_path_factory.mktemp('calc')
-    G = _tiny_generator()
+    G = tiny_generator()
     real = str(root / 'real')
     z = np.random.RandomState(1000).randn(150, G.z_dim)
     with torch.no_grad():
@@ -129,7 +116,6 @@ def test_offline_reproducible_cached_and_logged(env, tmp_path, monkeypatch):
     assert lines[0]['seed'] == 0 and lines[0]['num_gpus'] == 1 and 'timestamp' in lines[0]
     beside = [json.loads(line) for line in open(os.path.join(env['run_dir'], 'metric-fid1k_full.jsonl'))]
     assert beside[-1]['results'] == dict(fid1k_full=first['fid1k_full']) and beside[-1]['snapshot_pkl'] == 'net.pkl'
-
 
 
 def test_truncation_raises_precision(env):

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import tiny_generator
+from helpers import REPO_ROOT, tiny_generator
 
 import compute_volume_scalars
 import legacy
 from sampling import volume
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Z_DIM = 16
 
 

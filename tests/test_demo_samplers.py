@@ -9,12 +9,12 @@ import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_generator
 
 import demo_samplers
 import legacy
 from metrics.mnist_classifier import MNISTClassifier, export_torchscript
 from sampling import demo
-from training.networks_stylegan2 import Generator
 
 NUM_IMAGES, SCALE, SEED = 4, 2, 7
 SAMPLERS = ['random (psi 1)', 'truncation psi 0.7', 'hubness k=5 t=8', 'MaGNET rho=1', 'polarity rho=-1 K=6',
@@ -23,22 +23,11 @@ SAMPLERS = ['random (psi 1)', 'truncation psi 0.7', 'hubness k=5 t=8', 'MaGNET r
 # ----------------------------------------------------------------------------
 
 
-def _tiny_generator():
-    torch.manual_seed(0)
-    G = Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=16, img_channels=1, mapping_kwargs=dict(num_layers=2),
-                  channel_base=256, channel_max=32)
-    with torch.no_grad():  # Non-zero biases and noise strengths so that every path matters.
-        for name, param in G.named_parameters():
-            if name.endswith('bias') or name.endswith('noise_strength'):
-                param.add_(torch.randn_like(param) * 0.1)
-    return G.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
     """The network pickle, 60 real 16x16 grayscale images (the network's own at psi 0.5) and a classifier."""
     root = tmp_path_factory.mktemp('demo')
-    G = _tiny_generator()
+    G = tiny_generator(img_channels=1)
     legacy.save_network_pkl(root / 'net.pkl', G=G, G_ema=G)
     real = root / 'real'
     os.makedirs(real)

@@ -3,77 +3,21 @@
 import collections
 import copy
 import hashlib
-import http.server
 import io
 import operator
 import os
 import pickle
-import threading
 
 import pytest
+from helpers import LocalHTTPServer, Reply
 
 import dnnlib
 from dnnlib import util
 
-# ----------------------------------------------------------------------------
-# A real HTTP server on 127.0.0.1 whose answers are scripted per path.
-
-
-class _Reply:
-    def __init__(self, body=b'', status=200, headers=None, declared_length=None):
-        self.body = body
-        self.status = status
-        self.headers = dict(headers or {})
-        self.declared_length = len(body) if declared_length is None else declared_length
-
-
-class _Server:
-    """Serves scripted replies; each path has a list of replies, the last one repeats."""
-
-    def __init__(self):
-        self.routes = {}
-        self.hits = collections.Counter()
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = 'HTTP/1.0'  # one request per connection: the close ends a truncated body
-
-            def do_GET(self):
-                path = self.path
-                with server.lock:
-                    server.hits[path] += 1
-                    replies = server.routes.get(path)
-                    reply = None if not replies else (replies.pop(0) if len(replies) > 1 else replies[0])
-                if reply is None:
-                    reply = _Reply(b'not found', status=404)
-                self.send_response(reply.status)
-                self.send_header('Content-Length', str(reply.declared_length))
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(reply.body)
-                self.wfile.flush()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f'http://127.0.0.1:{self.httpd.server_address[1]}{path}'
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture(scope='module')
 def server():
-    srv = _Server()
+    srv = LocalHTTPServer()
     yield srv
     srv.close()
 
@@ -142,7 +86,7 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
 
 def test_download_lands_in_env_cache_then_set_cache_dir_wins(server, tmp_path):
     url = server.url('/prec/model.pkl')
-    server.routes['/prec/model.pkl'] = [_Reply(b'weights')]
+    server.routes['/prec/model.pkl'] = [Reply(b'weights')]
     with util.open_url(url, verbose=False) as f:
         assert f.read() == b'weights'
     assert os.listdir(tmp_path / 'env-cache' / 'downloads') == [f'{_md5(url)}_model.pkl']
@@ -159,7 +103,7 @@ def test_download_lands_in_env_cache_then_set_cache_dir_wins(server, tmp_path):
 
 def test_second_open_is_served_from_cache(server, tmp_path):
     url = server.url('/cache/net.pkl')
-    server.routes['/cache/net.pkl'] = [_Reply(b'first'), _Reply(b'second')]
+    server.routes['/cache/net.pkl'] = [Reply(b'first'), Reply(b'second')]
     for _ in range(3):
         with util.open_url(url, cache_dir=str(tmp_path / 'c'), verbose=False) as f:
             assert f.read() == b'first'
@@ -169,7 +113,7 @@ def test_second_open_is_served_from_cache(server, tmp_path):
 def test_cache_file_name_is_md5_and_sanitised_url_name(server, tmp_path):
     path = '/some%20dir/we%21rd%20name%2Bv1.pkl?download=1'
     url = server.url(path)
-    server.routes[path] = [_Reply(b'x' * 10)]
+    server.routes[path] = [Reply(b'x' * 10)]
     got = util.open_url(url, cache_dir=str(tmp_path), verbose=False, return_filename=True)
     assert os.path.basename(got) == f'{_md5(url)}_we_rd_name_v1.pkl'
     assert os.listdir(tmp_path) == [os.path.basename(got)]
@@ -177,7 +121,7 @@ def test_cache_file_name_is_md5_and_sanitised_url_name(server, tmp_path):
 
 def test_cache_hit_only_if_exactly_one_match(server, tmp_path):
     url = server.url('/hit/a.bin')
-    server.routes['/hit/a.bin'] = [_Reply(b'from server')]
+    server.routes['/hit/a.bin'] = [Reply(b'from server')]
     md5 = _md5(url)
     (tmp_path / f'{md5}_preseeded.bin').write_bytes(b'from cache')
     assert util.open_url(url, cache_dir=str(tmp_path), verbose=False).read() == b'from cache'
@@ -191,14 +135,14 @@ def test_cache_hit_only_if_exactly_one_match(server, tmp_path):
 
 
 def test_retries_after_server_errors(server, tmp_path):
-    server.routes['/flaky.pkl'] = [_Reply(b'oops', status=500), _Reply(b'oops', status=500), _Reply(b'payload')]
+    server.routes['/flaky.pkl'] = [Reply(b'oops', status=500), Reply(b'oops', status=500), Reply(b'payload')]
     with util.open_url(server.url('/flaky.pkl'), cache_dir=str(tmp_path), num_attempts=5, verbose=False) as f:
         assert f.read() == b'payload'
     assert server.hits['/flaky.pkl'] == 3
 
 
 def test_gives_up_after_num_attempts(server, tmp_path):
-    server.routes['/down.pkl'] = [_Reply(b'oops', status=503)]
+    server.routes['/down.pkl'] = [Reply(b'oops', status=503)]
     with pytest.raises(IOError, match='after 3 attempt'):
         util.open_url(server.url('/down.pkl'), cache_dir=str(tmp_path), num_attempts=3, verbose=False)
     assert server.hits['/down.pkl'] == 3
@@ -213,7 +157,7 @@ def test_not_found_fails_without_retrying(server, tmp_path):
 
 def test_truncated_transfer_leaves_no_cache_entry(server, tmp_path):
     body = b'0123456789' * 1000
-    server.routes['/short.pkl'] = [_Reply(body, declared_length=len(body) + 5000)]
+    server.routes['/short.pkl'] = [Reply(body, declared_length=len(body) + 5000)]
     cache_dir = tmp_path / 'c'
     with pytest.raises(IOError):
         util.open_url(server.url('/short.pkl'), cache_dir=str(cache_dir), num_attempts=2, verbose=False)
@@ -225,7 +169,7 @@ def test_truncated_transfer_leaves_no_cache_entry(server, tmp_path):
 
 def test_truncated_then_complete_transfer_caches_full_body(server, tmp_path):
     body = bytes(range(256)) * 64
-    server.routes['/recover.pkl'] = [_Reply(body[:100], declared_length=len(body)), _Reply(body)]
+    server.routes['/recover.pkl'] = [Reply(body[:100], declared_length=len(body)), Reply(body)]
     path = util.open_url(server.url('/recover.pkl'), cache_dir=str(tmp_path), verbose=False, return_filename=True)
     with open(path, 'rb') as f:
         assert f.read() == body
@@ -234,7 +178,7 @@ def test_truncated_then_complete_transfer_caches_full_body(server, tmp_path):
 
 def test_partial_download_never_looks_like_a_cache_entry(server, tmp_path, monkeypatch):
     url = server.url('/inflight.pkl')
-    server.routes['/inflight.pkl'] = [_Reply(b'z' * 4096)]
+    server.routes['/inflight.pkl'] = [Reply(b'z' * 4096)]
     real_fetch = util._fetch
     seen = []
 
@@ -251,7 +195,7 @@ def test_partial_download_never_looks_like_a_cache_entry(server, tmp_path, monke
 
 
 def test_interrupted_download_leaves_nothing(server, tmp_path, monkeypatch):
-    server.routes['/interrupt.pkl'] = [_Reply(b'y' * 4096)]
+    server.routes['/interrupt.pkl'] = [Reply(b'y' * 4096)]
     real_fetch = util._fetch
 
     def fetch_then_interrupt(*args, **kwargs):
@@ -272,13 +216,13 @@ def test_interrupted_download_leaves_nothing(server, tmp_path, monkeypatch):
 def test_content_disposition_names_the_cache_file(server, tmp_path, header, expected):
     path = f'/dl?id={len(header)}'
     url = server.url(path)
-    server.routes[path] = [_Reply(b'data', headers={'Content-Disposition': header})]
+    server.routes[path] = [Reply(b'data', headers={'Content-Disposition': header})]
     got = util.open_url(url, cache_dir=str(tmp_path), verbose=False, return_filename=True)
     assert os.path.basename(got) == f'{_md5(url)}_{expected}'
 
 
 def test_uncached_download_returns_bytes_without_writing(server, tmp_path):
-    server.routes['/nocache.bin'] = [_Reply(b'\x00\x01binary')]
+    server.routes['/nocache.bin'] = [Reply(b'\x00\x01binary')]
     f = util.open_url(server.url('/nocache.bin'), verbose=False, cache=False)
     assert isinstance(f, io.BytesIO) and f.read() == b'\x00\x01binary'
     assert not os.path.exists(tmp_path / 'env-cache')
@@ -287,7 +231,7 @@ def test_uncached_download_returns_bytes_without_writing(server, tmp_path):
 
 
 def test_verbose_download_reports_retries(server, tmp_path, capsys):
-    server.routes['/verbose.pkl'] = [_Reply(b'', status=502), _Reply(b'ok')]
+    server.routes['/verbose.pkl'] = [Reply(b'', status=502), Reply(b'ok')]
     with util.open_url(server.url('/verbose.pkl'), cache_dir=str(tmp_path), verbose=True) as f:
         assert f.read() == b'ok'
     captured = capsys.readouterr()

@@ -7,12 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_generator
+from helpers import REPO_ROOT, tiny_generator
 
 import legacy
 from sampling.images import load_png, make_grid
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import tiny_generator
+from helpers import REPO_ROOT, tiny_generator
 
 import generate_hubness
 import legacy
 from sampling import cli, hub_sampler
 from sampling.images import load_png
 from sampling.latents import LatentBank, file_sha256
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 0 to 4 hubs per batch of 300 with k = 5 and the score counting the latent itself: --num 6 takes 4 batches
 # and part of the last one (the tests check this against a brute-force count).

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from helpers import REPO_ROOT
 from scipy.spatial.distance import cdist
 
 from sampling import hubness as H
 from sampling.hubness import hubness_stats, k_nearest_neighbors, k_occurrence
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #----------------------------------------------------------------------------
 # Independent float64 reference: full distance matrix by differences, rows ranked by (distance, index).

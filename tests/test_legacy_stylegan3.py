@@ -8,15 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 import legacy
 from sampling.images import load_png
 from sampling.synthesis import make_transform
 from training import networks_stylegan3
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 
 
 def _generator(config, seed=0):

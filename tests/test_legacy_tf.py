@@ -17,12 +17,11 @@ import types
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 import dnnlib
 import legacy
 from training.networks_stylegan2 import Discriminator, Generator
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------
 # Writing TF-layout pickles.

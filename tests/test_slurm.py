@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import REPO_ROOT
 
 import compute_volume_scalars
 import legacy
 from training.networks_stylegan2 import Generator
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARRAY = os.path.join(REPO_ROOT, 'slurm', 'compute_volume_scalars.sbatch')
 MERGE = os.path.join(REPO_ROOT, 'slurm', 'merge_volume_scalars.sbatch')
 
