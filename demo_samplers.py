@@ -1,13 +1,15 @@
 """Compare the samplers of one network: a figure of samples and a table of FID / precision / recall.
 
-Rows: random (psi 1), truncation psi 0.7, hubness (k=5, threshold --hub-threshold, in W), MaGNET rho=1 and
-polarity rho=-1 / +1 (these three resample a bank of --bank-num latents whose style-space Jacobian singular
-values are computed first, under --outdir, and reused by later runs). Details: sampling/demo.py.
+Rows: random (psi 1), truncation psi 0.7, hubness (k=5, threshold --hub-threshold, in W), MaGNET rho=1,
+polarity rho=-1 / +1 and polarity rho=-m / +m with m = --mild-rho (the polarity rows resample a bank of
+--bank-num latents whose style-space Jacobian singular values are computed first, under --outdir, and reused
+by later runs). Details: sampling/demo.py.
 
 The figure (--figure) has one labelled row of --num-images samples per sampler. The table gives, for each
 sampler, FID, precision and recall against the real images (--data) with --num-metrics samples, computed by
 the toolkit's metric code with --detector as the feature network, and the fraction of samples the MNIST
-classifier calls a digit (top probability >= 0.9). It is printed as Markdown and written to --table-json.
+classifier calls a digit (top probability >= 0.9), and for the polarity rows the effective sample size of
+their weights (how many bank latents the draws really come from). It is printed as Markdown and written to --table-json.
 With the shipped classifier these are classifier-feature numbers, not Inception FID. Every number is
 seeded by --seed: the same command gives the same numbers.
 
@@ -42,8 +44,8 @@ def _check_threshold(value):
         raise _Failure(f'--hub-threshold must be positive, got {value:g}')
 
 
-def run(network, data, detector, num_metrics, num_images, bank_num, bank_method, hub_threshold, top_k, seed,
-        outdir, figure, table_json, device, skip_metrics, scale, cache, workers):
+def run(network, data, detector, num_metrics, num_images, bank_num, bank_method, hub_threshold, top_k, mild_rho,
+        seed, outdir, figure, table_json, device, skip_metrics, scale, cache, workers):
     """Everything after option parsing; raises _Failure (or EvaluationError) for bad input."""
     from metrics import mnist_classifier
     from sampling.images import save_png
@@ -80,7 +82,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     bank_path = demo.volume_bank(G, network_sha256, bank_dir, bank_num, seed=seed,
                                  method=bank_method, progress=True, command=cli.command_line())
     top_k = min(top_k, int(G.z_dim) - 1)
-    rows = demo.sampler_rows(bank_path, hub_threshold, top_k)
+    rows = demo.sampler_rows(bank_path, hub_threshold, top_k, mild_rho=mild_rho)
     samplers = demo.build_samplers(rows, G, device, network_sha256=network_sha256, label_pool=label_pool,
                                    progress=True)
 
@@ -111,7 +113,8 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
                                        classifier=classifier, cache=cache, num_workers=workers, progress=True)
         except ValueError as err:
             raise _Failure(f'{label}: {str(err).splitlines()[0]}') from None
-        table.append(dict(sampler=label, spec=row.spec, **numbers))
+        table.append(dict(sampler=label, spec=row.spec, **numbers,
+                          effective_sample_size=demo.effective_sample_size(sampler)))
 
     click.echo(demo.TABLE_HEADER)
     click.echo(f'{num_metrics} samples per sampler, seed {seed}, network {os.path.relpath(network)}, '
@@ -136,7 +139,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
 @click.option('--num-metrics', type=click.IntRange(min=2), default=5000, show_default=True,
               help='Samples per sampler for the metrics')
 @click.option('--num-images', type=click.IntRange(min=1), default=10, show_default=True, help='Images per figure row')
-@click.option('--bank-num', type=click.IntRange(min=1), default=2000, show_default=True,
+@click.option('--bank-num', type=click.IntRange(min=1), default=20000, show_default=True,
               help='Latents of the volume bank (MaGNET / polarity)')
 @click.option('--bank-method', type=click.Choice(['exact', 'lowrank']), default='exact', show_default=True,
               help='Singular value method of the bank')
@@ -144,6 +147,8 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
               help="Hubness threshold t (the authors' 50 finds few hubs in a small network)")
 @click.option('--top-k', type=click.IntRange(min=1), default=30, show_default=True,
               help='Singular values of the polarity rows (at most z_dim - 1)')
+@click.option('--mild-rho', type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help='|rho| of two extra polarity rows, rho = -m and +m (0: none)')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Base seed of everything')
 @click.option('--outdir', type=click.Path(file_okay=False), default=os.path.join('out', 'demo_samplers'),
               show_default=True, help='Working folder (the volume bank)')

@@ -13,6 +13,11 @@ polarity rho=-1     ``polarity:bank=B,rho=-1,top_k=K``: the top-K values only (K
 polarity rho=+1     StyleGAN2 demos), toward the modes (-1) or the anti-modes (+1)
 ==================  ====================================================================================
 
+and, with ``mild_rho`` m, two more rows ``polarity rho=-m`` / ``rho=+m``: when the log-volumes of the bank
+spread over many nats, rho = +-1 puts nearly all the weight on a handful of latents (the table's
+``effective_sample_size`` column says how many), and a small rho shows the direction of the effect without
+that collapse. The papers' own polarity runs use |rho| of 0.001 to 0.01.
+
 The bank B holds the style-space (z -> w) Jacobian singular values of ``bank_num`` latents, computed by
 :class:`sampling.volume_job.VolumeJob` (resumable: a second run reuses it). Polarity draws with replacement
 (the paper's Algorithm 1), so a bank smaller than the number of samples is fine.
@@ -55,11 +60,11 @@ def _quote(path):
     return '"' + os.fspath(path).replace('"', '\\"') + '"'
 
 
-def sampler_rows(bank_path, hub_threshold, polarity_top_k):
-    """The six samplers of the comparison (see the module docstring), in figure order."""
+def sampler_rows(bank_path, hub_threshold, polarity_top_k, mild_rho=None):
+    """The samplers of the comparison (see the module docstring), in figure order."""
     t = f'{float(hub_threshold):g}'
     bank = _quote(bank_path)
-    return [
+    rows = [
         Row('random (psi 1)', 'random'),
         Row(f'truncation psi {TRUNCATION_PSI:g}', f'trunc:{TRUNCATION_PSI:g}'),
         Row(f'hubness k={HUB_K} t={t}', f'hubness:k={HUB_K},t={t},space=w'),
@@ -67,6 +72,17 @@ def sampler_rows(bank_path, hub_threshold, polarity_top_k):
         Row(f'polarity rho=-1 K={polarity_top_k}', f'polarity:bank={bank},rho=-1,top_k={polarity_top_k}'),
         Row(f'polarity rho=+1 K={polarity_top_k}', f'polarity:bank={bank},rho=1,top_k={polarity_top_k}'),
     ]
+    if mild_rho:
+        m = f'{abs(float(mild_rho)):g}'
+        rows += [Row(f'polarity rho={sign}{m} K={polarity_top_k}',
+                     f'polarity:bank={bank},rho={sign.strip("+")}{m},top_k={polarity_top_k}') for sign in '-+']
+    return rows
+
+
+def effective_sample_size(sampler):
+    """Effective number of bank latents behind a resampling sampler's draws; ``None`` for the others."""
+    ess = getattr(sampler.source, 'effective_sample_size', None)
+    return None if ess is None else ess()
 
 
 def build_samplers(rows, G, device, network_sha256=None, label_pool=None, progress=False):
@@ -199,15 +215,18 @@ def markdown_table(rows, num, bank_path=None):
     def fmt(value, digits):
         return 'n/a' if value is None else f'{value:.{digits}f}'
     fid_name, pr_name = metric_names(num)
-    lines = [f'| sampler | spec | FID ({fid_name}) | precision ({pr_name}) | recall ({pr_name}) | digit fraction |',
-             '|---|---|---:|---:|---:|---:|']
+    lines = [f'| sampler | spec | FID ({fid_name}) | precision ({pr_name}) | recall ({pr_name}) | digit fraction '
+             '| bank ESS |',
+             '|---|---|---:|---:|---:|---:|---:|']
     for row in rows:
         spec = row['spec'].replace(_quote(bank_path), 'B') if bank_path is not None else row['spec']
         spec = spec.replace('|', '\\|')
         lines.append(f'| {row["sampler"]} | `{spec}` | {fmt(row["fid"], 2)} | {fmt(row["precision"], 3)} | '
-                     f'{fmt(row["recall"], 3)} | {fmt(row["digit_fraction"], 3)} |')
+                     f'{fmt(row["recall"], 3)} | {fmt(row["digit_fraction"], 3)} | '
+                     f'{fmt(row.get("effective_sample_size"), 1)} |')
     if bank_path is not None:
-        lines.append(f'\nB = {bank_path} (style-space singular values of the volume bank)')
+        lines.append(f'\nB = {bank_path} (style-space singular values of the volume bank); bank ESS = Kish\'s '
+                     'effective number of bank latents behind the draws')
     return '\n'.join(lines)
 
 

@@ -510,6 +510,20 @@ class PolaritySource:
         self.bank, self.log_w, self.replace = bank, log_w, replace
         self.per_class = per_class and bank.c_dim > 0
 
+    def effective_sample_size(self):
+        """Kish's effective number of bank latents behind the draws (see :func:`polarity.effective_sample_size`).
+
+        With per-class normalisation, the sum of the classes' own effective sizes. Far below the number of
+        samples drawn, the resampled set mostly repeats a few latents.
+        """
+        from sampling import polarity
+
+        if not self.per_class:
+            return polarity.effective_sample_size(self.log_w)
+        ids = self.bank.labels.argmax(axis=1)
+        return float(sum(polarity.effective_sample_size(self.log_w[ids == c]) for c in np.unique(ids)
+                         if np.isfinite(self.log_w[ids == c]).any()))
+
     def draw(self, num, seed):
         from sampling import polarity
 

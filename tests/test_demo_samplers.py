@@ -18,7 +18,9 @@ from sampling import demo
 
 NUM_IMAGES, SCALE, SEED = 4, 2, 7
 SAMPLERS = ['random (psi 1)', 'truncation psi 0.7', 'hubness k=5 t=8', 'MaGNET rho=1', 'polarity rho=-1 K=6',
-            'polarity rho=+1 K=6']
+            'polarity rho=+1 K=6', 'polarity rho=-0.2 K=6', 'polarity rho=+0.2 K=6']
+# (rho, top_k) of the polarity rows, in table order; None: every singular value of the bank.
+POLARITY = {3: (1, None), 4: (-1, 6), 5: (1, 6), 6: (-0.2, 6), 7: (0.2, 6)}
 
 # ----------------------------------------------------------------------------
 
@@ -88,7 +90,7 @@ def test_figure_has_a_labelled_row_of_tiles_per_sampler(env, first_run):
     # Every row is labelled: dark text pixels on the white label column.
     for row in range(len(SAMPLERS)):
         assert (fig[row * tile:(row + 1) * tile, :demo.LABEL_WIDTH] < 128).any()
-    # The rows differ from each other (six different samplers, not one repeated).
+    # The rows differ from each other (different samplers, not one repeated).
     strips = [fig[r * tile:(r + 1) * tile, demo.LABEL_WIDTH:] for r in range(len(SAMPLERS))]
     assert all(not np.array_equal(strips[0], s) for s in strips[1:])
 
@@ -105,7 +107,24 @@ def test_table_has_a_finite_row_per_sampler_and_is_reproducible(env, first_run, 
         assert 0 <= row['precision'] <= 1 and 0 <= row['recall'] <= 1
         assert 0 <= row['digit_fraction'] <= 1
     assert 'hubness:k=5,t=8,space=w' in table['rows'][2]['spec']
-    assert 'rho=-1,top_k=6' in table['rows'][4]['spec']
+    assert 'rho=-1,top_k=6' in table['rows'][4]['spec'] and 'rho=-0.2,top_k=6' in table['rows'][6]['spec']
+
+    # The effective sample size of each polarity row, recomputed with numpy from the bank file; none elsewhere.
+    (bank_file,) = (outdir / 'work').glob('bank-*/volumes.npz')
+    svds = np.load(bank_file)['svds'].astype(np.float64)
+    assert svds.shape == (12, 15)  # --bank-num 12, K = z_dim - 1.
+    for i, row in enumerate(table['rows']):
+        if i not in POLARITY:
+            assert row['effective_sample_size'] is None
+            continue
+        rho, top_k = POLARITY[i]
+        log_w = rho * np.log(svds[:, :top_k]).sum(axis=1)
+        w = np.exp(log_w - log_w.max())
+        assert row['effective_sample_size'] == pytest.approx(w.sum() ** 2 / (w * w).sum(), rel=1e-9)
+        assert 1 <= row['effective_sample_size'] <= 12
+    # A mild rho spreads the weight over more latents than rho = +-1 does.
+    assert table['rows'][6]['effective_sample_size'] > table['rows'][4]['effective_sample_size']
+    assert table['rows'][7]['effective_sample_size'] > table['rows'][5]['effective_sample_size']
     # Truncation toward the real images' psi 0.5 must beat psi 1 (the real images are the net's at psi 0.5).
     assert table['rows'][1]['fid'] < table['rows'][0]['fid']
 

@@ -199,6 +199,9 @@ def test_polarity_probabilities_and_without_replacement(tmp_path):
     np.testing.assert_array_equal(z, latents[rows].astype(np.float32))
     z2, _, _ = samplers.build(f'polarity:bank={path},rho=0.5,top_k=1', G).sample(20000, seed=1)
     np.testing.assert_array_equal(z, z2)
+    # Kish's effective sample size of the weights w_i = exp(0.5 a_i): (sum w)^2 / sum w^2.
+    ess = samplers.build(f'polarity:bank={path},rho=0.5,top_k=1', G).source.effective_sample_size()
+    assert ess == pytest.approx(np.exp(0.5 * a).sum() ** 2 / np.exp(a).sum(), rel=1e-12)
 
     z, _, _ = samplers.build(f'polarity:bank={path},rho=1,replace=0', G).sample(4, seed=2)
     assert sorted((z[:, 0] / 6).astype(int)) == [0, 1, 2, 3]
@@ -209,8 +212,13 @@ def test_polarity_per_class_gives_equal_class_counts(tmp_path):
     labels = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     svds = np.exp(np.random.RandomState(1).randn(30, 2))
     path = _save_bank(tmp_path / 'cond.npz', latents, labels, svds=svds)
-    _, c, _ = samplers.build(f'polarity:bank={path}', FakeG(c_dim=3)).sample(31, seed=0)
+    sampler = samplers.build(f'polarity:bank={path}', FakeG(c_dim=3))
+    _, c, _ = sampler.sample(31, seed=0)
     assert sorted(c.sum(axis=0).tolist()) == [10, 10, 11]
+    # Normalised per class, the effective sample size is the sum of the classes' own.
+    w = svds.prod(axis=1)
+    expected = sum(w[k::3].sum() ** 2 / (w[k::3] ** 2).sum() for k in range(3))
+    assert sampler.source.effective_sample_size() == pytest.approx(expected, rel=1e-9)
 
 
 def test_bank_problems_are_clear(tmp_path):
