@@ -133,6 +133,10 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         raise EvaluationError(f'--sampler: {err}') from None
     if verbose:
         _note(rank, f'Sampler: {sampler.describe()}, seed {seed}')
+        ess = sampler.effective_sample_size()
+        if ess is not None:
+            _note(rank, f'Effective sample size of its weights: {ess:.1f} bank latents (far fewer than the samples '
+                        'a metric draws means the samples mostly repeat a few latents)')
 
     run_dir = None
     if os.path.isfile(network) and os.path.isfile(os.path.join(os.path.dirname(network) or '.', 'training_options.json')):

@@ -114,7 +114,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
         except ValueError as err:
             raise _Failure(f'{label}: {str(err).splitlines()[0]}') from None
         table.append(dict(sampler=label, spec=row.spec, **numbers,
-                          effective_sample_size=demo.effective_sample_size(sampler)))
+                          effective_sample_size=sampler.effective_sample_size()))
 
     click.echo(demo.TABLE_HEADER)
     click.echo(f'{num_metrics} samples per sampler, seed {seed}, network {os.path.relpath(network)}, '

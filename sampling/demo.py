@@ -79,11 +79,6 @@ def sampler_rows(bank_path, hub_threshold, polarity_top_k, mild_rho=None):
     return rows
 
 
-def effective_sample_size(sampler):
-    """Effective number of bank latents behind a resampling sampler's draws; ``None`` for the others."""
-    ess = getattr(sampler.source, 'effective_sample_size', None)
-    return None if ess is None else ess()
-
 
 def build_samplers(rows, G, device, network_sha256=None, label_pool=None, progress=False):
     """``[(label, Sampler)]`` of ``rows``; a spec that cannot be built raises :class:`DemoError`."""

@@ -595,6 +595,11 @@ class Sampler:
     def describe(self):
         return self.spec.describe()
 
+    def effective_sample_size(self):
+        """Effective number of bank latents behind the draws of a resampling sampler (``polarity``); else ``None``."""
+        ess = getattr(self.source, 'effective_sample_size', None)
+        return None if ess is None else ess()
+
     def sample(self, num, seed=0):
         """Draw the latents of an evaluation.
 

@@ -130,6 +130,20 @@ def test_truncation_raises_precision(env):
     assert results['trunc:0.5']['pr200_3_full_recall'] <= results['random']['pr200_3_full_recall']
 
 
+def test_polarity_sampler_reports_its_effective_sample_size(env, tmp_path):
+    from sampling.latents import LatentBank, make_meta
+    rng = np.random.RandomState(3)
+    svds = np.sort(np.exp(rng.randn(40, 4)), axis=1)[:, ::-1]
+    bank = str(tmp_path / 'bank.npz')
+    LatentBank(rng.randn(40, env['G'].z_dim), None, meta=make_meta(z_dim=env['G'].z_dim), svds=svds).save(bank)
+    result = CliRunner().invoke(calc_metrics.main, [
+        '--network', env['net'], '--metrics', 'pr200_3_full', '--sampler', f'polarity:bank={bank},rho=-1,top_k=2',
+        '--detector', env['detector'], '--device', 'cpu', '--workers', '0', '--verbose', 'true'])
+    assert result.exit_code == 0, result.output
+    w = np.exp(-np.log(svds[:, :2]).sum(axis=1))
+    assert f'Effective sample size of its weights: {w.sum() ** 2 / (w * w).sum():.1f} bank latents' in result.stderr
+
+
 def test_fid_stats_replace_the_dataset(env, tmp_path):
     features = _pool_features(env['real'])
     mu, sigma = features.mean(axis=0), np.cov(features.T, bias=True)
