@@ -9,9 +9,9 @@ The figure (--figure) has one labelled row of --num-images samples per sampler. 
 sampler, FID, precision and recall against the real images (--data) with --num-metrics samples, computed by
 the toolkit's metric code with --detector as the feature network, and the fraction of samples the MNIST
 classifier calls a digit (top probability >= 0.9), and for the polarity rows the effective sample size of
-their weights (how many bank latents the draws really come from). It is printed as Markdown and written to --table-json.
-With the shipped classifier these are classifier-feature numbers, not Inception FID. Every number is
-seeded by --seed: the same command gives the same numbers.
+their weights (how many bank latents the draws really come from). It is printed as Markdown and written to
+--table-json. With the shipped classifier these are classifier-feature numbers, not Inception FID. Every
+number is seeded by --seed: the same command gives the same numbers.
 
 \b
 The command that regenerates the README figure and table (after making the dataset:

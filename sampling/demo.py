@@ -79,7 +79,6 @@ def sampler_rows(bank_path, hub_threshold, polarity_top_k, mild_rho=None):
     return rows
 
 
-
 def build_samplers(rows, G, device, network_sha256=None, label_pool=None, progress=False):
     """``[(label, Sampler)]`` of ``rows``; a spec that cannot be built raises :class:`DemoError`."""
     from sampling import samplers

@@ -521,8 +521,8 @@ class PolaritySource:
         if not self.per_class:
             return polarity.effective_sample_size(self.log_w)
         ids = self.bank.labels.argmax(axis=1)
-        return float(sum(polarity.effective_sample_size(self.log_w[ids == c]) for c in np.unique(ids)
-                         if np.isfinite(self.log_w[ids == c]).any()))
+        per_class = [self.log_w[ids == c] for c in np.unique(ids)]
+        return float(sum(polarity.effective_sample_size(log_w) for log_w in per_class if np.isfinite(log_w).any()))
 
     def draw(self, num, seed):
         from sampling import polarity
