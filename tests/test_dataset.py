@@ -161,6 +161,30 @@ def test_dataloader_workers_read_a_zip(tmp_path, rgb_files):
     np.testing.assert_array_equal(images.numpy(), np.stack([_as_chw(rgb_files[n]) for n in SORTED]))
     np.testing.assert_array_equal(labels.numpy().argmax(axis=1), [CLASS[n] for n in SORTED])
 
+def _child_reads(ds, queue):
+    image = ds[2][0]
+    queue.put((ds._get_zipfile().fp.fileno(), image))
+
+
+@pytest.mark.skipif(sys.platform == 'win32', reason='fork start method')
+def test_forked_process_opens_its_own_zip_handle(tmp_path, rgb_files):
+    # A forked DataLoader worker that kept the parent's handle would share its file offset: with several workers
+    # reading at once, their seeks and reads interleave (Python 3.12 then reports "Overlapped entries").
+    import multiprocessing
+    path = _write_zip(str(tmp_path / 'set.zip'), rgb_files)
+    ds = ImageFolderDataset(path)
+    ds[0]
+    parent_fd = ds._get_zipfile().fp.fileno()
+    ctx = multiprocessing.get_context('fork')
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_reads, args=(ds, queue))
+    child.start()
+    child_fd, image = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child_fd != parent_fd
+    np.testing.assert_array_equal(image, _as_chw(rgb_files[SORTED[2]]))
+
+
 # ----------------------------------------------------------------------------
 # Errors: one line, and the subject of the problem named.
 

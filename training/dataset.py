@@ -204,6 +204,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, path, resolution=None, use_labels=False, max_size=None, xflip=False, random_seed=0, **super_kwargs):
         self._path = path
         self._zipfile = None
+        self._zipfile_pid = None
 
         if os.path.isdir(path):
             self._type = 'dir'
@@ -246,8 +247,11 @@ class ImageFolderDataset(Dataset):
 
     def _get_zipfile(self):
         assert self._type == 'zip'
-        if self._zipfile is None:
+        # A forked DataLoader worker inherits the parent's handle, and with it a file offset shared by every
+        # process: concurrent reads then interleave and corrupt each other. Each process opens its own.
+        if self._zipfile is None or self._zipfile_pid != os.getpid():
             self._zipfile = zipfile.ZipFile(self._path)
+            self._zipfile_pid = os.getpid()
         return self._zipfile
 
     def _open_file(self, fname):
@@ -264,7 +268,7 @@ class ImageFolderDataset(Dataset):
 
     def __getstate__(self):
         # Zip handles cannot cross into DataLoader worker processes; each worker reopens the archive.
-        return dict(self.__dict__, _zipfile=None)
+        return dict(self.__dict__, _zipfile=None, _zipfile_pid=None)
 
     def _describe_raw(self, raw_idx):
         return self._image_fnames[raw_idx]
