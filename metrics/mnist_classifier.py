@@ -43,6 +43,22 @@ NUM_CLASSES = 10
 # The network.
 
 
+def antialiased_resize_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """[out_size, in_size] float32 matrix of one axis of ``F.interpolate(mode='bilinear', antialias=True)``.
+
+    A triangle filter centred on each output pixel, widened by the shrink factor when shrinking, weights
+    normalised to sum to one (half-pixel centres, ``align_corners=False``). Written out as a matrix because
+    scripting ``F.interpolate`` inlines every mode it knows, and recent torch knows modes whose operators
+    older torch cannot load: the shipped TorchScript file must load on any torch from 2.1 on.
+    """
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    centres = (torch.arange(out_size, dtype=torch.float64) + 0.5) * scale
+    positions = torch.arange(in_size, dtype=torch.float64) + 0.5
+    weights = (1 - ((positions[None, :] - centres[:, None]) / support).abs()).clamp(min=0)
+    return (weights / weights.sum(dim=1, keepdim=True)).to(torch.float32)
+
+
 class MNISTClassifier(torch.nn.Module):
     """Three conv blocks (conv 3x3, ReLU, 2x2 max-pool) and two fully connected layers.
 
@@ -90,8 +106,9 @@ class MNISTClassifier(torch.nn.Module):
             x = x.mean(dim=1, keepdim=True)
         if x.shape[2] != self.resolution or x.shape[3] != self.resolution:
             # Antialiasing keeps large images (e.g. 256x256 digits) from aliasing when shrunk 8x.
-            x = F.interpolate(x, size=[self.resolution, self.resolution], mode='bilinear',
-                              align_corners=False, antialias=True)
+            rows = antialiased_resize_weights(x.shape[2], self.resolution).to(x.device)
+            cols = antialiased_resize_weights(x.shape[3], self.resolution).to(x.device)
+            x = rows @ x @ cols.t()
         return x * (1 / 127.5) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,23 @@ def test_shipped_classifier_is_small_torchscript(classifier):
     assert classifier.probabilities(x).shape == (2, 10)
 
 
+def test_shipped_classifier_holds_no_interpolate_code():
+    # torch.jit.script inlines all of F.interpolate, every mode included; torch 2.13 then writes operators
+    # (aten::_upsample_lanczos2d_aa) that torch 2.11 refuses to load. The resize is a matrix product instead.
+    with zipfile.ZipFile(mc.DEFAULT_CLASSIFIER) as archive:
+        code = [archive.read(name).decode() for name in archive.namelist() if name.endswith('.py')]
+    assert code and not any('upsample' in text or 'interpolate' in text for text in code)
+
+
+@pytest.mark.parametrize('size', [(28, 28), (64, 64), (256, 256), (33, 32), (20, 48), (7, 100)])
+def test_antialiased_resize_matches_interpolate(size):
+    x = torch.rand([3, 1, *size], dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 255
+    expected = F.interpolate(x, size=[32, 32], mode='bilinear', align_corners=False, antialias=True)
+    rows = mc.antialiased_resize_weights(size[0], 32).to(torch.float64)
+    cols = mc.antialiased_resize_weights(size[1], 32).to(torch.float64)
+    torch.testing.assert_close(rows @ x @ cols.t(), expected, rtol=0, atol=1e-4)
+
+
 def test_heldout_digits_come_from_the_validation_split(heldout):
     # The accuracy test below is honest only if these digits were not trained on.
     _train_idx, val_idx = mc.split_train_val(MNIST_SIZE, 500, int(heldout['split_seed']))
