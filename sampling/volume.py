@@ -402,6 +402,14 @@ def _supports_unfused_modconv(G):
     return False
 
 
+def _supports_force_fp32(G):
+    """Whether ``G.synthesis`` passes ``force_fp32`` down to layers that can run in float16 (NVlabs' networks do)."""
+    for module in G.synthesis.modules() if isinstance(G.synthesis, torch.nn.Module) else ():
+        if module is not G.synthesis and 'force_fp32' in inspect.signature(type(module).forward).parameters:
+            return True
+    return False
+
+
 def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize=None, embedder=None):
     """A batched map ``z -> output`` whose Jacobian defines a MaGNET / polarity "space".
 
@@ -426,7 +434,8 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
         any callable or module, e.g. ``lambda x: detector(x, return_features=True)``.
 
     Noise is held fixed by ``noise_mode='const'`` and ``truncation_psi=1`` unless asked: the papers
-    compute the weights at psi 1 and truncate at synthesis time. A StyleGAN2 synthesis network (one whose
+    compute the weights at psi 1 and truncate at synthesis time. Layers that would run in float16 on CUDA
+    (``num_fp16_res``) run in float32 (``force_fp32=True``), so the map is the same on every device. A StyleGAN2 synthesis network (one whose
     ``SynthesisBlock.forward`` takes ``fused_modconv``) runs with ``fused_modconv=False``: the same function
     to float32 rounding, with Jacobian-vector products 2-3x cheaper because the per-latent modulated
     weights never get tangents of their own.
@@ -479,6 +488,10 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
     synthesis_kwargs = dict(noise_mode=noise_mode)
     if _supports_unfused_modconv(G):
         synthesis_kwargs['fused_modconv'] = False
+    # On CUDA the num_fp16_res highest resolutions run in float16: about 1e-3 rounding, and the large cotangents
+    # of 'lowrank' overflowed it (NaN at 256 px on an H100). Jacobians are taken in float32 on every device.
+    if _supports_force_fp32(G):
+        synthesis_kwargs['force_fp32'] = True
 
     def f(z):
         ws = G.mapping(z, labels(z), truncation_psi=truncation_psi, truncation_cutoff=None)

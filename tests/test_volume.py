@@ -123,6 +123,30 @@ def test_fake_stylegan_pixel_space_and_radial_null_direction():
     assert float(jz.abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize('arch', ['stylegan2', 'stylegan3'])
+def test_fp16_layers_run_in_float32(arch):
+    # On CUDA, NVlabs' networks run their num_fp16_res highest resolutions in float16; lowrank's large
+    # cotangents overflowed that (NaN at 256 px on an H100). The space map must ask every such layer for float32.
+    if arch == 'stylegan2':
+        from helpers import tiny_generator
+        G = tiny_generator()
+        kind = 'SynthesisBlock'
+    else:
+        from training import networks_stylegan3 as n3
+        G = n3.Generator(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, channel_base=128,
+                         channel_max=16, num_layers=4, mapping_kwargs=dict(num_layers=1), num_fp16_res=4)
+        G = G.eval().requires_grad_(False)
+        kind = 'SynthesisLayer'
+    layers = [m for m in G.synthesis.modules() if type(m).__name__ == kind]
+    assert layers and any(m.use_fp16 for m in layers)
+    seen = []
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda _m, _args, kwargs: seen.append(kwargs.get('force_fp32')),
+                                        with_kwargs=True)
+    volume.make_space_fn(G, 'pixel')(torch.randn([2, G.z_dim]))
+    assert len(seen) == len(layers) and all(seen)
+
+
 def test_check_top_k():
     assert volume.check_top_k(30, 512) == 30
     assert volume.check_top_k(512, 512, normalizes_z=False) == 512
