@@ -13,10 +13,19 @@ against the machine's measured torch.mm rate, and the peak memory of ours at a l
 
     python benchmarks/bench_hubness.py --quick          # N = 10,000 only, no memory run
     python benchmarks/bench_hubness.py                  # N = 10,000 and 50,000, memory at N = 200,000
+    python benchmarks/bench_hubness.py --device cuda --sizes 100000 --repeats 2     # GPU, see below
+
+With ``--device cuda`` the comparison is on the GPU instead: ours (the same exact function, computing on the GPU)
+against the usual fast approximate recipe, one full N x N float16 matrix G = X X^T turned into squared distances
+|x_i|^2 + |x_j|^2 - 2 G in place, top-k per row (self forced first) and a bincount. X starts on the GPU (float32)
+for both. Reported: seconds, their ratio, the peak GPU memory of each (torch.cuda.max_memory_allocated) and at how
+many points the float16 counts differ from the exact ones. scikit-learn and faiss (CPU) run only with
+--cpu-baselines; the CPU memory run is skipped. At N = 100,000 the float16 matrix alone takes 18.6 GiB.
 
 Timings on a shared machine are noisy: each method's best of --repeats runs, interleaved, is reported.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -182,6 +191,102 @@ def bench_memory(num, dim, k, threads):
           f'({elapsed:.0f} s for the run)')
 
 #----------------------------------------------------------------------------
+# GPU: ours against one full N x N float16 matrix.
+
+def full_matrix_counts(x, k, dtype=torch.float16, row_chunk=4096):
+    """Baseline k-occurrence (self counted) from one N x N matrix of squared distances in `dtype`, on x's device.
+
+    G = X X^T is materialised whole ([N, N] in `dtype`), then overwritten in place, one row chunk at a time, with
+    |x_i|^2 + |x_j|^2 - 2 G_ij; each point's own entry is set to -inf so that it is its first neighbour (in float16
+    its computed distance to itself need not be the smallest of its row). The k smallest entries of each row are
+    its neighbours; their indices are counted. Temporaries beyond G are one chunk's top-k, never another N x N.
+    """
+    num = x.shape[0]
+    xh = x.to(dtype)
+    sq = (xh * xh).sum(dim=1)
+    dist = xh @ xh.T
+    nbrs = torch.empty([num, k], dtype=torch.int64, device=x.device)
+    for r0 in range(0, num, row_chunk):
+        r1 = min(r0 + row_chunk, num)
+        rows = dist[r0:r1]
+        rows.mul_(-2).add_(sq[None, :]).add_(sq[r0:r1, None])
+        rows.diagonal(offset=r0).fill_(-math.inf)
+        nbrs[r0:r1] = rows.topk(k, dim=1, largest=False, sorted=False).indices
+    del dist
+    return torch.bincount(nbrs.flatten(), minlength=num).cpu()
+
+
+def run_ours_on(x, k, device):
+    return hubness.k_occurrence(x, k, count_self=True, device=device)
+
+
+def time_on_gpu(fn, device):
+    """(result, seconds, peak bytes allocated during the call, bytes allocated before it) of fn() on a CUDA device."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    t0 = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - t0
+    return result, elapsed, torch.cuda.max_memory_allocated(device), before
+
+
+def bench_size_gpu(num, dim, k, repeats, device, cpu_baselines):
+    x_host = make_points(num, dim)
+    x = torch.from_numpy(x_host).to(device)
+    methods = [('ours', lambda: run_ours_on(x, k, device)),
+               ('full float16', lambda: full_matrix_counts(x, k))]
+    seconds = {name: float('inf') for name, _ in methods}
+    peak, added, counts = {}, {}, {}
+    flops = 0
+    for _ in range(repeats):
+        for name, fn in methods:
+            with _CountMatmulFlops() as counter:
+                result, elapsed, peak_bytes, before = time_on_gpu(fn, device)
+            counts[name] = result.numpy()
+            seconds[name] = min(seconds[name], elapsed)
+            peak[name] = max(peak.get(name, 0), peak_bytes)
+            added[name] = max(added.get(name, 0), peak_bytes - before)
+            if name == 'ours':
+                flops = counter.flops
+
+    gib = 1024 ** 3
+    print(f'\nN = {num:,}, d = {dim}, k = {k} (self counted), on {device}; X already on the GPU '
+          f'({num * dim * 4 / gib:.2f} GiB float32)')
+    for name, _ in methods:
+        print(f'  {name:13s} {seconds[name]:8.3f} s   peak GPU memory {peak[name] / gib:6.2f} GiB allocated '
+              f'({added[name] / gib:6.2f} GiB above what was allocated before the call)')
+    print(f'  time ours / full float16: {seconds["ours"] / seconds["full float16"]:.2f}; '
+          f'peak memory full float16 / ours: {peak["full float16"] / peak["ours"]:.1f}x '
+          f'(an N x N float16 matrix is {num * num * 2 / gib:.2f} GiB)')
+    diff = counts['full float16'] != counts['ours']
+    print(f'  counts of the float16 baseline differ from the exact ones at {int(diff.sum()):,} / {num:,} points '
+          f'({diff.mean():.2%}), max |difference| {int(np.abs(counts["full float16"] - counts["ours"]).max())}')
+    print(f'  ours: {flops / 1e9:.1f} GFLOP in float32 distance GEMMs, {flops / seconds["ours"] / 1e12:.2f} TFLOP/s '
+          f'over the whole call')
+    if cpu_baselines:
+        cpu_methods = [('scikit-learn', run_sklearn)] + ([('faiss', run_faiss)] if faiss_available() else [])
+        for name, fn in cpu_methods:
+            t0 = time.perf_counter()
+            result = fn(x_host, k)
+            elapsed = time.perf_counter() - t0
+            same = int((result == counts['ours']).sum())
+            print(f'  {name:13s} {elapsed:8.3f} s on the CPU (one run, X on the host), '
+                  f'{elapsed / seconds["ours"]:.1f}x ours on the GPU; counts equal for {same:,} / {num:,} points')
+        if not faiss_available():
+            print('  faiss         skipped (not installed: pip install -r requirements-bench.txt)')
+    return seconds
+
+
+def warm_up_gpu(dim, k, device, num=4096):
+    """Run both GPU methods once on a small N: CUDA context, cuBLAS handles and kernels are then initialised."""
+    x = torch.from_numpy(make_points(num, dim, seed=1)).to(device)
+    run_ours_on(x, k, device)
+    full_matrix_counts(x, k)
+    torch.cuda.synchronize(device)
+
+#----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--quick', is_flag=True, help='Only N = 10,000, and no memory run.')
@@ -194,9 +299,17 @@ def bench_memory(num, dim, k, threads):
               help='Threads for every method (default: torch.get_num_threads()).')
 @click.option('--memory-n', type=click.IntRange(min=0), default=200_000, show_default=True,
               help='N of the peak-memory run (0: skip).')
+@click.option('--device', type=str, default='cpu', show_default=True,
+              help="'cpu', or 'cuda' / 'cuda:N': ours on the GPU against a full N x N float16 matrix.")
+@click.option('--cpu-baselines', is_flag=True, help='With a CUDA device, also time scikit-learn and faiss on the CPU.')
 @click.option('--memory-child', type=int, default=None, hidden=True)
-def main(quick, sizes, dim, k, repeats, threads, memory_n, memory_child):
-    """Time exact k-occurrence: ours vs scikit-learn and faiss brute force."""
+def main(quick, sizes, dim, k, repeats, threads, memory_n, device, cpu_baselines, memory_child):
+    """Time exact k-occurrence: ours vs scikit-learn and faiss brute force (CPU), or vs a float16 N x N matrix (GPU)."""
+    device = torch.device(device)
+    if device.type not in ('cpu', 'cuda'):
+        raise click.BadParameter(f"{device} is neither 'cpu' nor a CUDA device", param_hint='--device')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise click.ClickException(f'--device {device}: CUDA is not available in this torch build / machine')
     threads = threads or torch.get_num_threads()
     set_threads(threads)
     if memory_child is not None:
@@ -206,6 +319,9 @@ def main(quick, sizes, dim, k, repeats, threads, memory_n, memory_child):
         sizes = [10_000] if quick else [int(s) for s in (sizes or '10000,50000').split(',')]
     except ValueError:
         raise click.BadParameter(f'{sizes!r} is not a comma-separated list of integers', param_hint='--sizes') from None
+    if device.type == 'cuda':
+        main_gpu(sizes, dim, k, repeats, threads, device, cpu_baselines)
+        return
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -219,6 +335,26 @@ def main(quick, sizes, dim, k, repeats, threads, memory_n, memory_child):
         bench_size(num, dim, k, repeats, rate)
     if not quick and memory_n:
         bench_memory(memory_n, dim, k, threads)
+
+
+def main_gpu(sizes, dim, k, repeats, threads, device, cpu_baselines):
+    if cpu_baselines:
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise click.ClickException('scikit-learn is needed for --cpu-baselines: '
+                                       'pip install -r requirements-bench.txt') from None
+    if device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    props = torch.cuda.get_device_properties(device)
+    print(f'torch {torch.__version__} (CUDA {torch.version.cuda}), {device}: {props.name}, '
+          f'{props.total_memory / 1024 ** 3:.1f} GiB; float16 GEMM reduced-precision reduction allowed: '
+          f'{torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction}; {threads} CPU thread(s)')
+    warm_up_gpu(dim, k, device)
+    for num in sizes:
+        bench_size_gpu(num, dim, k, repeats, device, cpu_baselines)
+    print('\nPeak host memory run skipped on a CUDA device (the GPU peaks above are the memory figures).')
 
 
 if __name__ == '__main__':
