@@ -394,18 +394,11 @@ def _resize(img, size):
     return F.interpolate(img, size=size, mode='bilinear', align_corners=False)
 
 
-def _supports_unfused_modconv(G):
-    """Whether ``G.synthesis`` takes ``fused_modconv`` (StyleGAN2's synthesis blocks do, StyleGAN3's layers do not)."""
+def _synthesis_layers_take(G, name):
+    """Whether the layers below ``G.synthesis`` take the keyword argument ``name`` (StyleGAN2's blocks take
+    ``fused_modconv`` and ``force_fp32``, StyleGAN3's layers only ``force_fp32``)."""
     for module in G.synthesis.modules() if isinstance(G.synthesis, torch.nn.Module) else ():
-        if type(module).__name__ == 'SynthesisBlock':
-            return 'fused_modconv' in inspect.signature(type(module).forward).parameters
-    return False
-
-
-def _supports_force_fp32(G):
-    """Whether ``G.synthesis`` passes ``force_fp32`` down to layers that can run in float16 (NVlabs' networks do)."""
-    for module in G.synthesis.modules() if isinstance(G.synthesis, torch.nn.Module) else ():
-        if module is not G.synthesis and 'force_fp32' in inspect.signature(type(module).forward).parameters:
+        if module is not G.synthesis and name in inspect.signature(type(module).forward).parameters:
             return True
     return False
 
@@ -435,10 +428,10 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
 
     Noise is held fixed by ``noise_mode='const'`` and ``truncation_psi=1`` unless asked: the papers
     compute the weights at psi 1 and truncate at synthesis time. Layers that would run in float16 on CUDA
-    (``num_fp16_res``) run in float32 (``force_fp32=True``), so the map is the same on every device. A StyleGAN2 synthesis network (one whose
-    ``SynthesisBlock.forward`` takes ``fused_modconv``) runs with ``fused_modconv=False``: the same function
-    to float32 rounding, with Jacobian-vector products 2-3x cheaper because the per-latent modulated
-    weights never get tangents of their own.
+    (``num_fp16_res``) run in float32 (``force_fp32=True``), so the map is the same on every device. A
+    StyleGAN2 synthesis network (one whose blocks take ``fused_modconv``) runs with ``fused_modconv=False``:
+    the same function to float32 rounding, with Jacobian-vector products 2-3x cheaper because the
+    per-latent modulated weights never get tangents of their own.
 
     Parameters
     ----------
@@ -486,11 +479,11 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
     # the weights stay shared and the styles scale activations. The same function to rounding (about 1e-6
     # on images in [-1, 1]), with JVPs and VJPs about 2-3x cheaper on CPU.
     synthesis_kwargs = dict(noise_mode=noise_mode)
-    if _supports_unfused_modconv(G):
+    if _synthesis_layers_take(G, 'fused_modconv'):
         synthesis_kwargs['fused_modconv'] = False
     # On CUDA the num_fp16_res highest resolutions run in float16: about 1e-3 rounding, and the large cotangents
     # of 'lowrank' overflowed it (NaN at 256 px on an H100). Jacobians are taken in float32 on every device.
-    if _supports_force_fp32(G):
+    if _synthesis_layers_take(G, 'force_fp32'):
         synthesis_kwargs['force_fp32'] = True
 
     def f(z):

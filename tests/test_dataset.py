@@ -161,6 +161,7 @@ def test_dataloader_workers_read_a_zip(tmp_path, rgb_files):
     np.testing.assert_array_equal(images.numpy(), np.stack([_as_chw(rgb_files[n]) for n in SORTED]))
     np.testing.assert_array_equal(labels.numpy().argmax(axis=1), [CLASS[n] for n in SORTED])
 
+
 def _child_reads(ds, queue):
     image = ds[2][0]
     queue.put((ds._get_zipfile().fp.fileno(), image))
