@@ -34,6 +34,7 @@ import click
 
 import dnnlib
 from sampling import cli
+from training import augment as augmentation
 from training.dataset import DatasetError, ImageFolderDataset
 
 
@@ -49,11 +50,15 @@ def next_run_dir(outdir, desc):
 
 
 def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbase, cmax, map_layers, z_dim, w_dim,
-                  mbstd_group, glr, dlr, ema, style_mix, pl_weight, device, workers, resume, resume_kimg):
+                  mbstd_group, glr, dlr, ema, style_mix, pl_weight, device, workers, resume, resume_kimg, aug='none'):
     """The training_loop arguments for these command-line options (an EasyDict); checks the dataset.
 
     Raises click errors (one line, no traceback) for a bad dataset or inconsistent options.
     """
+    try:
+        aug = ','.join(augmentation.parse_policy(aug)) or 'none'
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint='--aug') from None
     mbstd_group = min(mbstd_group, batch)
     if batch % mbstd_group != 0:
         raise click.BadParameter(f'--batch {batch} is not a multiple of --mbstd-group {mbstd_group}; '
@@ -90,7 +95,7 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
     c.G_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=glr, betas=[0, 0.99], eps=1e-8)
     c.D_opt_kwargs = dnnlib.EasyDict(class_name='torch.optim.Adam', lr=dlr, betas=[0, 0.99], eps=1e-8)
     c.loss_kwargs = dnnlib.EasyDict(class_name='training.loss.StyleGAN2Loss', r1_gamma=gamma,
-                                    style_mixing_prob=style_mix, pl_weight=pl_weight)
+                                    style_mixing_prob=style_mix, pl_weight=pl_weight, augment=aug)
     c.G_reg_interval = 4 if pl_weight > 0 else None
     c.D_reg_interval = 16
     c.random_seed = seed
@@ -105,6 +110,8 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
     c.device = str(device)
 
     desc = f'{dataset_name}-{"cond-" if cond else ""}{"mirror-" if mirror else ""}batch{batch}-gamma{gamma:g}'
+    if aug != 'none':
+        desc += '-aug' + aug.replace(',', '+')
     return c, desc
 
 
@@ -136,6 +143,8 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
 @click.option('--ema', type=click.FloatRange(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
 @click.option('--style-mix', type=click.FloatRange(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
 @click.option('--pl-weight', type=click.FloatRange(min=0), default=0, show_default=True, help='Path-length regularisation weight')
+@click.option('--aug', default='none', show_default=True, metavar='LIST',
+              help="Differentiable augmentation of D's inputs: none, or a comma-separated subset of translation,cutout")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--threads', type=click.IntRange(min=1), help="CPU threads for torch [default: torch's]; 1 is often "
               'fastest on a busy machine')
@@ -143,7 +152,8 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
 @click.option('--desc', metavar='STR', help='Extra text for the run folder name')
 @click.option('--dry-run', is_flag=True, help='Print the training options and exit')
 def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed, cond, mirror, gamma, cbase, cmax,
-         map_layers, z_dim, w_dim, mbstd_group, glr, dlr, ema, style_mix, pl_weight, device, threads, workers, desc, dry_run):
+         map_layers, z_dim, w_dim, mbstd_group, glr, dlr, ema, style_mix, pl_weight, aug, device, threads, workers, desc,
+         dry_run):
     if gpus != 1:
         raise click.BadParameter('this trainer runs on one device; use --gpus 1', param_hint='--gpus')
     device = cli.resolve_device(device)
@@ -154,7 +164,7 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
         workers = 3 if device.type == 'cuda' else 0
     c, run_desc = build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbase, cmax, map_layers,
                                 z_dim, w_dim, mbstd_group, glr, dlr, ema, style_mix, pl_weight, device, workers,
-                                resume, resume_kimg)
+                                resume, resume_kimg, aug)
     if desc:
         run_desc += f'-{desc}'
     c.run_dir = next_run_dir(outdir, run_desc)

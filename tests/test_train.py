@@ -300,6 +300,7 @@ def test_train_cli_errors_are_one_line(digits16, tmp_path):
         (['--data', unlabelled, '--cond', '1'], '--cond'),
         (['--data', digits16, '--gpus', '2'], '--gpus'),
         (['--data', digits16, '--batch', '48', '--mbstd-group', '32'], '--mbstd-group'),
+        (['--data', digits16, '--aug', 'translation,flip'], '--aug'),
     ]
     for args, fragment in cases:
         result = CliRunner().invoke(train.main, ['--outdir', out] + args)
@@ -319,3 +320,13 @@ def test_train_cli_dry_run_numbers_run_dirs(digits16, tmp_path):
     assert options['run_dir'] == str(out / '00008-digits16-batch64-gamma1-x')
     assert options['training_set_kwargs']['use_labels'] is False
     assert sorted(os.listdir(out)) == ['00007-earlier-run']  # A dry run creates nothing.
+
+
+def test_train_cli_aug_reaches_the_loss_and_the_run_name(digits16, tmp_path):
+    out = tmp_path / 'runs'
+    result = CliRunner().invoke(train.main, ['--outdir', str(out), '--data', digits16, '--dry-run',
+                                             '--aug', ' cutout, translation'])
+    assert result.exit_code == 0, result.output
+    options = json.loads(result.output[:result.output.rindex('}') + 1])
+    assert options['loss_kwargs']['augment'] == 'cutout,translation'
+    assert options['run_dir'] == str(out / '00000-digits16-batch64-gamma1-augcutout+translation')

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils.ops import upfirdn2d
+from training import augment as augmentation
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 
@@ -44,12 +45,16 @@ class StyleGAN2Loss:
         Standard deviation (pixels) of a Gaussian blur applied to every image D sees at the start
         of training, fading linearly to none over ``blur_fade_kimg`` thousand images.
     blur_fade_kimg : float, default=0
+    augment : str, optional
+        Differentiable augmentation of every image D sees, real and generated (and the R1 penalty is taken
+        through it): a comma-separated subset of ``'translation,cutout'``; see ``training/augment.py``.
+        None or ``'none'``: no augmentation.
     device : torch.device or None
         Where the running path-length mean lives (default: G's device).
     """
 
     def __init__(self, G, D, r1_gamma=10, style_mixing_prob=0, pl_weight=0, pl_batch_shrink=2, pl_decay=0.01,
-                 blur_init_sigma=0, blur_fade_kimg=0, device=None):
+                 blur_init_sigma=0, blur_fade_kimg=0, augment=None, device=None):
         self.G = G
         self.D = D
         self.r1_gamma = r1_gamma
@@ -59,6 +64,7 @@ class StyleGAN2Loss:
         self.pl_decay = pl_decay
         self.blur_init_sigma = blur_init_sigma
         self.blur_fade_kimg = blur_fade_kimg
+        self.augment_policy = augmentation.parse_policy(augment)
         device = device if device is not None else next(G.parameters()).device
         self.pl_mean = torch.zeros([], device=device)
 
@@ -73,6 +79,7 @@ class StyleGAN2Loss:
         return img, ws
 
     def run_D(self, img, c, blur_sigma=0, update_emas=False):
+        img = augmentation.augment(img, self.augment_policy)
         img = gaussian_blur(img, blur_sigma)
         return self.D(img, c, update_emas=update_emas)
 
