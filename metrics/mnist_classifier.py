@@ -141,23 +141,6 @@ def split_train_val(num_items, num_val, seed):
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
-def random_shift(images, max_shift, generator=None):
-    """Translate each image of a batch [N, C, H, W] by its own random offset in -max_shift..max_shift px.
-
-    Pixels shifted in from outside are 0 (the background of MNIST digits).
-    """
-    if max_shift == 0:
-        return images
-    n, _c, h, w = images.shape
-    padded = F.pad(images, [max_shift] * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, [2, n], generator=generator).to(images.device)
-    rows = offsets[0, :, None] + torch.arange(h, device=images.device)
-    cols = offsets[1, :, None] + torch.arange(w, device=images.device)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    # Advanced indices around a slice put their dimensions first: the result is [N, H, W, C].
-    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-
-
 OUTLIER_KINDS = ('noise', 'blobs', 'pixel_shuffle', 'patch_shuffle', 'overlay', 'blank')
 
 
@@ -248,6 +231,7 @@ def train_classifier(images, labels, val_images=None, val_labels=None, epochs=20
     history : list of dict
         Per epoch: ``epoch``, ``loss``, ``val_accuracy`` (None without validation data).
     """
+    from training import augment
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = MNISTClassifier(**(model_kwargs or {})).to(device)
@@ -263,7 +247,7 @@ def train_classifier(images, labels, val_images=None, val_labels=None, epochs=20
         total_loss = 0.0
         for start in range(0, len(images), batch_size):
             batch = order[start:start + batch_size]
-            x = random_shift(images[batch], max_shift, generator).to(device)
+            x = augment.translate(images[batch], max_shift, generator=generator).to(device)
             y = labels[batch].to(device)
             if outlier_weight > 0:
                 half = (len(batch) + 1) // 2

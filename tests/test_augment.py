@@ -33,11 +33,10 @@ def test_parse_policy():
             augment.parse_policy(bad)
 
 
-def test_translation_is_a_whole_pixel_shift_within_the_ratio():
+def test_translation_is_a_whole_pixel_shift_within_range():
     x = _images()
-    torch.manual_seed(0)
-    y = augment.translate(x, ratio=0.25)
-    ry, rx = 4, 3  # round(0.25 * 16), round(0.25 * 12)
+    y = augment.translate(x, 3, generator=torch.Generator().manual_seed(0))
+    ry = rx = 3
     seen = set()
     for img, out in zip(x.numpy(), y.numpy()):
         matches = [(dy, dx) for dy in range(-ry, ry + 1) for dx in range(-rx, rx + 1)
@@ -47,6 +46,11 @@ def test_translation_is_a_whole_pixel_shift_within_the_ratio():
     assert len(seen) > 20  # Each image draws its own offset.
     assert {dy for dy, _ in seen} == set(range(-ry, ry + 1))
     assert {dx for _, dx in seen} == set(range(-rx, rx + 1))
+    assert augment.translate(x, 0) is x
+    # The loss's policy shifts by up to an eighth of the image size: 4 empty rows at most at 32 px.
+    torch.manual_seed(0)
+    z = augment.augment(torch.ones(500, 1, 32, 32), ('translation',))
+    assert int((z == 0).all(dim=3).sum(dim=2).max()) == 4
 
 
 def test_cutout_fills_one_clipped_rectangle_per_image():

@@ -8,8 +8,8 @@ and, because both distributions get the same transform, does not teach G to prod
 
 Two transforms, each drawn independently per image from the global torch RNG (so a seeded run repeats):
 
-* ``'translation'``: shift by whole pixels, ``dx, dy`` uniform in ``[-r, r]`` with ``r = round(ratio * size)``
-  (ratio 1/8: +-4 px at 32 px); pixels shifted in from outside are ``fill``.
+* ``'translation'``: shift by whole pixels, ``dx, dy`` uniform in ``[-r, r]`` with ``r = round(size / 8)``
+  (+-4 px at 32 px); pixels shifted in from outside are ``fill``.
 * ``'cutout'``: set a ``round(ratio * H) x round(ratio * W)`` rectangle (ratio 1/2) to ``fill``; its centre
   pixel is uniform over the image's pixels (rows ``cy - h // 2`` to ``cy - h // 2 + h - 1``), clipped at the border.
 
@@ -33,19 +33,24 @@ def parse_policy(policy):
     return names
 
 
-def translate(x, ratio=0.125, fill=0.0):
-    """Shift each NCHW image by its own random whole-pixel offset; see the module docstring."""
+def translate(x, max_shift, fill=0.0, generator=None):
+    """Shift each image of an NCHW batch by its own random whole-pixel offset.
+
+    The offsets ``dy, dx`` are uniform in ``[-max_shift, max_shift]``, drawn as one
+    ``torch.randint(0, 2 * max_shift + 1, [2, N], generator=generator)`` on the CPU (the global RNG when
+    ``generator`` is None); pixels shifted in from outside are ``fill``. ``max_shift = 0`` returns ``x``.
+    Differentiable in ``x`` to any order (it is an indexing of the padded images).
+    """
+    if max_shift == 0:
+        return x
     N, _C, H, W = x.shape
-    ry, rx = int(round(ratio * H)), int(round(ratio * W))
-    dy = torch.randint(-ry, ry + 1, [N, 1], device=x.device)
-    dx = torch.randint(-rx, rx + 1, [N, 1], device=x.device)
-    # Output pixel (i, j) reads input pixel (i - dy, j - dx) of the image padded by (ry, rx) on each side.
-    padded = torch.nn.functional.pad(x, [rx, rx, ry, ry], value=fill)
-    rows = torch.arange(H, device=x.device)[None] - dy + ry            # [N, H]
-    cols = torch.arange(W, device=x.device)[None] - dx + rx            # [N, W]
+    padded = torch.nn.functional.pad(x, [max_shift] * 4, value=fill)
+    offsets = torch.randint(0, 2 * max_shift + 1, [2, N], generator=generator).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(H, device=x.device)       # [N, H] rows of the padded images
+    cols = offsets[1, :, None] + torch.arange(W, device=x.device)       # [N, W]
     batch = torch.arange(N, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]   # [N, H, W, C]
-    return out.permute(0, 3, 1, 2)
+    # Advanced indices around a slice put their dimensions first: the result is [N, H, W, C].
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def cutout(x, ratio=0.5, fill=0.0):
@@ -65,5 +70,5 @@ def cutout(x, ratio=0.5, fill=0.0):
 def augment(x, policy):
     """Apply the transforms named in ``policy`` (a tuple from :func:`parse_policy`) in order."""
     for name in policy:
-        x = translate(x) if name == 'translation' else cutout(x)
+        x = translate(x, max_shift=round(min(x.shape[2:]) / 8)) if name == 'translation' else cutout(x)
     return x
