@@ -6,6 +6,7 @@ z = w = 64, two mapping layers, channel_base 1024 / channel_max 64 (32, 64, 64, 
 shipped network then went on from 442 kimg with --gamma 0.1). Every setting we tried, these
 included, collapsed onto one or two digits within 20 kimg; with these the network had all ten
 classes back by about 120 kimg. About 11 seconds per kimg on two CPU cores, 1.1-1.2 on one H100.
+--aug (discriminator augmentation, off by default) did not improve the shipped network.
 Each run gets a new numbered folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids,
 stats.jsonl and log.txt.
 

@@ -12,7 +12,7 @@ Ours: 'projected' (the same estimator, batched), 'exact' (forward mode, batched)
 Accuracy columns compare top-K log-volumes with 'exact'.
 
     python benchmarks/bench_volume.py --quick
-    python benchmarks/bench_volume.py --res 64 --z-dim 512 --num 8 --batch 4 --device cuda
+    python benchmarks/bench_volume.py --res 64 --z-dim 512 --num 8 --device cuda
 """
 
 import os
@@ -64,7 +64,8 @@ def batched(fn, z, batch):
 @click.option('--res', type=int, default=32, show_default=True, help='Image resolution')
 @click.option('--z-dim', type=int, default=128, show_default=True, help='Latent size')
 @click.option('--num', type=int, default=8, show_default=True, help='Latents per method')
-@click.option('--batch', type=int, default=4, show_default=True, help='Batch size of our batched paths')
+@click.option('--batch', type=int, default=8, show_default=True,
+              help="Batch size of our batched paths (compute_volume_scalars.py's default)")
 @click.option('--top-k', type=int, default=30, show_default=True, help='K of the log-volume')
 @click.option('--space', type=click.Choice(['pixel', 'style']), default='pixel', show_default=True)
 @click.option('--channels', type=int, default=128, show_default=True, help='Feature maps per layer (channel_max)')
