@@ -36,10 +36,9 @@ import legacy  # noqa: E402
 from metrics import mnist_classifier  # noqa: E402
 from metrics.frechet_inception_distance import mean_cov  # noqa: E402
 from sampling import hubness, volume  # noqa: E402
+from sampling.cli import DEFAULT_NETWORK  # noqa: E402
+from sampling.images import to_uint8  # noqa: E402
 from training.networks_stylegan2 import Generator  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMBEDDED_NETWORK = os.path.join(REPO_ROOT, 'pretrained', 'mnist32-stylegan2.pkl')
 
 #----------------------------------------------------------------------------
 
@@ -56,7 +55,7 @@ def small_generator(seed=0, num_fp16_res=0):
 
 
 def embedded_generator():
-    with open(EMBEDDED_NETWORK, 'rb') as f:
+    with open(DEFAULT_NETWORK, 'rb') as f:
         return legacy.load_network_pkl(f)['G_ema'].eval().requires_grad_(False)
 
 
@@ -72,9 +71,6 @@ def errors(ref, other):
     diff = other - ref
     return float(diff.abs().max()), float(diff.norm() / ref.norm().clamp(min=1e-300))
 
-
-def to_uint8(img):
-    return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 #----------------------------------------------------------------------------
 # The checks. Each returns a list of (name, passed, message).
@@ -138,8 +134,9 @@ def check_jacobians(device):
 def check_classifier(device):
     G = embedded_generator()
     with torch.no_grad():
-        images = torch.cat([to_uint8(G(z, torch.zeros([len(z), G.c_dim]), truncation_psi=1, noise_mode='const'))
-                            for z in latents(500, G.z_dim, seed=3).split(100)])
+        images = np.concatenate([to_uint8(G(z, torch.zeros([len(z), G.c_dim]), truncation_psi=1, noise_mode='const'))
+                                 for z in latents(500, G.z_dim, seed=3).split(100)])
+    images = torch.from_numpy(images.transpose(0, 3, 1, 2))   # NHWC -> NCHW uint8
     clf = mnist_classifier.load_classifier(device='cpu')
     clf_dev = mnist_classifier.load_classifier(device=device)
     probs = mnist_classifier.classify(images, clf, device='cpu')
