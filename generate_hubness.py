@@ -8,8 +8,9 @@ The defaults are the authors' notebook: scores in W (G.mapping(z, c, truncation_
 per batch, k = 5, hub if score >= 50, the latent counted as its own first neighbour (--count-self: k = 5 means
 4 other neighbours, and a score counts the latent itself once; --no-count-self gives the textbook N_k), images
 at psi = 1 with noise_mode=const. --trunc only changes synthesis: scoring is always at psi = 1. A conditional
-network needs --class (one class for all latents, also used to map them to W for scoring) or --class random
-(each latent's class drawn from a stream seeded by its batch seed, see sampling/latents.py).
+network takes --class (one class for all latents, also used to map them to W for scoring) or --class random
+(each latent's class drawn from a stream seeded by its batch seed, see sampling/latents.py), the default when
+--class is omitted.
 
 Examples:
 
@@ -75,8 +76,10 @@ def _check_class(G, class_idx):
             click.echo('warning: --class is ignored for an unconditional network', err=True)
         return None
     if class_idx is None:
-        raise click.UsageError(f'this network is conditional ({G.c_dim} classes): pass --class 0..{G.c_dim - 1}, '
-                               f'or --class random for a random class per latent')
+        # The embedded default network is conditional, and the README's first command passes no --class.
+        click.echo(f'Conditional network ({G.c_dim} classes) and no --class: a random class per latent '
+                   f'(--class random); pass --class 0..{G.c_dim - 1} for one class', err=True)
+        return 'random'
     if class_idx != 'random' and class_idx >= G.c_dim:
         raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
     return class_idx
@@ -104,7 +107,8 @@ def _check_class(G, class_idx):
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
               help='Truncation psi (synthesis only)')
 @click.option('--class', 'class_idx', type=_parse_class, metavar='INT|random',
-              help="Class of a conditional network, or 'random' (random class per latent, seeded by its batch)")
+              help="Class of a conditional network, or 'random' (random class per latent, seeded by its batch; "
+                   "the default for a conditional network)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--synth-batch', type=click.IntRange(min=1), default=32, show_default=True,
               help='Images per forward pass')

@@ -393,20 +393,28 @@ def digit_report(G_or_images, classifier=None, threshold=0.9, num=1000, seed=0, 
         ``num_images``, ``threshold``, ``confident_fraction`` (fraction with top probability >=
         threshold), ``mean_top_probability``, ``class_histogram`` (count of each most probable
         class, over all images), ``confident_class_histogram`` (the same over the confident
-        images), ``all_classes_present`` (every class is the most probable one of some image).
+        images), ``all_classes_present`` (every class is the most probable one of some image), and
+        for a conditional generator with as many classes as the classifier, ``label_agreement``: the
+        fraction of images whose most probable class is the class they were generated for (class i
+        taken to be digit i, as dataset_tool.py labels MNIST).
     """
+    labels = None
     if isinstance(G_or_images, torch.nn.Module) and hasattr(G_or_images, 'z_dim'):
         G = G_or_images
         device = _module_device(G)
         if classifier is None:
             classifier = load_classifier(device=device)
-        images = _generate_uint8(G, num, seed, truncation_psi, noise_mode, batch_size, progress)
+        images, labels = _generate_uint8(G, num, seed, truncation_psi, noise_mode, batch_size, progress)
     else:
         images = G_or_images
         if classifier is None:
             classifier = load_classifier()
     probs = classify(images, classifier, batch_size=max(batch_size, 256))
-    return summarize_probabilities(probs, threshold)
+    report = summarize_probabilities(probs, threshold)
+    if labels is not None and labels.shape[1] == probs.shape[1]:
+        agree = np.asarray(probs).argmax(axis=1) == labels.argmax(axis=1)
+        report['label_agreement'] = float(agree.mean())
+    return report
 
 
 def _generate_uint8(G, num, seed, truncation_psi, noise_mode, batch_size, progress):
@@ -417,7 +425,7 @@ def _generate_uint8(G, num, seed, truncation_psi, noise_mode, batch_size, progre
     c = random_labels(seed, num, G.c_dim)
     batches = synthesize(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode,
                          batch_size=batch_size, progress=progress)
-    return np.concatenate([to_uint8(img).transpose(0, 3, 1, 2) for img in batches])
+    return np.concatenate([to_uint8(img).transpose(0, 3, 1, 2) for img in batches]), np.asarray(c)
 
 
 def _module_device(module):

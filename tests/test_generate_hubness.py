@@ -246,6 +246,16 @@ def test_z_space_textbook_count_and_random_classes(tiny, tmp_path):
         assert np.abs(load_png(tmp_path / f'hub{i:06d}.png').astype(int) - expected[i]).max() <= 1
 
 
+def test_conditional_network_without_class_draws_random_classes(tiny, tmp_path):
+    args = ['--network', tiny['cond_pkl'], '--num', '3', *BASE, '--no-images']
+    result = _invoke(*args, '--outdir', str(tmp_path / 'default'))
+    assert result.exit_code == 0, result.output
+    assert 'a random class per latent' in result.output
+    assert _invoke(*args, '--outdir', str(tmp_path / 'random'), '--class', 'random').exit_code == 0
+    _assert_same_arrays(_bank(tmp_path / 'default'), _bank(tmp_path / 'random'))
+    assert len(np.unique(_bank(tmp_path / 'default').labels.argmax(axis=1))) > 1
+
+
 def test_default_network(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, 'DEFAULT_NETWORK', tiny['pkl'])
     result = _invoke('--num', '2', '--outdir', str(tmp_path), *BASE, '--no-images')
@@ -266,7 +276,6 @@ def test_default_network(tiny, tmp_path, monkeypatch):
     (['--merge'], 'batch 0 is not finished'),
     (['--network', 'missing.pkl'], 'not found'),
     (['--class', 'two'], "'two' is not a class index or 'random'"),
-    (['--cond'], "this network is conditional (3 classes): pass --class 0..2, or --class random"),
     (['--cond', '--class', '3'], 'out of range for 3 classes'),
 ])
 def test_bad_input_is_one_clear_error(tiny, tmp_path, extra, message):

@@ -251,6 +251,35 @@ def test_digit_report_samples_a_generator_by_seed(classifier, heldout):
     assert report['class_histogram'] == np.bincount(probs.argmax(axis=1), minlength=10).tolist()
     assert report['mean_top_probability'] == pytest.approx(top.mean(), abs=1e-6)
 
+
+class LabelledDigitGenerator(torch.nn.Module):
+    """Stand-in conditional generator: class c gives a held-out digit of class ``shown[c]``."""
+
+    z_dim = 4
+    c_dim = 10
+
+    def __init__(self, digits, labels, shown):
+        super().__init__()
+        first = [int(np.flatnonzero(labels == cls)[0]) for cls in range(10)]
+        self.register_buffer('bank', (torch.from_numpy(digits[first]).to(torch.float32) + 0.5 - 128) / 127.5)
+        self.shown = torch.as_tensor(shown)
+        self.unused = torch.nn.Parameter(torch.zeros([]))  # synthesize() reads the device from a parameter.
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const'):
+        return self.bank[self.shown[c.argmax(dim=1)]]
+
+
+def test_digit_report_label_agreement_of_a_conditional_generator(classifier, heldout):
+    shown = [0, 1, 2, 3, 4, 6, 7, 8, 9, 5]  # Classes 5..9 draw the next digit.
+    G = LabelledDigitGenerator(heldout['images'], heldout['labels'], shown)
+    report = mc.digit_report(G, classifier, num=300, seed=3, batch_size=64)
+    classes = np.random.RandomState([3, 1]).randint(10, size=300)  # sampling/latents.py's label stream.
+    predicted = classifier.probabilities(G.bank.mul(127.5).add(128).clamp(0, 255).to(torch.uint8)).argmax(dim=1)
+    expected = np.mean(predicted.numpy()[np.asarray(shown)[classes]] == classes)
+    assert report['label_agreement'] == pytest.approx(expected)
+    assert 0.3 < report['label_agreement'] < 0.7  # About half the classes are drawn as another digit.
+    assert 'label_agreement' not in mc.digit_report(DigitBankGenerator(heldout['images']), classifier, num=8)
+
 # ----------------------------------------------------------------------------
 # Training helpers.
 
