@@ -38,6 +38,7 @@ from metrics.frechet_inception_distance import mean_cov  # noqa: E402
 from sampling import hubness, volume  # noqa: E402
 from sampling.cli import DEFAULT_NETWORK  # noqa: E402
 from sampling.images import to_uint8  # noqa: E402
+from sampling.latents import random_labels  # noqa: E402
 from training.networks_stylegan2 import Generator  # noqa: E402
 
 #----------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def check_generators(device):
     for name, G in (('small StyleGAN2', small_generator()), ('embedded mnist32-stylegan2.pkl', embedded_generator())):
         G_dev = copy.deepcopy(G).to(device)
         z = latents(16, G.z_dim, seed=1)
-        c = torch.zeros([16, G.c_dim])
+        c = torch.from_numpy(random_labels(1, 16, G.c_dim))  # The embedded network is conditional.
         with torch.no_grad():
             ref = G(z, c, truncation_psi=1, noise_mode='const')
             out = G_dev(z.to(device), c.to(device), truncation_psi=1, noise_mode='const')
@@ -133,9 +134,10 @@ def check_jacobians(device):
 
 def check_classifier(device):
     G = embedded_generator()
+    z, c = latents(500, G.z_dim, seed=3), torch.from_numpy(random_labels(3, 500, G.c_dim))
     with torch.no_grad():
-        images = np.concatenate([to_uint8(G(z, torch.zeros([len(z), G.c_dim]), truncation_psi=1, noise_mode='const'))
-                                 for z in latents(500, G.z_dim, seed=3).split(100)])
+        images = np.concatenate([to_uint8(G(z_part, c_part, truncation_psi=1, noise_mode='const'))
+                                 for z_part, c_part in zip(z.split(100), c.split(100))])
     images = torch.from_numpy(images.transpose(0, 3, 1, 2))   # NHWC -> NCHW uint8
     clf = mnist_classifier.load_classifier(device='cpu')
     clf_dev = mnist_classifier.load_classifier(device=device)
