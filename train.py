@@ -4,8 +4,8 @@ The defaults are the settings of the network this repository ships (32x32 graysc
 adds --cond=1: z = w = 64, two mapping layers, channel_base 1024 / channel_max 64 (32, 64, 64, 64
 channels at 32, 16, 8, 4 px), batch 64, minibatch-std group 32, learning rate 0.001 for G and D, R1
 gamma 1; 542 kimg. Unconditional runs collapsed onto one or two digits within 20 kimg and had all ten
-classes back by about 120 kimg; the conditional one by 140. About 11 seconds per kimg on two CPU
-cores, 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default) did not improve the
+classes back by about 120 kimg; the conditional one by 140. 11-18 seconds per kimg on two CPU
+cores (conditional or not), 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default) did not improve the
 previous, unconditional embedded network.
 Each run gets a new numbered folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids,
 stats.jsonl and log.txt.
