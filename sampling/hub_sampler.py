@@ -277,7 +277,7 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
             if found == 0 and batch + 1 == _WARN_AFTER:
                 best = max(len(c.meta['histogram']) - 1 for c in chunks)
                 tqdm.write(f'warning: no hub in the first {_WARN_AFTER} batches (highest score: {best}); the '
-                           f'selection rule may be too strict', file=sys.stderr)
+                           f'selection rule may be too strict (a lower threshold finds hubs sooner)', file=sys.stderr)
     joined = concatenate(chunks, meta={})
     bank = joined.select(np.arange(min(num, len(joined))))
     return HubResult(bank=bank, batches=[chunk.meta for chunk in chunks], num=num)

@@ -193,6 +193,17 @@ def test_max_batches_stops_saves_and_continues(tiny, reference, tmp_path):
     _assert_same_arrays(_bank(tmp_path), _bank(reference))
 
 
+def test_a_threshold_no_batch_reaches_is_reported_early(tiny, tmp_path):
+    args = ['--network', tiny['pkl'], '--num', '2', '--outdir', str(tmp_path), '--batch-size', '300',
+            '--threshold', '300', '--max-batches', '10', '--device', 'cpu', '--no-images']
+    result = _invoke(*args)
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    warning = [line for line in result.output.splitlines() if line.startswith('warning: no hub in the first 10')]
+    assert len(warning) == 1 and 'a lower threshold finds hubs sooner' in warning[0], result.output
+    best = int(warning[0].split('highest score: ')[1].split(')')[0])
+    assert 1 <= best < 300
+
+
 def test_shards_then_merge_equal_a_single_run(tiny, reference, tmp_path, monkeypatch):
     args = ['--network', tiny['pkl'], '--num', '6', '--outdir', str(tmp_path), *BASE, '--max-batches', '5']
     assert _invoke(*args, '--shard', '0/2').exit_code == 0
