@@ -5,8 +5,8 @@ adds --cond=1: z = w = 64, two mapping layers, channel_base 1024 / channel_max 6
 channels at 32, 16, 8, 4 px), batch 64, minibatch-std group 32, learning rate 0.001 for G and D, R1
 gamma 1; 542 kimg. Unconditional runs collapsed onto one or two digits within 20 kimg and had all ten
 classes back by about 120 kimg; the conditional one by 140. 11-18 seconds per kimg on two CPU
-cores (conditional or not), 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default) did not improve the
-previous, unconditional embedded network.
+cores (conditional or not), 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default)
+did not improve the previous, unconditional embedded network.
 Each run gets a new numbered folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids,
 stats.jsonl and log.txt.
 

@@ -425,7 +425,7 @@ def _generate_uint8(G, num, seed, truncation_psi, noise_mode, batch_size, progre
     c = random_labels(seed, num, G.c_dim)
     batches = synthesize(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode,
                          batch_size=batch_size, progress=progress)
-    return np.concatenate([to_uint8(img).transpose(0, 3, 1, 2) for img in batches]), np.asarray(c)
+    return np.concatenate([to_uint8(img).transpose(0, 3, 1, 2) for img in batches]), c
 
 
 def _module_device(module):
