@@ -82,6 +82,18 @@ def test_worker_threads_give_the_same_result():
     assert np.array_equal(counts.numpy(), reference_counts(x, 5))
 
 
+def test_blas_threads_are_restored():
+    # The CPU tiles run through numpy's BLAS held to one thread per worker; the caller's setting comes back.
+    import threadpoolctl
+
+    x = np.random.RandomState(19).randn(300, 32).astype(np.float32)
+    with threadpoolctl.threadpool_limits(limits=2, user_api='blas'):
+        counts = k_occurrence(x, 5, block_size=64)
+        after = [info['num_threads'] for info in threadpoolctl.threadpool_info() if info['user_api'] == 'blas']
+    assert after and all(n == 2 for n in after)
+    assert np.array_equal(counts.numpy(), reference_counts(x, 5))
+
+
 def test_input_types_and_layouts():
     x = np.random.RandomState(4).randn(300, 50)
     expected = reference_counts(x, 3)
