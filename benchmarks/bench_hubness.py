@@ -154,8 +154,9 @@ def bench_size(num, dim, k, repeats, rate):
         line = f'  {name:13s} {seconds[name]:8.3f} s'
         if name != 'ours':
             same = int((counts[name] == counts['ours']).sum())
-            line += f'   {seconds[name] / seconds["ours"]:5.2f}x slower than ours;' \
-                    f' counts equal for {same:,} / {num:,} points'
+            ratio = seconds[name] / seconds['ours']
+            line += f'   {ratio:5.2f}x slower than ours;' if ratio >= 1 else f'   {1 / ratio:5.2f}x faster than ours;'
+            line += f' counts equal for {same:,} / {num:,} points'
         print(line)
     if not faiss_available():
         print('  faiss         skipped (not installed: pip install -r requirements-bench.txt)')

@@ -52,9 +52,13 @@ def _check_k(num, k, count_self):
         raise ValueError(f'k = {k} needs at least {k + (0 if count_self else 1)} points, got {num}')
 
 
-def _default_block_size(device):
-    # CPU: a 2048 x 2048 float32 tile (16 MB) keeps the GEMM efficient and the selection passes cache-friendly.
-    return 2048 if device.type == 'cpu' else 8192
+def _default_block_size(device, num):
+    if device.type != 'cpu':
+        return 8192
+    # CPU: tiles of at most 2048 x 2048 float32 (16 MB) keep the GEMM efficient and the selection passes
+    # cache-friendly; at least 4 blocks (10 tiles) give the worker threads something to share when N is small
+    # (N = 2,000 ran in 0.069 s with blocks of 512 against 0.085 s in one block); below 512 rows per-tile overhead wins.
+    return min(2048, max(512, -(-num // 4)))
 
 
 @contextlib.contextmanager
@@ -421,7 +425,7 @@ def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
     num, dim = x.shape
     device = torch.device(device) if device is not None else x.device
     if block_size is None:
-        block_size = _default_block_size(device)
+        block_size = _default_block_size(device, num)
     if int(block_size) != block_size or block_size < 1:
         raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
     block_size = int(block_size)
@@ -493,7 +497,8 @@ def k_occurrence(x, k, count_self=False, block_size=None, device=None, backend='
         point is its own first neighbour and has k - 1 others, so its score counts itself once
         (1 <= k <= N). The result is then ``1 + k_occurrence(x, k - 1)``. Either way the mean score is k.
     block_size : int, optional
-        Rows per block; memory is O(block_size**2 + N * (d + k)). Default 2048 on CPU, 8192 on GPUs. The
+        Rows per block; memory is O(block_size**2 + N * (d + k)). Default on CPU N / 4 clamped to [512, 2048],
+        8192 on GPUs. The
         result does not depend on it.
     device : str or torch.device, optional
         Where to compute (default: the device of `x`, the CPU for numpy input).
