@@ -13,6 +13,9 @@ Accuracy columns compare top-K log-volumes with 'exact'.
 
     python benchmarks/bench_volume.py --quick
     python benchmarks/bench_volume.py --res 64 --z-dim 512 --num 8 --device cuda
+
+``--lowrank-sweep`` also times 'lowrank' with small Krylov spaces (fixed block counts, no early stop) to show
+what its time and error are when it is made to run about as fast as 'projected'.
 """
 
 import os
@@ -72,8 +75,9 @@ def batched(fn, z, batch):
 @click.option('--device', default='cpu', show_default=True)
 @click.option('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s choice)')
 @click.option('--skip-baselines', is_flag=True, help='Time only our three methods (the per-latent loops are slow)')
+@click.option('--lowrank-sweep', is_flag=True, help="Also time 'lowrank' with small Krylov spaces (see above)")
 @click.option('--quick', is_flag=True, help='Tiny run (8 px, z_dim 32, 32 channels, 3 latents) to check that it works')
-def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_baselines, quick):
+def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_baselines, lowrank_sweep, quick):
     if threads is not None:
         torch.set_num_threads(threads)
     if quick:
@@ -122,6 +126,22 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
               f' nats, rank corr {rho:.4f}')
     for name in ('ours exact', 'ours lowrank'):
         print(f"time of {name} / ours projected: {times[name] / times['ours projected']:.2f}")
+    if lowrank_sweep:
+        proj = logvols['ours projected'] - ref
+        print(f"lowrank with small Krylov spaces (projected: per-latent error {np.abs(proj - proj.mean()).max():.3f})")
+        for block, iters in [(8, 3), (10, 2), (10, 3), (12, 2), (16, 1), (16, 2), (20, 1), (32, 0), (40, 0)]:
+            if block * (iters + 1) < top_k or block * (iters + 1) >= z_dim:
+                continue
+            _sync(device)
+            start = time.perf_counter()
+            svals = batched(lambda x, b=block, i=iters: volume.jacobian_singular_values(
+                f, x, 'lowrank', top_k=top_k, block_size=b, num_iters=i, tol=0), z, batch)
+            _sync(device)
+            seconds = (time.perf_counter() - start) / num
+            diff = volume.log_volume(svals.cpu(), top_k=top_k).numpy() - ref
+            print(f'  block {block:2d} x {iters + 1} blocks ({block * (2 * iters + 1):3d} passes): {seconds:.3f} s/latent, '
+                  f'{seconds / times["ours projected"]:.2f} of projected, per-latent error '
+                  f'{np.abs(diff - diff.mean()).max():.3f} nats')
     if skip_baselines:
         return
     base = times["authors' loop (128 VJPs)"]
