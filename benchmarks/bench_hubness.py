@@ -71,7 +71,7 @@ def run_faiss(x, k):
     return np.bincount(idx.ravel(), minlength=x.shape[0])
 
 
-class _CountMatmulFlops:
+class _CountTileFlops:
     """Counts the flops of our distance tiles (hubness._tile, on the CPU numpy's BLAS) while active."""
 
     def __enter__(self):
@@ -141,7 +141,7 @@ def bench_size(num, dim, k, repeats, rate):
     flops = 0
     for _ in range(repeats):
         for name, fn in methods:
-            with _CountMatmulFlops() as counter:
+            with _CountTileFlops() as counter:
                 t0 = time.perf_counter()
                 counts[name] = fn(x, k)
                 elapsed = time.perf_counter() - t0
@@ -251,7 +251,7 @@ def bench_size_gpu(num, dim, k, repeats, device, cpu_baselines):
     flops = 0
     for _ in range(repeats):
         for name, fn in methods:
-            with _CountMatmulFlops() as counter:
+            with _CountTileFlops() as counter:
                 result, elapsed, peak_bytes, before = time_on_gpu(fn, device)
             counts[name] = result.numpy()
             seconds[name] = min(seconds[name], elapsed)

@@ -106,15 +106,18 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
     }
     if skip_baselines:
         del methods["authors' loop (128 VJPs)"], methods['autograd.functional']
-    volume.jacobian_singular_values(f, z[:1])  # Warm-up (imports of torch.func, kernels).
-    times, logvols = {}, {}
-    for name, fn in methods.items():
+    def timed(fn):
+        """Seconds per latent of fn() and the top-K log-volumes of its singular values."""
         _sync(device)
         start = time.perf_counter()
         svals = fn()
         _sync(device)
-        times[name] = (time.perf_counter() - start) / num
-        logvols[name] = volume.log_volume(svals.cpu(), top_k=top_k).numpy()
+        return (time.perf_counter() - start) / num, volume.log_volume(svals.cpu(), top_k=top_k).numpy()
+
+    volume.jacobian_singular_values(f, z[:1])  # Warm-up (imports of torch.func, kernels).
+    times, logvols = {}, {}
+    for name, fn in methods.items():
+        times[name], logvols[name] = timed(fn)
         print(f'{name:26s} {times[name]:8.3f} s/latent')
 
     ref = logvols['ours exact']
@@ -132,13 +135,9 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
         for block, iters in [(8, 3), (10, 2), (10, 3), (12, 2), (16, 1), (16, 2), (20, 1), (32, 0), (40, 0)]:
             if block * (iters + 1) < top_k or block * (iters + 1) >= z_dim:
                 continue
-            _sync(device)
-            start = time.perf_counter()
-            svals = batched(lambda x, b=block, i=iters: volume.jacobian_singular_values(
-                f, x, 'lowrank', top_k=top_k, block_size=b, num_iters=i, tol=0), z, batch)
-            _sync(device)
-            seconds = (time.perf_counter() - start) / num
-            diff = volume.log_volume(svals.cpu(), top_k=top_k).numpy() - ref
+            seconds, logvol = timed(lambda b=block, i=iters: batched(lambda x: volume.jacobian_singular_values(
+                f, x, 'lowrank', top_k=top_k, block_size=b, num_iters=i, tol=0), z, batch))
+            diff = logvol - ref
             print(f'  block {block:2d} x {iters + 1} blocks ({block * (2 * iters + 1):3d} passes): {seconds:.3f} s/latent, '
                   f'{seconds / times["ours projected"]:.2f} of projected, per-latent error '
                   f'{np.abs(diff - diff.mean()).max():.3f} nats')

@@ -62,26 +62,18 @@ def _default_block_size(device, num):
 
 
 @contextlib.contextmanager
-def _intra_op_threads(threads):
-    """Temporarily set torch's (process-wide) intra-op thread count; None leaves it alone."""
+def _threads_per_operation(threads):
+    """Temporarily set torch's (process-wide) intra-op thread count and numpy's BLAS threads (the CPU tiles are
+    numpy products); None leaves both alone."""
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        yield
+        with threadpoolctl.threadpool_limits(limits=threads, user_api='blas'):
+            yield
     finally:
         if threads is not None:
             torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def _single_threaded_blas(enabled):
-    """Limit numpy's BLAS to one thread: the parallelism comes from our worker threads (see _run_tasks)."""
-    if not enabled:
-        yield
-        return
-    with threadpoolctl.threadpool_limits(limits=1, user_api='blas'):
-        yield
 
 
 @contextlib.contextmanager
@@ -133,7 +125,7 @@ def _tile(lhs, rhs):
     per core on an AVX2 EPYC, against 42-45 for torch.mm (oneDNN/MKL) on the same tiles. Both are IEEE float32
     products, so the error bound of :func:`_decide` holds for either.
     """
-    if lhs.device.type == 'cpu' and lhs.dtype == torch.float32:
+    if lhs.device.type == 'cpu':
         return torch.from_numpy(np.matmul(lhs.numpy(), rhs.numpy().T))
     return torch.mm(lhs, rhs.T)
 
@@ -442,8 +434,7 @@ def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
     elif backend == 'torch':
         # On the CPU, parallelism comes from worker threads (see _run_tasks), not from inside each operation.
         workers = torch.get_num_threads() if device.type == 'cpu' else 1
-        with _full_float32_matmul(), _intra_op_threads(1 if device.type == 'cpu' else None), \
-                _single_threaded_blas(device.type == 'cpu'):
+        with _full_float32_matmul(), _threads_per_operation(1 if device.type == 'cpu' else None):
             aug = _Augmented(x, device, block_size)
             norms = _norm_bounds(aug.b[:, dim + 1], dim).to(exact_device)
             sparse = device.type == 'cpu'  # On GPUs a dense top-k is cheap and avoids host syncs.
