@@ -21,7 +21,9 @@ Examples:
 \b
 Metrics: fid50k_full kid50k_full pr50k3_full is50k ppl2_wend fid50k kid50k pr50k3 ppl_zfull ppl_wfull ppl_zend
 ppl_wend, and sizes: fid{N}k[_full] kid{N}k[_full] pr{N}k{K}[_full] is{N}k ppl2_wend_{N}k (N thousand; a plain
-count also works: fid500_full, pr500_3_full), epr{N}k{K}[_full] (hubness-aware efficient P/R, an estimate).
+count also works: fid500_full, pr500_3_full), epr{N}k{K}[_full] (hubness-aware efficient P/R, an estimate),
+attr{N}k (attribute histogram, entropy, KL to uniform and to the real images, majority share, under the
+classifier --detector attribute=PATH; real images from --data when given).
 
 \b
 Sampler specs (--sampler; all seeded by --seed, latents chosen at psi 1):
@@ -105,6 +107,9 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_pickle_code)
 
     dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror)
+    if any(metric_main.metric_kind(m) == 'attr' for m in metrics) and 'attribute' not in detectors:
+        raise EvaluationError('attribute metrics need a classifier with class outputs: pass --detector '
+                              'attribute=PATH (a TorchScript file), e.g. pretrained/mnist_classifier.pt')
     needs_data = [m for m in metrics if metric_main.metric_kind(m) in ('kid', 'pr')
                   or (metric_main.metric_kind(m) == 'fid' and reference is None)]
     if needs_data and dataset_kwargs is None:
@@ -116,7 +121,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         if verbose:
             _note(rank, f'Dataset: {dataset.name}, {len(dataset)} images of {dataset.resolution}x{dataset.resolution}')
 
-    for role in sorted({role for m in metrics for role in metric_main.detector_roles(m)}):
+    for role in sorted({role for m in metrics for role in metric_main.detector_roles(m)} - {'attribute'}):
         url = detectors.get(role, metric_utils.DETECTOR_URLS[role])
         if not metric_utils.is_nvlabs_detector(url):
             _note(rank, f'note: the {role} detector is {url}, not NVlabs\' {role}: the numbers are not comparable '

@@ -32,10 +32,10 @@ def parse_metrics(text):
 
 
 def parse_detectors(text):
-    """'X' (every role) or 'inception=X,vgg16=Y' -> {role: url}."""
+    """'X' (every role) or 'inception=X,vgg16=Y,attribute=Z' -> {role: url}."""
     if text is None:
         return {}
-    roles = ('inception', 'vgg16')
+    roles = ('inception', 'vgg16', 'attribute')
     parts = [part.strip() for part in text.split(',')]
     if all(part.split('=', 1)[0] in roles and '=' in part for part in parts):
         pairs = [part.split('=', 1) for part in parts]

@@ -319,8 +319,8 @@ def get_feature_detector(url, device='cpu', num_gpus=1, rank=0, verbose=False, a
 
 
 def _forward_arguments(detector):
-    """Names of the keyword arguments ``detector.forward`` accepts, or None if it accepts any."""
-    forward = detector.forward
+    """Names of the keyword arguments ``detector.forward`` (or a method) accepts, or None if it accepts any."""
+    forward = getattr(detector, 'forward', detector)
     schema = getattr(forward, 'schema', None)
     if schema is not None:  # TorchScript method.
         return {arg.name for arg in schema.arguments} - {'self'}
@@ -330,11 +330,12 @@ def _forward_arguments(detector):
     return {p.name for p in params}
 
 
-def run_detector(detector, images, **detector_kwargs):
+def run_detector(detector, images, class_outputs=False, **detector_kwargs):
     """Features of a batch of images: NVlabs' call convention, for NVlabs' and custom detectors.
 
     Grayscale images are repeated to three channels. Keyword arguments the detector's ``forward`` does not
-    accept are dropped, so a custom ``forward(images)`` works with every metric.
+    accept are dropped, so a custom ``forward(images)`` works with every metric. ``class_outputs=True`` calls
+    the detector's ``probabilities`` (else ``logits``) method when it has one: class scores of a classifier.
 
     Parameters
     ----------
@@ -347,10 +348,14 @@ def run_detector(detector, images, **detector_kwargs):
     """
     if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
-    accepted = _forward_arguments(detector)
+    forward = detector
+    if class_outputs:  # A classifier's class scores rather than its features (the attribute metric).
+        forward = next((getattr(detector, name) for name in ('probabilities', 'logits') if hasattr(detector, name)),
+                       detector)
+    accepted = _forward_arguments(forward)
     if accepted is not None:
         detector_kwargs = {k: v for k, v in detector_kwargs.items() if k in accepted}
-    features = detector(images, **detector_kwargs)
+    features = forward(images, **detector_kwargs)
     if not isinstance(features, torch.Tensor) or features.ndim < 1 or features.shape[0] != images.shape[0]:
         shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise DetectorError(f'the detector returned {shape} for {images.shape[0]} images; expected features [N, D]')
@@ -412,8 +417,12 @@ class MetricOptions(util.EasyDict):
 
 
 def detector_url(opts, role):
-    """The detector used for ``role`` ('inception' or 'vgg16'): the user's override or NVlabs'."""
-    return opts.detectors.get(role) or DETECTOR_URLS[role]
+    """The detector used for ``role`` ('inception', 'vgg16', 'attribute'): the user's override or NVlabs'."""
+    url = opts.detectors.get(role) or DETECTOR_URLS.get(role)
+    if url is None:  # 'attribute': there is no default classifier.
+        raise DetectorError(f'the {role} metric needs a classifier: pass --detector {role}=PATH (a TorchScript '
+                            'module with class outputs)')
+    return url
 
 
 def make_dataset(opts):
