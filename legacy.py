@@ -470,7 +470,7 @@ def _force_fp16(data):
 # ----------------------------------------------------------------------------
 
 
-# TF-era (TensorFlow 1.x) StyleGAN2 pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
+# TF-era (TensorFlow 1.x) StyleGAN2 and StyleGAN2-ADA pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
 #
 # Each state holds `version`, `static_kwargs` (the network's constructor arguments), `components`
 # (nested states, e.g. mapping and synthesis) and `variables` (name, ndarray) pairs. We rebuild our
@@ -483,9 +483,20 @@ _TF_MIN_VERSION = 4  # The tflib Network state version of StyleGAN2 and later.
 _TF_IGNORED_KWARGS = frozenset(['truncation_psi', 'truncation_cutoff', 'style_mixing_prob', 'structure',
                                 'conditioning', 'fused_modconv'])
 
-# Build functions of StyleGAN1 / ProGAN and of the StyleGAN1-like networks in the StyleGAN2 repo.
-_TF_STYLEGAN1_FUNCS = frozenset(['G_style', 'G_synthesis', 'G_paper', 'D_basic', 'D_paper',
-                                 'G_synthesis_stylegan_revised', 'D_stylegan'])
+# TF flavours by their build functions. StyleGAN2 (NVlabs' stylegan2 repository) and StyleGAN2-ADA (its TF
+# repository) convert alike; their variables share names and layouts. StyleGAN1 shares G_mapping and
+# G_synthesis with StyleGAN2-ADA, so it is told apart by its G (G_style) and D (D_basic); ProGAN by
+# G_paper/D_paper (its pickles name another Network class, tfutil.Network, and do not reach this code).
+_TF_CONVERTIBLE_FUNCS = {
+    'G':         {'G_main'},
+    'mapping':   {'G_mapping'},
+    'synthesis': {'G_synthesis_stylegan2', 'G_synthesis'},  # StyleGAN2, StyleGAN2-ADA
+    'D':         {'D_stylegan2', 'D_main'},                 # StyleGAN2, StyleGAN2-ADA
+}
+_TF_UNSUPPORTED_FUNCS = {
+    'G_style': 'StyleGAN1', 'D_basic': 'StyleGAN1', 'G_paper': 'ProGAN', 'D_paper': 'ProGAN',
+    'G_synthesis_stylegan_revised': 'StyleGAN2 config A (StyleGAN1-like)', 'D_stylegan': 'StyleGAN2 config A (StyleGAN1-like)',
+}
 
 # How a TF variable becomes one of our tensors: (TF shape from our shape, TF array -> our array).
 # TF stores dense weights [in, out] and conv weights [kh, kw, in, out]. Our upsampling layers use
@@ -604,19 +615,27 @@ def _tf_subnetworks(tf_net):
 
 
 def _check_tf_network(tf_net, where, need_synthesis):
-    """Refuse TF networks that are not StyleGAN2 before reading their arguments."""
-    unsupported = f'{where}: StyleGAN1/ProGAN TF pickles are not supported; only TF StyleGAN2 (G_main, D_stylegan2) ' \
-                  'pickles can be converted'
+    """Refuse TF networks that are not StyleGAN2 or StyleGAN2-ADA before reading their arguments."""
+    supported = 'only TF StyleGAN2 and StyleGAN2-ADA pickles can be converted'
+    role_of = {id(tf_net): 'G' if need_synthesis else 'D'}
+    for comp_name, component in dict(_tf_state(tf_net).get('components') or {}).items():
+        role_of[id(component)] = str(comp_name)
     for net in _tf_subnetworks(tf_net):
         func_name = str(_tf_state(net).get('build_func_name') or '').rsplit('.', 1)[-1]
-        if func_name in _TF_STYLEGAN1_FUNCS:
-            raise NetworkLoadError(f'{unsupported} (found {func_name})')
+        if func_name in _TF_UNSUPPORTED_FUNCS:
+            raise NetworkLoadError(f'{where}: {_TF_UNSUPPORTED_FUNCS[func_name]} TF pickles are not supported '
+                                   f'(found {func_name}); {supported}')
+        allowed = _TF_CONVERTIBLE_FUNCS.get(role_of.get(id(net)), set())
+        if func_name and func_name not in allowed:
+            raise NetworkLoadError(f'{where}: unknown TF network (build function {func_name}); {supported}')
         for var_name, _value in _tf_variable_pairs(net, where):
             if re.search(r'_lod\d*(/|$)', var_name):  # Progressive-growing ToRGB/FromRGB per level of detail.
-                raise NetworkLoadError(f'{unsupported} (found variable {var_name})')
+                raise NetworkLoadError(f'{where}: progressive-growing (StyleGAN1/ProGAN) TF pickles are not '
+                                       f'supported (found variable {var_name}); {supported}')
     components = _tf_state(tf_net).get('components') or {}
     if need_synthesis and 'synthesis' not in components:
-        raise NetworkLoadError(f'{unsupported} (the generator has no synthesis network)')
+        raise NetworkLoadError(f'{where}: the TF generator has no synthesis network, so it is not StyleGAN2 '
+                               f'(StyleGAN1/ProGAN?); {supported}')
 
     version = _tf_state(tf_net).get('version')
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
