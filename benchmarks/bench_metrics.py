@@ -17,7 +17,8 @@ Usage (from the repository root):
 ``--errors`` measures instead how far the hubness-aware efficient P/R is from the full metric, in
 absolute and relative terms, for both hub conventions: on the synthetic features (three seeds) and,
 with ``--data``, on the MNIST classifier's features (``pretrained/mnist_classifier.pt``, the detector of
-the README's sampler table) of the dataset's first ``--num`` digits against ``--num`` images of the
+the README's sampler table) of ``--num`` digits of the dataset (all of them, or the seeded subset NVlabs'
+``max_size`` keeps) against ``--num`` images of the
 embedded network (``pretrained/mnist32-stylegan2.pkl``, seeds 0.., uniform random classes, psi 1).
 """
 
@@ -132,7 +133,7 @@ def run_in_subprocess(method, num, dim, device):
 
 def mnist_classifier_features(data, num, network='pretrained/mnist32-stylegan2.pkl',
                               detector='pretrained/mnist_classifier.pt', seed=0, batch_size=250):
-    """Classifier features of the first ``num`` digits of ``data`` and of ``num`` generated digits."""
+    """Classifier features of ``num`` digits of ``data`` (its max_size subset) and of ``num`` generated digits."""
     import legacy
     from metrics import metric_utils
     from sampling.images import to_uint8
