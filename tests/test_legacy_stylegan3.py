@@ -2,6 +2,7 @@
 
 import copy
 import importlib
+import io
 import json
 import os
 import pickle
@@ -353,3 +354,17 @@ def _generator_like(G, seed):
             if name.endswith(('bias', 'magnitude_ema', 'w_avg')):
                 tensor.add_(torch.rand(tensor.shape, generator=gen) * 0.2)
     return G_ema
+
+
+def test_code_mode_finds_numpy_scalars_under_either_module_name():
+    # numpy 1.x pickles name numpy.core.multiarray, numpy 2.x numpy._core.multiarray; code mode imports whichever
+    # this numpy has (the safe unpickler accepts both names anyway).
+    here = 'numpy._core' if np.lib.NumpyVersion(np.__version__) >= '2.0.0' else 'numpy.core'
+    for written in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        assert legacy._numpy_core_here(written) == f'{here}.multiarray'
+    assert legacy._numpy_core_here('numpy') == 'numpy' and legacy._numpy_core_here('numpy.corefoo') == 'numpy.corefoo'
+    f = io.BytesIO()
+    _numpy1_dump(dict(cutoff=np.float64(8.0)), f)
+    f.seek(0)
+    value = legacy._CodeUnpickler(f).load()['cutoff']
+    assert type(value) is np.float64 and value == 8.0
