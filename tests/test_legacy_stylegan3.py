@@ -368,3 +368,25 @@ def test_code_mode_finds_numpy_scalars_under_either_module_name():
     f.seek(0)
     value = legacy._CodeUnpickler(f).load()['cutoff']
     assert type(value) is np.float64 and value == 8.0
+
+
+def test_filters_come_from_the_pickle(pickled_attributes, tmp_path, monkeypatch):
+    # Filters are designed in __init__ from the cutoffs; another numpy/scipy may round them differently. Like
+    # NVlabs' loader (which never runs __init__), safe mode keeps the pickled filters, not a fresh design.
+    spec = pickled_attributes['sg3_tiny']
+    G = _fixture_generator(spec)
+    with torch.no_grad():
+        for layer in (G.synthesis.L8_52_32, G.synthesis.L9_52_27):
+            layer.down_filter.mul_(1 + 2 ** -20)
+            layer.up_filter.mul_(1 - 2 ** -20)
+    path = tmp_path / 'filters.pkl'
+    _save_as_numpy1(path, monkeypatch, G_ema=G)
+    safe, code = _both_modes(path)
+    fresh = _fixture_generator(spec)
+    assert not torch.equal(safe.synthesis.L8_52_32.down_filter, fresh.synthesis.L8_52_32.down_filter)
+    for net in (safe, code):
+        for name, tensor in G.state_dict().items():
+            assert torch.equal(net.state_dict()[name], tensor), name
+    z = torch.from_numpy(np.random.RandomState(1).randn(2, G.z_dim))
+    with torch.no_grad():
+        assert torch.equal(safe(z, None), code(z, None)) and torch.equal(safe(z, None), G(z, None))
