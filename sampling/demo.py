@@ -56,14 +56,15 @@ class Row:
     spec: str
 
 
-def _quote(path):
+def quote(path):
+    """A path as a quoted spec value (any character allowed)."""
     return '"' + os.fspath(path).replace('"', '\\"') + '"'
 
 
 def sampler_rows(bank_path, hub_threshold, polarity_top_k, mild_rho=None):
     """The samplers of the comparison (see the module docstring), in figure order."""
     t = f'{float(hub_threshold):g}'
-    bank = _quote(bank_path)
+    bank = quote(bank_path)
     rows = [
         Row('random (psi 1)', 'random'),
         Row(f'truncation psi {TRUNCATION_PSI:g}', f'trunc:{TRUNCATION_PSI:g}'),
@@ -213,7 +214,7 @@ def markdown_table(rows, num, bank_path=None):
              '| bank ESS |',
              '|---|---|---:|---:|---:|---:|---:|']
     for row in rows:
-        spec = row['spec'].replace(_quote(bank_path), 'B') if bank_path is not None else row['spec']
+        spec = row['spec'].replace(quote(bank_path), 'B') if bank_path is not None else row['spec']
         spec = spec.replace('|', '\\|')
         lines.append(f'| {row["sampler"]} | `{spec}` | {fmt(row["fid"], 2)} | {fmt(row["precision"], 3)} | '
                      f'{fmt(row["recall"], 3)} | {fmt(row["digit_fraction"], 3)} | '
