@@ -114,7 +114,9 @@ def volume_bank(G, network_sha256, outdir, num, seed=0, method='exact', batch_si
                                    top_k=int(G.z_dim) - 1, chunk_size=1000, batch_size=batch_size)
         os.makedirs(outdir, exist_ok=True)
         job.run(outdir, progress=progress)
-        job.merge(outdir, command=command)
+        bank = job.merge(outdir, command=command)
+        from sampling import volume_report
+        volume_report.write_beside(bank, os.path.join(outdir, volume_job.BANK_NAME))
     except ValueError as err:
         raise DemoError(f'volume bank in {outdir}: {str(err).splitlines()[0]}') from None
     return os.path.join(outdir, volume_job.BANK_NAME)
