@@ -72,8 +72,9 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
     click.echo('\n' + first_run.format_summary(summary, label))
     click.echo(f'\nWrote {summary["figure"]} (the figure) and {os.path.join(outdir, first_run.SUMMARY_NAME)} '
                f'in {time.perf_counter() - start:.0f} s.')
-    click.echo('Next: generate_hubness.py (hub images), compute_volume_scalars.py + generate_magnet.py (MaGNET, '
-               'montages), generate_video.py (rho sweeps), demo_samplers.py (FID / precision / recall); see README.md.')
+    click.echo('Next: montage.py (naive vs MaGNET per psi), generate_video.py rho|trunc|lerp (videos), '
+               'generate_hubness.py, compute_volume_scalars.py + generate_magnet.py, demo_samplers.py (FID, P/R); '
+               'see README.md.')
 
 
 @click.command(cls=cli.Command, help=__doc__)
