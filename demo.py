@@ -20,6 +20,7 @@ import time
 import click
 import torch
 
+from metrics.mnist_classifier import DEFAULT_CLASSIFIER
 from sampling import cli, demo, first_run
 
 
@@ -81,7 +82,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
 @click.option('--network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', type=click.Path(dir_okay=False), metavar='NPZ',
               help='Volume bank of the polarity rows (default with the embedded network: its shipped bank)')
-@click.option('--classifier', default=os.path.join('pretrained', 'mnist_classifier.pt'), show_default=True,
+@click.option('--classifier', default=DEFAULT_CLASSIFIER, show_default=os.path.join('pretrained', 'mnist_classifier.pt'),
               metavar='PATH|none', help='TorchScript classifier of the digit share (none: no numbers)')
 @click.option('--outdir', type=click.Path(file_okay=False), default=os.path.join('out', 'demo'), show_default=True,
               help='Where the figure and summary go')

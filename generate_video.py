@@ -59,19 +59,28 @@ def _network_sha256(network_pkl):
     return file_sha256(dnnlib.util.open_url(network_pkl, return_filename=True, verbose=False))
 
 
-def _write(out, frames, fps, strip=None):
+def _write(out, frames, total, fps, strip=None):
+    """Encode ``total`` frames into ``out``; with ``strip``, also 5 evenly spaced frames as one PNG."""
     from tqdm import tqdm
 
     from sampling import images, video
-    frames = list(tqdm(frames, unit='frame', desc='Rendering', disable=None))
+    keep = set(video.strip_indices(total)) if strip else set()
+    kept, sizes = [], []
+
+    def frame_iter():
+        for i, frame in enumerate(tqdm(frames, total=total, unit='frame', desc='Rendering', disable=None)):
+            if i in keep:
+                kept.append(frame)
+            sizes.append(frame.shape)
+            yield frame
     try:
-        count = video.write_mp4(out, frames, fps=fps)
+        count = video.write_mp4(out, frame_iter(), fps=fps)
     except (OSError, ValueError, RuntimeError) as err:
         raise click.ClickException(f'cannot write {out}: {str(err).strip().splitlines()[0]}') from None
-    click.echo(f'Wrote {out}: {count} frames of {frames[0].shape[1]}x{frames[0].shape[0]} at {fps} fps')
+    click.echo(f'Wrote {out}: {count} frames of {sizes[0][1]}x{sizes[0][0]} at {fps} fps')
     if strip:
-        images.save_png(strip, video.frame_strip(frames))
-        click.echo(f'Wrote {strip}: 5 of the frames')
+        images.save_png(strip, video.frame_strip(kept, num=len(kept)))
+        click.echo(f'Wrote {strip}: {len(kept)} of the frames')
 
 
 @click.group(help=__doc__)
@@ -107,7 +116,7 @@ def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path
         rhos = video.sweep_values(rho_start, rho_stop, frames)
         frame_iter = video.rho_sweep_frames(G, bank, rhos, num, seed=seed, top_k=top_k, truncation_psi=truncation_psi,
                                             cols=cols, scale=scale)
-        _write(out or os.path.join(_DEFAULT_DIR, 'rho_sweep.mp4'), frame_iter, fps, strip)
+        _write(out or os.path.join(_DEFAULT_DIR, 'rho_sweep.mp4'), frame_iter, len(rhos), fps, strip)
     except ValueError as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
 
@@ -135,9 +144,9 @@ def trunc(network_pkl, out, fps, scale, seed, device, allow_pickle_code, psi_sta
         raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
     else:
         c = latents.one_hot(np.full([num], class_idx), G.c_dim)
-    frame_iter = video.truncation_sweep_frames(G, z, c, video.sweep_values(psi_start, psi_stop, frames), cols=cols,
-                                               scale=scale)
-    _write(out or os.path.join(_DEFAULT_DIR, 'truncation_sweep.mp4'), frame_iter, fps, strip)
+    psis = video.sweep_values(psi_start, psi_stop, frames)
+    frame_iter = video.truncation_sweep_frames(G, z, c, psis, cols=cols, scale=scale)
+    _write(out or os.path.join(_DEFAULT_DIR, 'truncation_sweep.mp4'), frame_iter, len(psis), fps, strip)
 
 
 @main.command(cls=cli.Command)
@@ -178,7 +187,8 @@ def lerp(network_pkl, out, fps, scale, seed, device, allow_pickle_code, hubs_pat
             bank = latents.LatentBank(z, c)
         ws = video.hub_ws(G, bank, truncation_psi=truncation_psi)
         frame_iter = video.interpolation_frames(G, ws, paths, steps, translate=translate, rotate=rotate, scale=scale)
-        _write(out or os.path.join(_DEFAULT_DIR, 'hub_interpolation.mp4'), frame_iter, fps)
+        total = (need // paths - 1) * steps + 1
+        _write(out or os.path.join(_DEFAULT_DIR, 'hub_interpolation.mp4'), frame_iter, total, fps)
     except (ValueError, samplers.SamplerSpecError) as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
 

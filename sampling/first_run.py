@@ -92,8 +92,11 @@ def run(G, network_sha256, bank_path, classifier, outdir, num_images=10, num_sco
     start = time.perf_counter()
     top_k = min(int(top_k), int(G.z_dim) - 1)
     rows = comparison_rows(bank_path, hub_threshold, rho, top_k)
-    samplers = demo.build_samplers([demo.Row(row.label, row.spec) for row in rows], G, device,
-                                   network_sha256=network_sha256)
+    try:
+        samplers = demo.build_samplers([demo.Row(row.label, row.spec) for row in rows], G, device,
+                                       network_sha256=network_sha256)
+    except ValueError as err:  # E.g. a top_k above the bank's number of singular values.
+        raise demo.DemoError(f'{bank_path}: {str(err).splitlines()[0]}') from None
     say(f'Figure: {len(rows)} samplers x {num_images} images')
     try:
         figure = demo.make_figure(G, samplers, num_images, seed, scale=scale)

@@ -210,13 +210,17 @@ def read_mp4(path):
     return np.stack(frames) if frames else np.zeros([0, height, width, 3], np.uint8), meta
 
 
+def strip_indices(total, num=5):
+    """``num`` evenly spaced frame indices of ``total`` frames (first and last included), without repeats."""
+    return np.unique(np.linspace(0, total - 1, min(num, total)).round().astype(int)).tolist()
+
+
 def frame_strip(frames, num=5):
     """``num`` evenly spaced frames of a list, stacked top to bottom with a white gap (for a README figure)."""
     frames = list(frames)
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(num, len(frames))).round().astype(int))
     gap = np.full([4, frames[0].shape[1], 3], 255, dtype=np.uint8)
     parts = []
-    for i in picks:
+    for i in strip_indices(len(frames), num):
         parts += [frames[i], gap]
     return np.concatenate(parts[:-1], axis=0)
 
