@@ -70,6 +70,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
                             seed=seed, hub_threshold=hub_threshold, rho=rho, top_k=top_k, scale=scale, device=device,
                             progress=lambda message: click.echo(message + '...', err=True))
     label = os.path.relpath(network) if os.path.isfile(network) else network
+    label = network if label.startswith('..') else label
     click.echo('\n' + first_run.format_summary(summary, label))
     click.echo(f'\nWrote {summary["figure"]} (the figure) and {os.path.join(outdir, first_run.SUMMARY_NAME)} '
                f'in {time.perf_counter() - start:.0f} s.')

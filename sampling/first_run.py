@@ -136,13 +136,14 @@ def format_summary(summary, network_label):
     """The lines the first run prints: what each row is, its number, where the files are."""
     lines = [f'Samplers of {network_label}, seed {summary["seed"]}; one figure row each:', '']
     for i, row in enumerate(summary['rows'], 1):
-        share = 'n/a' if row['digit_share'] is None else f'{100 * row["digit_share"]:5.1f} %'
+        share = '    n/a' if row['digit_share'] is None else f'{100 * row["digit_share"]:5.1f} %'
         ess = row['effective_sample_size']
         extra = '' if ess is None else f' (bank ESS {ess:.0f} of {summary["bank_size"]})'
         lines.append(f'  {i}. {row["label"]:<20} digits {share}  {row["what"]}{extra}')
+    scored = any(row['digit_share'] is not None for row in summary['rows'])
     lines += ['',
-              f'digits: share of {summary["num_scored"]} samples per row that the shipped MNIST classifier gives '
-              f'>= {summary["digit_threshold"]:g} for one digit.',
+              f'digits: share of {summary["num_scored"]} samples per row that the MNIST classifier gives '
+              f'>= {summary["digit_threshold"]:g} for one digit.' if scored else 'digits: n/a without a classifier.',
               f'Hub threshold {summary["hub_threshold"]:g}, not the authors\' 50 (generate_hubness.py\'s default): '
               'in this 64-d W about 2 latents in a million reach 50, and 1 in 100 reach 20.',
               f'Polarity |rho| = {summary["rho"]:g} with K = {summary["top_k"]}: rho = 1 (MaGNET) would draw from a '

@@ -101,3 +101,26 @@ def test_other_network_needs_a_bank(tmp_path):
     assert '--bank is needed with --network' in result.output
     assert 'Traceback' not in result.output
     assert not os.listdir(tmp_path)
+
+
+def test_another_network_with_its_bank_and_no_classifier(tmp_path):
+    from helpers import tiny_generator
+    G = tiny_generator(c_dim=0, img_channels=1)
+    legacy.save_network_pkl(tmp_path / 'net.pkl', G=G, G_ema=G)
+    rng = np.random.default_rng(0)
+    svds = np.sort(np.exp(rng.normal(0, 1, size=[50, 6])), axis=1)[:, ::-1].astype(np.float32)
+    meta = latents.make_meta(network_sha256=latents.file_sha256(tmp_path / 'net.pkl'), z_dim=G.z_dim, c_dim=0)
+    latents.LatentBank(rng.standard_normal([50, G.z_dim]).astype(np.float32), meta=meta, svds=svds).save(
+        tmp_path / 'bank.npz')
+    result = CliRunner().invoke(demo.main, [
+        '--network', str(tmp_path / 'net.pkl'), '--bank', str(tmp_path / 'bank.npz'), '--classifier', 'none',
+        '--top-k', '6', '--hub-threshold', '8', '--num-images', '2', '--outdir', str(tmp_path / 'out'),
+        '--device', 'cpu'])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['top_k'] == 6 and summary['bank_size'] == 50
+    assert all(row['digit_share'] is None for row in summary['rows'])
+    assert result.output.count('digits     n/a') == 5
+    assert 'digits: n/a without a classifier' in result.output
+    figure = np.asarray(PIL.Image.open(tmp_path / 'out' / 'samplers.png'))
+    assert figure.shape == (5 * 32, LABEL_WIDTH + 2 * 32)
