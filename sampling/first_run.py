@@ -27,8 +27,6 @@ import json
 import os
 import time
 
-import numpy as np
-
 import dnnlib
 from sampling import demo
 
@@ -66,9 +64,9 @@ def comparison_rows(bank_path, hub_threshold=HUB_THRESHOLD, rho=POLARITY_RHO, to
         Row(f'hubs k={HUB_K} t={t}', f'hubness:k={HUB_K},t={t},space=w',
             f'latents among the {HUB_K} nearest neighbours (in W) of >= {t} of 10,000 others'),
         Row(f'polarity rho=-{r}', f'polarity:bank={bank},rho=-{r},top_k={top_k}',
-            f'bank latents drawn by volume^rho, rho < 0: toward the modes (precision)'),
+            'bank latents drawn by volume^rho, rho < 0: toward the modes (precision)'),
         Row(f'polarity rho=+{r}', f'polarity:bank={bank},rho={r},top_k={top_k}',
-            f'rho > 0: toward the anti-modes (recall); rho = 1 is MaGNET'),
+            'rho > 0: toward the anti-modes (recall); rho = 1 is MaGNET'),
     ]
 
 
@@ -112,7 +110,8 @@ def run(G, network_sha256, bank_path, classifier, outdir, num_images=10, num_sco
         if classifier is not None:
             say(f'Scoring {num_scored} samples of {row.label}')
             share = digit_share(G, sampler, num_scored, seed, classifier)
-        results.append(dict(dataclasses.asdict(row), digit_share=share, effective_sample_size=sampler.effective_sample_size()))
+        results.append(dict(dataclasses.asdict(row), digit_share=share,
+                            effective_sample_size=sampler.effective_sample_size()))
     summary = dict(
         figure=figure_path, seed=seed, num_images=num_images, num_scored=num_scored,
         digit_threshold=DIGIT_THRESHOLD, hub_threshold=float(hub_threshold), rho=abs(float(rho)), top_k=top_k,
