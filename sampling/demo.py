@@ -147,6 +147,8 @@ def make_figure(G, samplers, num_images, seed, scale=2):
     """
     import PIL.Image
     import PIL.ImageDraw
+
+    from sampling.images import label_font
     tile = tile_size(G, scale)
     channels = int(G.img_channels)
     strips = []
@@ -159,19 +161,11 @@ def make_figure(G, samplers, num_images, seed, scale=2):
     canvas[:, LABEL_WIDTH:] = grid
     image = PIL.Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
     draw = PIL.ImageDraw.Draw(image)
-    font = _font(max(10, min(16, tile // 3)))
+    font = label_font(max(10, min(16, tile // 3)))
     for i, (label, _) in enumerate(samplers):
         y = i * tile + tile // 2
         draw.text((6, y), label, fill=0 if channels == 1 else (0, 0, 0), font=font, anchor='lm')
     return np.asarray(image)
-
-
-def _font(size):
-    import PIL.ImageFont
-    try:
-        return PIL.ImageFont.load_default(size=size)  # Scalable in Pillow >= 10.1 with FreeType.
-    except (TypeError, OSError, ImportError):
-        return PIL.ImageFont.load_default()
 
 #----------------------------------------------------------------------------
 # The table.

@@ -79,7 +79,7 @@ def make_montage(G, groups, rows, cols, kind_labels=('naive', 'MaGNET rho=1'), s
     import PIL.Image
     import PIL.ImageDraw
 
-    from sampling.video import _font
+    from sampling.images import label_font
     side = int(G.img_resolution) * scale
     block_h, block_w = rows * side, cols * side
     channels = int(G.img_channels)
@@ -96,7 +96,7 @@ def make_montage(G, groups, rows, cols, kind_labels=('naive', 'MaGNET rho=1'), s
             canvas[y:y + block_h, x:x + block_w] = _block(images, rows, cols)
     image = PIL.Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
     draw = PIL.ImageDraw.Draw(image)
-    font = _font(14)
+    font = label_font(14)
     black = 0 if channels == 1 else (0, 0, 0)
     for g, group in enumerate(groups):
         x = LABEL_WIDTH + g * (block_w + GROUP_GAP) + block_w // 2

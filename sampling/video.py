@@ -20,18 +20,10 @@ import tempfile
 import numpy as np
 import torch
 
-from sampling.images import make_grid, to_uint8
+from sampling.images import label_font, make_grid, to_uint8
 from sampling.synthesis import set_input_transform, synthesize
 
 CAPTION_HEIGHT = 24
-
-
-def _font(size):
-    import PIL.ImageFont
-    try:
-        return PIL.ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return PIL.ImageFont.load_default()
 
 
 def to_rgb(frame):
@@ -53,7 +45,7 @@ def captioned(frame, text, height=CAPTION_HEIGHT):
     import PIL.Image
     import PIL.ImageDraw
     band = PIL.Image.new('RGB', (frame.shape[1], height), 'white')
-    PIL.ImageDraw.Draw(band).text((6, height // 2), text, fill='black', font=_font(max(10, height * 2 // 3)),
+    PIL.ImageDraw.Draw(band).text((6, height // 2), text, fill='black', font=label_font(max(10, height * 2 // 3)),
                                   anchor='lm')
     return np.concatenate([np.asarray(band), frame], axis=0)
 
