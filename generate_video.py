@@ -33,7 +33,8 @@ _DEFAULT_DIR = os.path.join('out', 'videos')
 def _common(function):
     options = [
         click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)'),
-        click.option('--out', type=click.Path(dir_okay=False), help='MP4 file to write'),
+        click.option('--out', type=click.Path(dir_okay=False),
+                     help='MP4 file to write (default: out/videos/rho_sweep.mp4, truncation_sweep.mp4 or hub_interpolation.mp4)'),
         click.option('--fps', type=click.IntRange(1, 120), default=12, show_default=True, help='Frames per second'),
         click.option('--scale', type=click.IntRange(1, 16), default=2, show_default=True, help='Enlargement of each image'),
         click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Seed of the latents'),
