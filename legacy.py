@@ -10,7 +10,6 @@ as NVlabs' own loader does; both give the same images.
 """
 
 import copy
-import io
 import pickle
 import re
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import persistence
+from torch_utils import persistence, safe_pickle
 
 # ----------------------------------------------------------------------------
 
@@ -126,48 +125,15 @@ class _PickledPersistent:
         return f'<pickled {self.class_name}>'
 
 
-def _load_storage_from_bytes(b):
-    # torch's own _load_from_bytes runs an unrestricted torch.load; the nested storage needs none of that.
-    try:
-        return torch.load(io.BytesIO(b), weights_only=True)
-    except pickle.UnpicklingError:
-        raise _RefusedGlobal('non-tensor content inside a tensor storage') from None
-
-
-try:
-    from numpy._core import multiarray as _np_multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _np_multiarray
-
-
 _SAFE_GLOBALS = {
-    ('collections', 'OrderedDict'): lambda: __import__('collections').OrderedDict,
-    ('dnnlib.util', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('dnnlib', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('torch._utils', '_rebuild_tensor_v2'): lambda: torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): lambda: torch._utils._rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): lambda: torch._utils._rebuild_parameter_with_state,
-    ('torch.storage', '_load_from_bytes'): lambda: _load_storage_from_bytes,
-    ('dnnlib.tflib.network', 'Network'): lambda: _TFNetworkStub,
+    **safe_pickle.BASIC_GLOBALS,
+    **safe_pickle.TORCH_GLOBALS,
+    **safe_pickle.NUMPY_GLOBALS,
+    ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
+    ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _PickledPersistent,
+    ('dnnlib.tflib.network', 'Network'): _TFNetworkStub,
 }
-for _np_module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'scalar')] = lambda: _np_multiarray.scalar
-    _SAFE_GLOBALS[(_np_module, '_reconstruct')] = lambda: _np_multiarray._reconstruct
-for _np_module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'ndarray')] = lambda: np.ndarray
-    _SAFE_GLOBALS[(_np_module, 'dtype')] = lambda: np.dtype
-for _np_dtype in ('Float64DType', 'Float32DType', 'Int64DType', 'Int32DType', 'BoolDType', 'UInt8DType'):
-    _SAFE_GLOBALS[('numpy.dtypes', _np_dtype)] = (lambda n: lambda: getattr(np.dtypes, n))(_np_dtype)
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
-            return _PickledPersistent
-        factory = _SAFE_GLOBALS.get((module, name))
-        if factory is None:
-            raise _RefusedGlobal(f'{module}.{name}')
-        return factory()
 
 
 class _CodeUnpickler(pickle.Unpickler):
@@ -175,10 +141,6 @@ class _CodeUnpickler(pickle.Unpickler):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkStub
         return super().find_class(module, name)
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
 
 
 def _check_pickle_header(f, name):
@@ -197,12 +159,19 @@ def _check_pickle_header(f, name):
 
 def _unpickle(f, name, allow_code):
     _check_pickle_header(f, name)
-    unpickler = _CodeUnpickler(f) if allow_code else _SafeUnpickler(f)
     try:
-        return unpickler.load()
-    except _RefusedGlobal as err:
-        raise NetworkLoadError(f'refusing to load {name}: it references {err}, which safe loading does not allow; '
-                               'if you trust the file, pass --allow-pickle-code (allow_code=True)') from None
+        if not allow_code:
+            return safe_pickle.load(f, _SAFE_GLOBALS)
+        return _CodeUnpickler(f).load()
+    except safe_pickle.RefusedGlobalError as err:
+        raise NetworkLoadError(f'refusing to load {name}: {err}; if you trust the file, pass --allow-pickle-code '
+                               '(allow_code=True)') from None
+    except safe_pickle.TruncatedPickleError as err:
+        raise NetworkLoadError(f'{name} is truncated ({err}): download it again') from None
+    except safe_pickle.PickleLimitError as err:
+        raise NetworkLoadError(f'refusing to load {name}: {err}; the file is damaged or hostile') from None
+    except safe_pickle.UnsafePickleError as err:
+        raise NetworkLoadError(f'{name} is not a readable network pickle ({err})') from None
     except EOFError:
         raise NetworkLoadError(f'{name} is truncated or empty: download it again') from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -255,15 +224,10 @@ def _rebuild_snapshot(data, name):
 
 def _check_plain(value, where):
     """Refuse a persistent object hidden inside a plain value (it would stay an unverified stand-in)."""
-    if isinstance(value, _PickledPersistent):
-        raise NetworkLoadError(f'{where} contains a {value.class_name} object that safe loading cannot rebuild; '
-                               'pass --allow-pickle-code (allow_code=True) if you trust the file')
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_plain(item, where)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, where)
+    for item in safe_pickle.iter_unique(value):  # By identity: shared references are visited once.
+        if isinstance(item, _PickledPersistent):
+            raise NetworkLoadError(f'{where} contains a {item.class_name} object that safe loading cannot rebuild; '
+                                   'pass --allow-pickle-code (allow_code=True) if you trust the file')
 
 
 def _rebuild_network(obj, name, key):
