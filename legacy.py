@@ -9,7 +9,10 @@ weights are copied in. ``allow_code=True`` instead runs the module source embedd
 as NVlabs' own loader does; both give the same images.
 """
 
+import contextvars
 import copy
+import io
+import os
 import pickle
 import re
 import warnings
@@ -37,6 +40,14 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     which sampling does not need and which is dropped with a warning.
     """
     name = getattr(f, 'name', None) or 'the network pickle'
+    token = _max_network_bytes.set(_network_bytes_budget(f))
+    try:
+        return _load_network_pkl(f, name, allow_code, force_fp16)
+    finally:
+        _max_network_bytes.reset(token)
+
+
+def _load_network_pkl(f, name, allow_code, force_fp16):
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
@@ -61,6 +72,10 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
                                'not a dict')
     if not (data['augment_pipe'] is None or isinstance(data['augment_pipe'], torch.nn.Module)):
         raise NetworkLoadError(f'{name}: augment_pipe is not a module')
+    _check_roles(data, name)
+    for key in ('G', 'D', 'G_ema'):
+        if data[key] is not None:
+            _check_network_tensors(data[key], f'{name}: {key}')
 
     if force_fp16:
         data = _force_fp16(data)
@@ -241,15 +256,23 @@ def _rebuild_network(obj, name, key):
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
 
+    expected_class = _ROLE_CLASSES.get(key)
+    if expected_class is not None and obj.class_name != expected_class:
+        raise NetworkLoadError(f'{where} is a {obj.class_name}, not a {expected_class}; the file is damaged or '
+                               'its networks are swapped')
+
     state = obj.state
-    init_args = tuple(state.get('_init_args', ()))
-    init_kwargs = dict(state.get('_init_kwargs', {}))
+    init_args, init_kwargs = state.get('_init_args', ()), state.get('_init_kwargs', {})
+    if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
+        raise NetworkLoadError(f'{where}: the pickled constructor arguments are not a tuple and a dict')
+    init_args, init_kwargs = tuple(init_args), dict(init_kwargs)
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
     else:
         from training import networks_stylegan3 as module
     cls = getattr(module, obj.class_name)
+    _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
         # Built on the meta device: arguments from the file allocate nothing until they are verified.
         with torch.device('meta'):
@@ -257,6 +280,7 @@ def _rebuild_network(obj, name, key):
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
+    _check_network_size(net, where)
     _verify_and_copy(net, obj, key, where)
     return net
 
@@ -272,10 +296,17 @@ def _sg2_compat(obj):
 
 
 def _walk(obj):
-    yield obj
-    for child in obj.state.get('_modules', {}).values():
-        if isinstance(child, _PickledPersistent):
-            yield from _walk(child)
+    """Every persistent object under ``obj``, each once (a pickle may share submodules exponentially)."""
+    seen, todo = set(), [obj]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        modules = item.state.get('_modules', {}) if isinstance(item.state, dict) else {}
+        if isinstance(modules, dict):
+            todo.extend(reversed([child for child in modules.values() if isinstance(child, _PickledPersistent)]))
 
 
 def _plain_attrs(state):
@@ -350,6 +381,113 @@ def _values_equal(a, b):
         return bool(a == b)
     except Exception:  # noqa: BLE001
         return False
+
+# ----------------------------------------------------------------------------
+# Bounds on what a file may make us build: argument ranges, network size, tensor layout, roles.
+
+_max_network_bytes = contextvars.ContextVar('legacy_max_network_bytes', default=None)
+_NETWORK_BYTES_SLACK = 1 << 20  # Buffers derived at construction (e.g. resampling filters) are not in the file.
+
+
+def _network_bytes_budget(f):
+    """A network's parameters and buffers all come from the file, so together they cannot exceed its size."""
+    try:
+        if isinstance(f, io.BytesIO):
+            return len(f.getbuffer()) + _NETWORK_BYTES_SLACK
+        return os.fstat(f.fileno()).st_size + _NETWORK_BYTES_SLACK
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+_I, _F = safe_pickle.Int, safe_pickle.Float
+_ACTIVATIONS = safe_pickle.OneOf(('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish'))
+# Generous bounds: the largest published networks use 1024 px, 512-1024 channels, 8 mapping layers, 14
+# synthesis layers and filters of 6 taps; anything far beyond is a damaged or hostile file.
+_NETWORK_ARGUMENT_RULES = {
+    'z_dim': _I(0, 16384), 'c_dim': _I(0, 100_000), 'w_dim': _I(1, 16384), 'num_ws': _I(1, 256, none=True),
+    'img_resolution': _I(4, 8192), 'img_channels': _I(1, 16),
+    'mapping_kwargs': safe_pickle.NESTED, 'synthesis_kwargs': safe_pickle.NESTED,
+    'block_kwargs': safe_pickle.NESTED, 'epilogue_kwargs': safe_pickle.NESTED, 'layer_kwargs': safe_pickle.NESTED,
+    'num_layers': _I(0, 64), 'embed_features': _I(1, 16384, none=True), 'layer_features': _I(1, 16384, none=True),
+    'activation': _ACTIVATIONS, 'lr_multiplier': _F(1e-6, 1e3), 'w_avg_beta': _F(0, 1, none=True),
+    'channel_base': _I(1, 1 << 22), 'channel_max': _I(1, 16384), 'num_fp16_res': _I(0, 16),
+    'conv_clamp': _F(0, 1e6, none=True), 'architecture': safe_pickle.OneOf(('orig', 'skip', 'resnet')),
+    'resample_filter': safe_pickle.Numbers(16), 'use_noise': safe_pickle.BOOL,
+    'fp16_channels_last': safe_pickle.BOOL, 'channels_last': safe_pickle.BOOL, 'kernel_size': _I(1, 15),
+    'fused_modconv_default': safe_pickle.OneOf((True, False, 'inference_only')),
+    'compat': safe_pickle.OneOf(('ada', 'sg3')), 'cmap_dim': _I(1, 16384, none=True), 'freeze_layers': _I(0, 64),
+    'mbstd_group_size': _I(1, 1024, none=True), 'mbstd_num_channels': _I(0, 64),
+    # StyleGAN3 synthesis and layers.
+    'num_critical': _I(0, 64), 'first_cutoff': _F(1e-3, 1e4), 'first_stopband': _F(1e-3, 1e4),
+    'last_stopband_rel': _F(1e-3, 100), 'margin_size': _I(0, 1024), 'output_scale': _F(-1e6, 1e6),
+    'conv_kernel': _I(1, 15), 'filter_size': _I(1, 64), 'lrelu_upsampling': _I(1, 16),
+    'use_radial_filters': safe_pickle.BOOL, 'magnitude_ema_beta': _F(0, 1),
+}
+
+
+def _check_network_arguments(cls, init_args, init_kwargs, where):
+    """Refuse absurd constructor arguments (e.g. 10^6 layers, a 20,000-tap filter) before building anything."""
+    import inspect
+    orig_init = next(klass.__init__ for klass in cls.__mro__ if not persistence.is_persistent(klass))
+    try:
+        bound = inspect.signature(orig_init).bind(None, *init_args, **init_kwargs)
+    except TypeError as err:
+        raise NetworkLoadError(f'{where}: the pickled arguments do not fit our {cls.__name__} ({err})') from None
+    arguments = {}
+    for param_name, value in list(bound.arguments.items())[1:]:  # [0] is self.
+        kind = inspect.signature(orig_init).parameters[param_name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise NetworkLoadError(f'{where}: our {cls.__name__} takes no further positional arguments')
+        else:
+            arguments[param_name] = value
+    try:
+        safe_pickle.check_arguments(arguments, _NETWORK_ARGUMENT_RULES, where)
+    except safe_pickle.ArgumentRangeError as err:
+        raise NetworkLoadError(str(err)) from None
+
+
+def _check_network_size(net, where):
+    """Refuse a network (built on the meta device) whose parameters and buffers exceed what the file can hold."""
+    limit = _max_network_bytes.get()
+    if limit is None:
+        return
+    total = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
+    if total > limit:
+        raise NetworkLoadError(f'{where}: its arguments describe a network of {total / 2**20:,.1f} MiB, more than '
+                               f'the whole file ({(limit - _NETWORK_BYTES_SLACK) / 2**20:,.1f} MiB) could hold; the '
+                               'file is damaged or hostile')
+
+
+_ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
+_GENERATOR_ATTRS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'mapping', 'synthesis')
+
+
+def _check_roles(data, name):
+    """G and G_ema must be generators (what sampling calls), in either mode; a swapped D fails here, not later."""
+    for key in ('G', 'G_ema'):
+        net = data[key]
+        if net is not None and not all(hasattr(net, attr) for attr in _GENERATOR_ATTRS):
+            raise NetworkLoadError(f'{name}: {key} is a {type(net).__name__}, not a generator (it lacks '
+                                   f'{", ".join(a for a in _GENERATOR_ATTRS if not hasattr(net, a))})')
+
+
+def _check_network_tensors(net, where):
+    """Every parameter and buffer: a dense CPU/CUDA tensor of a dtype networks use, inside its storage."""
+    for tensor_name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        what = f'{where}: tensor {tensor_name}'
+        if tensor.device.type not in ('cpu', 'cuda'):
+            raise NetworkLoadError(f'{what} is on device {tensor.device.type}; the file holds no data for it')
+        if tensor.dtype not in safe_pickle.TENSOR_DTYPES:
+            raise NetworkLoadError(f'{what} has dtype {tensor.dtype}, which no network of ours uses')
+        storage = tensor.untyped_storage()
+        try:
+            safe_pickle.check_tensor_layout(storage.nbytes() // tensor.element_size(), tensor.storage_offset(),
+                                            tuple(tensor.shape), tuple(tensor.stride()), what)
+        except safe_pickle.UnsafePickleError as err:
+            raise NetworkLoadError(f'{err}; the file is damaged or hostile') from None
 
 # ----------------------------------------------------------------------------
 
@@ -559,8 +697,13 @@ class _TFKwargs:
 
 
 def _build_from_tf_kwargs(cls, kwargs, where):
+    _check_network_arguments(cls, (), kwargs, where)
     try:
+        with torch.device('meta'):  # The size from the arguments, before any memory is taken.
+            _check_network_size(cls(**kwargs), where)
         net = cls(**kwargs)
+    except NetworkLoadError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure means the TF arguments describe no network of ours.
         message = str(err).splitlines()[0] if str(err) else ''
         raise NetworkLoadError(f'{where}: cannot build a StyleGAN2 {cls.__name__} from the TF network arguments '

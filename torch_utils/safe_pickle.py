@@ -808,3 +808,87 @@ def load_torch_zip(f, allowed_globals, limits=None):
         with _budget_scope(limits.budget(archive_size)):
             data = archive.read(pkl[0])
             return load(io.BytesIO(data), {**allowed_globals, **TORCH_GLOBALS}, limits, persistent_load)
+
+# ----------------------------------------------------------------------------
+# Constructor arguments read from a file, checked against sane ranges before anything is built.
+
+
+class ArgumentRangeError(UnsafePickleError):
+    """A constructor argument from the file is of the wrong type or outside its sane range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Int:
+    lo: int
+    hi: int
+    none: bool = False
+
+    def check(self, value):
+        if value is None:
+            return self.none
+        return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                and self.lo <= value <= self.hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class Float:
+    lo: float
+    hi: float
+    none: bool = False
+
+    def check(self, value):
+        if value is None:
+            return self.none
+        return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+                and math.isfinite(value) and self.lo <= value <= self.hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    choices: tuple
+
+    def check(self, value):
+        return any(type(value) is type(choice) and value == choice for choice in self.choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class Numbers:
+    """A list or tuple of 1..max_len finite numbers (e.g. a resampling filter)."""
+    max_len: int
+
+    def check(self, value):
+        return (isinstance(value, (list, tuple)) and 1 <= len(value) <= self.max_len
+                and all(Float(-1e6, 1e6).check(v) for v in value))
+
+
+class Nested:
+    """A dict of further arguments, checked with the same rules."""
+
+    def check(self, value):
+        return value is None or isinstance(value, dict)
+
+
+BOOL = OneOf((True, False))
+NESTED = Nested()
+
+
+def check_arguments(arguments, rules, where, path=''):
+    """Refuse unknown names, wrong types and out-of-range values in constructor ``arguments`` (nested dicts too).
+
+    ``rules`` maps an argument name to ``Int``, ``Float``, ``OneOf``, ``Numbers`` or ``NESTED``; the same name
+    means the same thing at every level. Raises ArgumentRangeError with a one-line message.
+    """
+    if not isinstance(arguments, dict):
+        raise ArgumentRangeError(f'{where}: network arguments {path or ""} are a {type(arguments).__name__}, not a dict')
+    for name, value in arguments.items():
+        full = f'{path}{name}'
+        rule = rules.get(name) if isinstance(name, str) else None
+        if rule is None:
+            raise ArgumentRangeError(f'{where}: unknown network argument {str(full)[:100]!r}')
+        if not rule.check(value):
+            shown = repr(value) if not isinstance(value, (dict, list, tuple)) else type(value).__name__
+            bounds = f' (sane range {rule.lo}..{rule.hi})' if isinstance(rule, (Int, Float)) else ''
+            raise ArgumentRangeError(f'{where}: network argument {full} = {shown[:100]} is not valid{bounds}; the '
+                                     'file is damaged or hostile')
+        if rule is NESTED and value is not None:
+            check_arguments(value, rules, where, f'{full}.')
