@@ -130,6 +130,9 @@ class _PickledPersistent:
     """What safe mode makes of a persistent object: its meta dict, with no code run."""
 
     def __init__(self, meta):
+        if not isinstance(meta, dict) or not isinstance(meta.get('state') or {}, dict) or not all(
+                isinstance(key, str) for key in meta.get('state') or {}):
+            raise safe_pickle.DamagedPickleError('a persistent object has no meta dict with a state dict')
         self.class_name = meta.get('class_name')
         self.module_src = meta.get('module_src')
         self.version = meta.get('version')

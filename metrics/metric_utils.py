@@ -149,7 +149,7 @@ class FeatureStats:
         if not isinstance(state, dict) or 'num_items' not in state:
             raise ValueError(f'{pkl_file} is not a FeatureStats pickle')
         obj = cls(capture_all=state.get('capture_all', False), max_items=state.get('max_items'))
-        obj.__dict__.update(state)
+        obj.__dict__.update({key: value for key, value in state.items() if key in obj.__dict__})  # Known fields only.
         return obj
 
 # ----------------------------------------------------------------------------

@@ -212,6 +212,14 @@ def test_object_count_limit():
         safe_pickle.load(io.BytesIO(many_objects(2000)), TABLE, limits)
 
 
+def test_instruction_limit():
+    # GET/POP pairs create nothing, yet each costs a step: their number is bounded too.
+    data = PROTO4 + b'N\x94' + b'h\x000' * 2000 + STOP  # NONE, MEMOIZE, (BINGET 0, POP) x 2000
+    assert safe_pickle.load(io.BytesIO(data), {}) is None
+    with pytest.raises(safe_pickle.PickleLimitError, match='instructions'):
+        safe_pickle.load(io.BytesIO(data), {}, safe_pickle.Limits(max_instructions=1000))
+
+
 def test_budget_is_relative_to_the_file_size():
     limits = safe_pickle.Limits(min_budget_bytes=0, bytes_per_file_byte=4.0)
     payload = pickle.dumps(b'x' * 10_000, protocol=4)  # 10 kB of bytes fit 4x a 10 kB file.
@@ -282,6 +290,13 @@ def test_torch_zip_checkpoint(tmp_path):
             dst.writestr(info.filename, data[:8] if info.filename.endswith('/data/0') else data)
     with pytest.raises(safe_pickle.DamagedPickleError, match='declares'):
         safe_pickle.load_torch_zip(str(damaged), safe_pickle.BASIC_GLOBALS)
+    # A compressed record could expand far beyond the archive: refused before reading it.
+    deflated = tmp_path / 'deflated.pt'
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(deflated, 'w', compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(safe_pickle.PickleLimitError, match='compressed'):
+        safe_pickle.load_torch_zip(str(deflated), safe_pickle.BASIC_GLOBALS)
 
 # ----------------------------------------------------------------------------
 # Under a memory cap, in a child process.

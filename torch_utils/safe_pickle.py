@@ -75,9 +75,10 @@ class Limits:
     max_depth: int = 100                 # Nesting of containers/objects in the loaded graph.
     max_objects: int = 2_000_000         # Objects the pickle may create (each opcode creates at most one).
     max_memo: int = 1_000_000            # Largest memo index.
+    max_instructions: int = 8_000_000    # Opcodes, including those that create nothing (GET, POP...).
     bytes_per_file_byte: float = 4.0     # Allocation budget relative to the file size ...
     min_budget_bytes: int = 64 << 20     # ... but never less than this.
-    object_cost_bytes: int = 96          # What one small Python object is charged.
+    object_cost_bytes: int = 96          # What one container is charged (an atom: a third).
 
     def budget(self, file_size):
         return max(self.min_budget_bytes, int(self.bytes_per_file_byte * file_size))
@@ -210,7 +211,9 @@ class _Scanner:
         self.objects += 1
         if self.objects > self.limits.max_objects:
             raise PickleLimitError(f'the file creates more than {self.limits.max_objects:,} objects')
-        self.budget.charge(self.limits.object_cost_bytes, 'the objects of the pickle')
+        # Containers and constructed objects cost a few pointers more than atoms (numbers, None, strings).
+        cost = self.limits.object_cost_bytes if isinstance(item, _Node) else self.limits.object_cost_bytes // 3
+        self.budget.charge(cost, 'the objects of the pickle')
         self.stack.append(item)
 
     def pop(self, what):
@@ -251,136 +254,155 @@ class _Scanner:
 
     # -- the pass ------------------------------------------------------------
     def run(self):
-        code2op = _CODE2OP
+        table, buf, end = _OPTABLE, self.buf, self.end
+        max_steps = self.limits.max_instructions
+        steps = 0
         while True:
-            if self.pos >= self.end:
+            pos = self.pos
+            if pos >= end:
                 raise TruncatedPickleError('the file is truncated: the pickle has no STOP')
-            code = chr(self.buf[self.pos])
-            self.pos += 1
-            op = code2op.get(code)
-            if op is None:
-                raise DamagedPickleError(f'unknown pickle opcode {code!r} at byte {self.pos - 1}')
-            arg = self.read_arg(op)
-            if op.name == 'STOP':
+            entry = table[buf[pos]]
+            self.pos = pos + 1
+            if entry is None:
+                raise DamagedPickleError(f'unknown pickle opcode {bytes([buf[pos]])!r} at byte {pos}')
+            steps += 1
+            if steps > max_steps:
+                raise PickleLimitError(f'the pickle has more than {max_steps:,} instructions')
+            name, reader, handler = entry
+            arg = reader(self, name) if reader is not None else None
+            if name == 'STOP':
                 if len(self.stack) != 1 or self.metastack:
                     raise DamagedPickleError('the pickle stops with an unbalanced stack')
                 return self.stack[0]
-            self.apply(op.name, arg)
+            handler(self, name, arg)
 
-    def read_arg(self, op):
-        desc = op.arg
-        if desc is None:
-            return None
-        if desc.name in _FIXED:
-            fmt = _FIXED[desc.name]
-            return struct.unpack(fmt, self.read(struct.calcsize(fmt), op.name))[0]
-        if desc.name in _LENGTH_PREFIX:
-            fmt = _LENGTH_PREFIX[desc.name]
-            n = struct.unpack(fmt, self.read(struct.calcsize(fmt), op.name))[0]
-            if op.name == 'FRAME':
-                return n
-            start = self.pos
-            self.skip(n, op.name)
-            self.budget.charge(n, f'{op.name} data')
-            if desc.name.startswith('unicodestring') and n <= _MAX_STRING_VALUE:
-                try:
-                    return bytes(self.buf[start:start + n]).decode('utf-8', 'surrogatepass')
-                except UnicodeDecodeError:
-                    raise DamagedPickleError(f'{op.name} holds invalid UTF-8') from None
-            return None
-        if desc.name in _NEWLINE_ARGS:
-            return self.readline(op.name)
-        if desc.name == 'stringnl_noescape_pair':
-            return self.readline(op.name), self.readline(op.name)
-        raise DamagedPickleError(f'unsupported argument of {op.name}')  # No such opcode today.
+    def _fixed(self, fmt, name):
+        data = self.read(fmt.size, name)
+        return fmt.unpack(data)[0]
 
-    def apply(self, name, arg):  # noqa: C901 -- one branch per opcode family.
-        if name in ('PROTO', 'FRAME'):
-            if name == 'PROTO' and arg > pickle.HIGHEST_PROTOCOL:
-                raise DamagedPickleError(f'unsupported pickle protocol {arg}')
-            if name == 'FRAME' and arg > self.end - self.pos:
-                raise TruncatedPickleError(f'the file is truncated (or a bomb): a FRAME declares {arg:,} bytes but '
-                                           f'only {self.end - self.pos:,} remain')
-        elif name == 'MARK':
-            self.metastack.append(self.stack)
-            self.stack = []
-        elif name in ('SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8'):
-            self.push(arg if arg is not None else _LEAF)
-        elif name == 'UNICODE':
-            self.push(arg.decode('raw-unicode-escape', 'replace') if arg is not None else _LEAF)
-        elif name in _ATOMS:
-            self.push(_LEAF)
-        elif name in ('EMPTY_LIST', 'EMPTY_DICT', 'EMPTY_SET', 'EMPTY_TUPLE'):
-            self.push(_Node())
-        elif name in ('TUPLE1', 'TUPLE2', 'TUPLE3'):
-            count = int(name[-1])
-            kids = [self.pop(name) for _ in range(count)][::-1]
-            self.push(_Node(kids))
-        elif name in ('TUPLE', 'LIST', 'DICT', 'FROZENSET'):
-            self.push(_Node(self.pop_mark(name)))
-        elif name in ('APPEND',):
-            value = self.pop(name)
-            self.node_of(self.top(name), name).kids.append(value)
-        elif name in ('APPENDS', 'SETITEMS', 'ADDITEMS'):
-            items = self.pop_mark(name)
-            self.node_of(self.top(name), name).kids.extend(items)
-        elif name == 'SETITEM':
-            value, key = self.pop(name), self.pop(name)
-            self.node_of(self.top(name), name).kids.extend((key, value))
-        elif name == 'POP':
-            if self.stack:
-                self.stack.pop()
-            else:
-                self.pop_mark(name)
-        elif name == 'POP_MARK':
+    def _counted(self, fmt, unicode, name):
+        n = fmt.unpack(self.read(fmt.size, name))[0]
+        if name == 'FRAME':
+            return n
+        start = self.pos
+        self.skip(n, name)
+        self.budget.charge(n, f'{name} data')
+        if unicode and n <= _MAX_STRING_VALUE:
+            try:
+                return bytes(self.buf[start:start + n]).decode('utf-8', 'surrogatepass')
+            except UnicodeDecodeError:
+                raise DamagedPickleError(f'{name} holds invalid UTF-8') from None
+        return None
+
+    # -- one handler per opcode family ----------------------------------------
+    def _proto(self, name, arg):
+        if name == 'PROTO' and arg > pickle.HIGHEST_PROTOCOL:
+            raise DamagedPickleError(f'unsupported pickle protocol {arg}')
+        if name == 'FRAME' and arg > self.end - self.pos:
+            raise TruncatedPickleError(f'the file is truncated (or a bomb): a FRAME declares {arg:,} bytes but '
+                                       f'only {self.end - self.pos:,} remain')
+
+    def _mark(self, name, arg):
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def _unicode(self, name, arg):
+        if name == 'UNICODE':
+            arg = arg.decode('raw-unicode-escape', 'replace') if arg is not None else None
+        self.push(arg if arg is not None else _LEAF)
+
+    def _atom(self, name, arg):
+        self.push(_LEAF)
+
+    def _empty(self, name, arg):
+        self.push(_Node())
+
+    def _tuple_n(self, name, arg):
+        count = int(name[-1])
+        kids = [self.pop(name) for _ in range(count)][::-1]
+        self.push(_Node(kids))
+
+    def _from_mark(self, name, arg):
+        self.push(_Node(self.pop_mark(name)))
+
+    def _append(self, name, arg):
+        value = self.pop(name)
+        self.node_of(self.top(name), name).kids.append(value)
+
+    def _extend(self, name, arg):
+        items = self.pop_mark(name)
+        self.node_of(self.top(name), name).kids.extend(items)
+
+    def _setitem(self, name, arg):
+        value, key = self.pop(name), self.pop(name)
+        self.node_of(self.top(name), name).kids.extend((key, value))
+
+    def _pop(self, name, arg):
+        if name == 'POP' and self.stack:
+            self.stack.pop()
+        else:
             self.pop_mark(name)
-        elif name == 'DUP':
-            self.stack.append(self.top(name))
-        elif name in ('PUT', 'BINPUT', 'LONG_BINPUT', 'MEMOIZE'):
-            index = len(self.memo) if name == 'MEMOIZE' else (self._int(arg, name) if name == 'PUT' else arg)
-            self.memo[self.memo_index(index)] = self.top(name)
-        elif name in ('GET', 'BINGET', 'LONG_BINGET'):
-            index = self._int(arg, name) if name == 'GET' else arg
-            if index not in self.memo:
-                raise DamagedPickleError(f'{name} of memo index {index} that was never stored')
-            self.stack.append(self.memo[index])
-        elif name == 'GLOBAL':
-            module, qualname = (part.decode('utf-8', 'replace') if part is not None else None for part in arg)
+
+    def _dup(self, name, arg):
+        self.stack.append(self.top(name))
+
+    def _put(self, name, arg):
+        index = len(self.memo) if name == 'MEMOIZE' else (self._int(arg, name) if name == 'PUT' else arg)
+        self.memo[self.memo_index(index)] = self.top(name)
+
+    def _get(self, name, arg):
+        index = self._int(arg, name) if name == 'GET' else arg
+        if index not in self.memo:
+            raise DamagedPickleError(f'{name} of memo index {index} that was never stored')
+        self.stack.append(self.memo[index])
+
+    def _global(self, name, arg):
+        module, qualname = (part.decode('utf-8', 'replace') if part is not None else None for part in arg)
+        if name == 'GLOBAL':
             self.push(self.check_global(module, qualname))
-        elif name == 'STACK_GLOBAL':
-            qualname, module = self.pop(name), self.pop(name)
-            self.push(self.check_global(module, qualname))
-        elif name == 'INST':
-            module, qualname = (part.decode('utf-8', 'replace') if part is not None else None for part in arg)
+        else:  # INST
             self.check_global(module, qualname)
             self.push(_Node(self.pop_mark(name)))
-        elif name == 'OBJ':
-            items = self.pop_mark(name)
-            if not items or not isinstance(items[0], _Global):
-                raise DamagedPickleError('OBJ without a class')
-            self.push(_Node(items[1:]))
-        elif name in ('REDUCE', 'NEWOBJ'):
-            args, func = self.pop(name), self.pop(name)
-            if not isinstance(func, (_Global, _Node)):
-                raise DamagedPickleError(f'{name} of something that is not callable')
-            self.push(_Node([args]))
-        elif name == 'NEWOBJ_EX':
-            kwargs, args, _cls = self.pop(name), self.pop(name), self.pop(name)
-            self.push(_Node([args, kwargs]))
-        elif name == 'BUILD':
-            state = self.pop(name)
-            self.node_of(self.top(name), name).kids.append(state)
-        elif name in ('PERSID', 'BINPERSID'):
-            if not self.persistent_ok:
-                raise UnsafePickleError('it holds a persistent id, which this format does not use')
-            pid = self.pop(name) if name == 'BINPERSID' else _LEAF
-            self.push(_Node([pid]))
-        elif name in ('EXT1', 'EXT2', 'EXT4'):
+
+    def _stack_global(self, name, arg):
+        qualname, module = self.pop(name), self.pop(name)
+        self.push(self.check_global(module, qualname))
+
+    def _obj(self, name, arg):
+        items = self.pop_mark(name)
+        if not items or not isinstance(items[0], _Global):
+            raise DamagedPickleError('OBJ without a class')
+        self.push(_Node(items[1:]))
+
+    def _reduce(self, name, arg):
+        args, func = self.pop(name), self.pop(name)
+        if not isinstance(func, (_Global, _Node)):
+            raise DamagedPickleError(f'{name} of something that is not callable')
+        self.push(_Node([args]))
+
+    def _newobj_ex(self, name, arg):
+        kwargs, args, _cls = self.pop(name), self.pop(name), self.pop(name)
+        self.push(_Node([args, kwargs]))
+
+    def _build(self, name, arg):
+        state = self.pop(name)
+        self.node_of(self.top(name), name).kids.append(state)
+
+    def _persid(self, name, arg):
+        if not self.persistent_ok:
+            raise UnsafePickleError('it holds a persistent id, which this format does not use')
+        pid = self.pop(name) if name == 'BINPERSID' else _LEAF
+        self.push(_Node([pid]))
+
+    def _refuse(self, name, arg):
+        if name.startswith('EXT'):
             raise UnsafePickleError('it uses the copyreg extension registry, which safe loading does not allow')
-        elif name in ('NEXT_BUFFER', 'READONLY_BUFFER'):
+        if name in ('NEXT_BUFFER', 'READONLY_BUFFER'):
             raise UnsafePickleError('it uses out-of-band buffers, which safe loading does not allow')
-        else:
-            raise DamagedPickleError(f'unsupported pickle opcode {name}')
+        raise DamagedPickleError(f'unsupported pickle opcode {name}')
+
+    def _stop(self, name, arg):
+        pass
 
     @staticmethod
     def _int(arg, name):
@@ -390,11 +412,52 @@ class _Scanner:
             raise DamagedPickleError(f'{name} has an invalid index') from None
 
 
-_CODE2OP = {op.code: op for op in pickletools.opcodes}
 _ATOMS = frozenset(['INT', 'BININT', 'BININT1', 'BININT2', 'LONG', 'LONG1', 'LONG4', 'NONE', 'NEWTRUE', 'NEWFALSE',
                     'FLOAT', 'BINFLOAT', 'STRING', 'BINSTRING', 'SHORT_BINSTRING', 'BINBYTES', 'SHORT_BINBYTES',
                     'BINBYTES8', 'BYTEARRAY8'])
 
+_HANDLERS = {
+    'PROTO': _Scanner._proto, 'FRAME': _Scanner._proto, 'MARK': _Scanner._mark, 'STOP': _Scanner._stop,
+    'SHORT_BINUNICODE': _Scanner._unicode, 'BINUNICODE': _Scanner._unicode, 'BINUNICODE8': _Scanner._unicode,
+    'UNICODE': _Scanner._unicode,
+    'EMPTY_LIST': _Scanner._empty, 'EMPTY_DICT': _Scanner._empty, 'EMPTY_SET': _Scanner._empty,
+    'EMPTY_TUPLE': _Scanner._empty,
+    'TUPLE1': _Scanner._tuple_n, 'TUPLE2': _Scanner._tuple_n, 'TUPLE3': _Scanner._tuple_n,
+    'TUPLE': _Scanner._from_mark, 'LIST': _Scanner._from_mark, 'DICT': _Scanner._from_mark,
+    'FROZENSET': _Scanner._from_mark,
+    'APPEND': _Scanner._append, 'APPENDS': _Scanner._extend, 'SETITEMS': _Scanner._extend,
+    'ADDITEMS': _Scanner._extend, 'SETITEM': _Scanner._setitem,
+    'POP': _Scanner._pop, 'POP_MARK': _Scanner._pop, 'DUP': _Scanner._dup,
+    'PUT': _Scanner._put, 'BINPUT': _Scanner._put, 'LONG_BINPUT': _Scanner._put, 'MEMOIZE': _Scanner._put,
+    'GET': _Scanner._get, 'BINGET': _Scanner._get, 'LONG_BINGET': _Scanner._get,
+    'GLOBAL': _Scanner._global, 'INST': _Scanner._global, 'STACK_GLOBAL': _Scanner._stack_global,
+    'OBJ': _Scanner._obj, 'REDUCE': _Scanner._reduce, 'NEWOBJ': _Scanner._reduce, 'NEWOBJ_EX': _Scanner._newobj_ex,
+    'BUILD': _Scanner._build, 'PERSID': _Scanner._persid, 'BINPERSID': _Scanner._persid,
+}
+
+
+def _make_reader(op):
+    desc = op.arg
+    if desc is None:
+        return None
+    if desc.name in _FIXED:
+        fmt = struct.Struct(_FIXED[desc.name])
+        return lambda scanner, name: scanner._fixed(fmt, name)
+    if desc.name in _LENGTH_PREFIX:
+        fmt = struct.Struct(_LENGTH_PREFIX[desc.name])
+        unicode = desc.name.startswith('unicodestring')
+        return lambda scanner, name: scanner._counted(fmt, unicode, name)
+    if desc.name in _NEWLINE_ARGS:
+        return lambda scanner, name: scanner.readline(name)
+    if desc.name == 'stringnl_noescape_pair':
+        return lambda scanner, name: (scanner.readline(name), scanner.readline(name))
+    raise AssertionError(f'no reader for {op.name}')  # pickletools lists no other argument kind.
+
+
+_OPTABLE = [None] * 256
+for _op in pickletools.opcodes:
+    _handler = _Scanner._atom if _op.name in _ATOMS else _HANDLERS.get(_op.name, _Scanner._refuse)
+    _OPTABLE[ord(_op.code)] = (_op.name, _make_reader(_op), _handler)
 
 def _check_graph(root, max_depth):
     """Refuse a graph deeper than ``max_depth`` or holding a cycle, visiting every node once."""
