@@ -126,12 +126,17 @@ class _TFNetworkStub(dnnlib.EasyDict):
     """Stands in for dnnlib.tflib.network.Network: BUILD fills its __dict__ with the TF network state."""
 
 
+def _is_name_dict(value):
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
 class _PickledPersistent:
     """What safe mode makes of a persistent object: its meta dict, with no code run."""
 
     def __init__(self, meta):
-        if not isinstance(meta, dict) or not isinstance(meta.get('state') or {}, dict) or not all(
-                isinstance(key, str) for key in meta.get('state') or {}):
+        if not isinstance(meta, dict) or not _is_name_dict(meta.get('state') or {}) or not all(
+                _is_name_dict(value) for key, value in (meta.get('state') or {}).items()
+                if key in ('_parameters', '_buffers', '_modules')):
             raise safe_pickle.DamagedPickleError('a persistent object has no meta dict with a state dict')
         self.class_name = meta.get('class_name')
         self.module_src = meta.get('module_src')
@@ -185,7 +190,7 @@ def _unpickle(f, name, allow_code):
         raise NetworkLoadError(f'refusing to load {name}: {err}; if you trust the file, pass --allow-pickle-code '
                                '(allow_code=True)') from None
     except safe_pickle.TruncatedPickleError as err:
-        raise NetworkLoadError(f'{name} is truncated ({err}): download it again') from None
+        raise NetworkLoadError(f'{name} is truncated or damaged ({err}); download it again') from None
     except safe_pickle.PickleLimitError as err:
         raise NetworkLoadError(f'refusing to load {name}: {err}; the file is damaged or hostile') from None
     except safe_pickle.UnsafePickleError as err:

@@ -175,8 +175,7 @@ class _Scanner:
     # -- reading -------------------------------------------------------------
     def read(self, n, what):
         if n > self.end - self.pos:
-            raise TruncatedPickleError(f'the file is truncated: {what} needs {n:,} bytes, {self.end - self.pos:,} '
-                                       'remain')
+            raise TruncatedPickleError(f'{what} needs {n:,} bytes, {self.end - self.pos:,} remain')
         data = self.buf[self.pos:self.pos + n]
         self.pos += n
         return data
@@ -185,8 +184,7 @@ class _Scanner:
         if n < 0:
             raise DamagedPickleError(f'{what} declares a negative length')
         if n > self.end - self.pos:
-            raise TruncatedPickleError(f'the file is truncated (or a bomb): {what} declares {n:,} bytes but only '
-                                       f'{self.end - self.pos:,} remain')
+            raise TruncatedPickleError(f'{what} declares {n:,} bytes but only {self.end - self.pos:,} remain')
         self.pos += n
 
     def readline(self, what):
@@ -198,7 +196,7 @@ class _Scanner:
             while index < self.end and view[index] != 10:
                 index += 1
             if index >= self.end:
-                raise TruncatedPickleError(f'the file is truncated: {what} has no end of line')
+                raise TruncatedPickleError(f'{what} has no end of line')
             line = bytes(view[self.pos:index]) if index - self.pos <= _MAX_STRING_VALUE else None
             self.pos = index + 1
             return line
@@ -260,7 +258,7 @@ class _Scanner:
         while True:
             pos = self.pos
             if pos >= end:
-                raise TruncatedPickleError('the file is truncated: the pickle has no STOP')
+                raise TruncatedPickleError('the pickle ends without STOP')
             entry = table[buf[pos]]
             self.pos = pos + 1
             if entry is None:
@@ -299,8 +297,7 @@ class _Scanner:
         if name == 'PROTO' and arg > pickle.HIGHEST_PROTOCOL:
             raise DamagedPickleError(f'unsupported pickle protocol {arg}')
         if name == 'FRAME' and arg > self.end - self.pos:
-            raise TruncatedPickleError(f'the file is truncated (or a bomb): a FRAME declares {arg:,} bytes but '
-                                       f'only {self.end - self.pos:,} remain')
+            raise TruncatedPickleError(f'a FRAME declares {arg:,} bytes but only {self.end - self.pos:,} remain')
 
     def _mark(self, name, arg):
         self.metastack.append(self.stack)
@@ -491,19 +488,22 @@ def _check_graph(root, max_depth):
 
 
 def _buffer_of(f):
-    """(buffer, start offset, file object to unpickle from) without copying a real file or a BytesIO."""
+    """(view, start offset, file object to unpickle from, mmap or None), without copying a real file or a BytesIO.
+
+    The caller must release the view (and close the mmap): a BytesIO cannot be closed while it is exported.
+    """
     if isinstance(f, io.BytesIO):
-        return f.getbuffer(), f.tell(), f
+        return f.getbuffer(), f.tell(), f, None
     if isinstance(f, (bytes, bytearray, memoryview)):
-        return memoryview(f), 0, io.BytesIO(f)
+        return memoryview(f), 0, io.BytesIO(f), None
     try:
         import mmap
         start = f.tell()
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return memoryview(mapped), start, f
+        return memoryview(mapped), start, f, mapped
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         data = f.read()
-        return memoryview(data), 0, io.BytesIO(data)
+        return memoryview(data), 0, io.BytesIO(data), None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -534,14 +534,24 @@ def load(f, allowed_globals, limits=None, persistent_load=None):
     a file that passes leaves ``f`` positioned after its pickle.
     """
     limits = limits or DEFAULT_LIMITS
-    buf, start, source = _buffer_of(f)
+    view, start, source, mapped = _buffer_of(f)
+    released = False
+
+    def release():
+        # Slices taken by the scanner share this view's buffer and are gone by now; releasing the view
+        # frees the BytesIO (or unmaps the file) even while an exception still references the scanner.
+        view.release()
+        if mapped is not None:
+            mapped.close()
+
     try:
-        file_size = len(buf) - start
-        with _budget_scope(limits.budget(file_size)) as budget:
-            scanner = _Scanner(buf, start, allowed_globals, limits, budget, persistent_load is not None)
+        with _budget_scope(limits.budget(len(view) - start)) as budget:
+            scanner = _Scanner(view, start, allowed_globals, limits, budget, persistent_load is not None)
             root = scanner.run()
             _check_graph(root, limits.max_depth)
             del scanner, root
+            release()
+            released = True
             source.seek(start)
             try:
                 result = _RestrictedUnpickler(source, allowed_globals, persistent_load).load()
@@ -557,7 +567,8 @@ def load(f, allowed_globals, limits=None, persistent_load=None):
             check_loaded(result)
             return result
     finally:
-        del buf
+        if not released:
+            release()
 
 
 def check_loaded(obj):
