@@ -30,6 +30,9 @@ from torch_utils import persistence, safe_pickle
 class NetworkLoadError(Exception):
     """A network pickle could not be loaded; the message is one line saying why and what to do."""
 
+    def __init__(self, message):
+        super().__init__(safe_pickle.one_line(message))  # Messages may quote names and values from the file.
+
 
 def load_network_pkl(f, allow_code=False, force_fp16=False):
     """Load a network snapshot from the open binary file ``f``.

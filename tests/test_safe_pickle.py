@@ -167,6 +167,13 @@ def test_refuses_globals_outside_the_table(tmp_path):
         safe_pickle.load(io.BytesIO(pickle.dumps(collections.OrderedDict(a=1), protocol=4)), {})
 
 
+def test_refusal_quotes_file_content_as_one_printable_line():
+    data = PROTO4 + _global('os\x1b[2J\n', 'sys\ntem') + STOP  # a name that would clear the terminal
+    with pytest.raises(safe_pickle.RefusedGlobalError) as info:
+        safe_pickle.load(io.BytesIO(data), TABLE)
+    assert str(info.value).isprintable() and '\\x1b' in str(info.value)
+
+
 def test_refuses_protocol_0_globals(tmp_path):
     marker = tmp_path / 'MARKER'
     with pytest.raises(safe_pickle.RefusedGlobalError):

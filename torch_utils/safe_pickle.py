@@ -45,14 +45,26 @@ except ImportError:  # numpy < 2
 # Errors and limits.
 
 
+def one_line(text, limit=1000):
+    """``text`` as one printable line: line breaks become spaces, other control characters are escaped,
+    and it is cut at ``limit`` characters. For messages that quote content from a file."""
+    text = str(text).replace('\r\n', ' ').replace('\n', ' ').replace('\r', ' ').replace('\t', ' ')
+    text = ''.join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """The file was refused; ``str(err)`` is one line saying why (without the file name)."""
+
+    def __init__(self, message):
+        super().__init__(one_line(message))
 
 
 class RefusedGlobalError(UnsafePickleError):
     """The file names a global that the caller's table does not admit; ``global_name`` is 'module.name'."""
 
     def __init__(self, global_name):
+        global_name = one_line(global_name, 200)
         super().__init__(f'it references {global_name}, which safe loading does not allow')
         self.global_name = global_name
 
