@@ -465,7 +465,7 @@ def _check_network_size(net, where):
     limit = _max_network_bytes.get()
     if limit is None:
         return
-    total = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()])
+    total = safe_pickle.module_bytes(net)
     if total > limit:
         raise NetworkLoadError(f'{where}: its arguments describe a network of {total / 2**20:,.1f} MiB, more than '
                                f'the whole file ({(limit - _NETWORK_BYTES_SLACK) / 2**20:,.1f} MiB) could hold; the '

@@ -500,14 +500,16 @@ def _check_graph(root, max_depth):
 
 
 def _buffer_of(f):
-    """(view, start offset, file object to unpickle from, mmap or None), without copying a real file or a BytesIO.
+    """(view, start offset, file object to unpickle from or None, mmap or None), without copying the file.
 
-    The caller must release the view (and close the mmap): a BytesIO cannot be closed while it is exported.
+    None as the file means: unpickle a copy of just the scanned bytes (for in-memory data, whose pickle may
+    be followed by raw data, as in torch's legacy storages). The caller must release the view (and close
+    the mmap): a BytesIO cannot be closed while it is exported.
     """
     if isinstance(f, io.BytesIO):
         return f.getbuffer(), f.tell(), f, None
     if isinstance(f, (bytes, bytearray, memoryview)):
-        return memoryview(f), 0, io.BytesIO(f), None
+        return memoryview(f), 0, None, None
     try:
         import mmap
         start = f.tell()
@@ -515,7 +517,7 @@ def _buffer_of(f):
         return memoryview(mapped), start, f, mapped
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         data = f.read()
-        return memoryview(data), 0, io.BytesIO(data), None
+        return memoryview(data), 0, None, None
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -537,7 +539,7 @@ _LOAD_ERRORS = (pickle.UnpicklingError, ValueError, TypeError, AttributeError, I
 
 
 def load(f, allowed_globals, limits=None, persistent_load=None):
-    """Unpickle one object from ``f`` (a binary file, BytesIO or bytes), bounded and restricted.
+    """Unpickle one object from ``f`` (a binary file, BytesIO or bytes-like), bounded and restricted.
 
     ``allowed_globals`` maps ``(module, name)`` to the object the file gets for that global: a class or
     a constructor, preferably a checked one (``TORCH_GLOBALS``, ``NUMPY_GLOBALS``, ``BASIC_GLOBALS``
@@ -545,6 +547,11 @@ def load(f, allowed_globals, limits=None, persistent_load=None):
     without it a file holding one is refused. Raises ``UnsafePickleError`` (one line, no file name);
     a file that passes leaves ``f`` positioned after its pickle.
     """
+    return _load(f, allowed_globals, limits, persistent_load)[0]
+
+
+def _load(f, allowed_globals, limits=None, persistent_load=None):
+    """``load``, also returning where the pickle ended (an offset into ``f``'s data)."""
     limits = limits or DEFAULT_LIMITS
     view, start, source, mapped = _buffer_of(f)
     released = False
@@ -561,7 +568,10 @@ def load(f, allowed_globals, limits=None, persistent_load=None):
             scanner = _Scanner(view, start, allowed_globals, limits, budget, persistent_load is not None)
             root = scanner.run()
             _check_graph(root, limits.max_depth)
+            end = scanner.pos
             del scanner, root
+            if source is None:
+                source, start = io.BytesIO(view[start:end]), 0
             release()
             released = True
             source.seek(start)
@@ -577,7 +587,7 @@ def load(f, allowed_globals, limits=None, persistent_load=None):
                 message = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise DamagedPickleError(message) from None
             check_loaded(result)
-            return result
+            return result, end
     finally:
         if not released:
             release()
@@ -706,6 +716,11 @@ def _is_dense(size, stride):
     return True
 
 
+def module_bytes(module):
+    """Bytes of a module's parameters and buffers; build it on the meta device first to know this for free."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
 def check_tensor_layout(storage_numel, offset, size, stride, what='a tensor'):
     """Refuse a tensor view that reaches outside its storage or is not dense (stride 0, gaps, overlaps)."""
     size = _shape(tuple(size) if isinstance(size, (tuple, torch.Size)) else size, what)
@@ -769,7 +784,8 @@ def _storage_from_bytes(data, dtype, numel, location, what):
     if len(data) != nbytes:
         raise DamagedPickleError(f'{what} declares {nbytes:,} bytes but holds {len(data):,}')
     charge(nbytes, what)
-    untyped = torch.UntypedStorage.from_buffer(bytes(data), dtype=torch.uint8) if nbytes else torch.UntypedStorage(0)
+    # from_buffer copies once, straight from the file's bytes (a memoryview slice needs no intermediate copy).
+    untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if nbytes else torch.UntypedStorage(0)
     return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
@@ -786,11 +802,19 @@ def _load_legacy_storage(data):
     """
     if not isinstance(data, (bytes, bytearray)):
         raise DamagedPickleError('a tensor storage is not stored as bytes')
-    f = io.BytesIO(data)
+    view = memoryview(data)
     small = Limits(max_depth=8, max_objects=1000, max_memo=1000, min_budget_bytes=1 << 20)
-    if load(f, {}, small) != _LEGACY_MAGIC or load(f, {}, small) != 1001:
+    pos = 0
+
+    def next_pickle(table=None, persistent_load=None):
+        nonlocal pos
+        value, end = _load(view[pos:], table or {}, small, persistent_load)
+        pos += end
+        return value
+
+    if next_pickle() != _LEGACY_MAGIC or next_pickle() != 1001:
         raise DamagedPickleError('a tensor storage is not in torch\'s legacy format')
-    sys_info = load(f, {}, small)
+    sys_info = next_pickle()
     if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
         raise DamagedPickleError('a tensor storage is not little-endian')
     pids = []
@@ -802,15 +826,15 @@ def _load_legacy_storage(data):
         pids.append(pid)
         return pid
 
-    if load(f, _LEGACY_GLOBALS, small, persistent_load=persistent_load) is not (pids[0] if pids else object()):
+    if next_pickle(_LEGACY_GLOBALS, persistent_load) is not (pids[0] if pids else object()):
         raise DamagedPickleError('a tensor storage has an unsupported layout')
     _, storage_type, key, location, numel, _view = pids[0]
-    if load(f, {}, small) != [key]:
+    if next_pickle() != [key]:
         raise DamagedPickleError('a tensor storage has an unsupported layout')
-    count = f.read(8)
+    count = bytes(view[pos:pos + 8])
     if len(count) != 8 or struct.unpack('<q', count)[0] != numel:
         raise DamagedPickleError('a tensor storage declares a size it does not hold')
-    return _storage_from_bytes(memoryview(data)[f.tell():], storage_type.dtype, numel, location, 'a tensor storage')
+    return _storage_from_bytes(view[pos + 8:], storage_type.dtype, numel, location, 'a tensor storage')
 
 
 def _codecs_encode(text, encoding='utf-8'):
