@@ -306,6 +306,36 @@ def test_torch_zip_checkpoint(tmp_path):
     with pytest.raises(safe_pickle.PickleLimitError, match='compressed'):
         safe_pickle.load_torch_zip(str(deflated), safe_pickle.BASIC_GLOBALS)
 
+@pytest.mark.parametrize('zip_format', [True, False], ids=['zip', 'legacy'])
+def test_torch_checkpoint_either_format(tmp_path, zip_format):
+    import argparse
+    state = dict(sd=collections.OrderedDict(w=torch.randn(3, 5), b=torch.arange(4), h=torch.randn(2).half(),
+                                            view=torch.arange(10.0)[2:6]),
+                 args=argparse.Namespace(lr=0.1, name='x'))  # plain data, admitted by the caller's table
+    path = tmp_path / 'ckpt.pt'
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    table = {**safe_pickle.BASIC_GLOBALS, ('argparse', 'Namespace'): argparse.Namespace}
+    loaded = safe_pickle.load_torch_checkpoint(path, table)
+    assert vars(loaded['args']) == vars(state['args'])
+    for key, tensor in state['sd'].items():
+        assert torch.equal(loaded['sd'][key], tensor) and loaded['sd'][key].dtype == tensor.dtype
+    with pytest.raises(safe_pickle.RefusedGlobalError, match='argparse.Namespace'):
+        safe_pickle.load_torch_checkpoint(path, safe_pickle.BASIC_GLOBALS)
+
+
+@pytest.mark.parametrize('declared, location, words', [
+    (1 << 36, 'cpu', 'more than the file holds'),
+    (3, 'cpu', 'does not hold'),
+    (None, 'meta', 'device'),
+])
+def test_legacy_checkpoint_storages_are_checked(declared, location, words):
+    data = legacy_storage_bytes([1, 2, 3, 4], location=location, declared=declared)
+    with pytest.raises(safe_pickle.DamagedPickleError, match=words):
+        safe_pickle.load_torch_legacy(io.BytesIO(data), {})
+    storage = safe_pickle.load_torch_legacy(io.BytesIO(legacy_storage_bytes([1, 2, 3, 4])), {})
+    values = torch.empty(0, dtype=torch.float32).set_(storage._untyped_storage, 0, (4,), (1,))
+    assert torch.equal(values, torch.tensor([1.0, 2, 3, 4]))
+
 # ----------------------------------------------------------------------------
 # Under a memory cap, in a child process.
 
@@ -319,7 +349,10 @@ _CHILD = textwrap.dedent('''
         start = time.monotonic()
         try:
             with open(path, 'rb') as f:
-                safe_pickle.load(f, legacy._SAFE_GLOBALS)
+                if path.endswith('.pt'):
+                    safe_pickle.load_torch_checkpoint(f, {})
+                else:
+                    safe_pickle.load(f, legacy._SAFE_GLOBALS)
             outcome = 'loaded'
         except safe_pickle.UnsafePickleError as err:
             outcome = 'refused: ' + str(err)
@@ -350,11 +383,12 @@ def test_bombs_refused_fast_under_a_memory_cap(tmp_path):
         'dag': exponential_dag(200), 'cycle': self_referencing_list(),
         'storage': tensor_pickle([1, 2, 3, 4], 0, (4,), (1,), declared=1 << 36),
         'stride0': tensor_pickle(list(range(16)), 0, (1 << 17, 1 << 17), (0, 0)),
+        'checkpoint.pt': legacy_storage_bytes([1, 2, 3, 4], declared=1 << 36),
     }
     paths = []
     for name, data in bombs.items():
         assert len(data) < 5000, name  # tiny files
-        path = tmp_path / f'{name}.pkl'
+        path = tmp_path / (name if name.endswith('.pt') else f'{name}.pkl')
         path.write_bytes(data)
         paths.append(str(path))
     child = subprocess.run([sys.executable, '-c', _CHILD, str(_address_space_cap()), *paths], cwd=REPO,

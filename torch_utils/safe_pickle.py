@@ -1002,3 +1002,101 @@ def check_arguments(arguments, rules, where, path=''):
                                      'file is damaged or hostile')
         if rule is NESTED and value is not None:
             check_arguments(value, rules, where, f'{full}.')
+
+# ----------------------------------------------------------------------------
+# torch.save checkpoints in the legacy (pre-1.6, non-zip) format, and either format by its first bytes.
+
+
+def load_torch_legacy(f, allowed_globals, limits=None):
+    """Load a ``torch.save`` file in the legacy format (torch < 1.6, or ``_use_new_zipfile_serialization=False``).
+
+    The layout: pickled magic number, protocol version and system info, the pickled object (storages as
+    persistent ids ('storage', type, key, location, numel, view)), the pickled list of storage keys, then
+    per key an 8-byte element count and the raw elements. Each storage must fit in what remains of the
+    file before it is allocated, hold exactly its declared size, be listed once, and lie on cpu/cuda; all
+    land on the CPU. ``TORCH_GLOBALS`` is added to ``allowed_globals``.
+    """
+    limits = limits or DEFAULT_LIMITS
+    view, start, _source, mapped = _buffer_of(f)
+    try:
+        data = view[start:]
+        with _budget_scope(limits.budget(len(data))):
+            pos = 0
+
+            def next_pickle(table=None, persistent_load=None):
+                nonlocal pos
+                value, end = _load(data[pos:], table or {}, limits, persistent_load)
+                pos += end
+                return value
+
+            if next_pickle() != _LEGACY_MAGIC or next_pickle() != 1001:
+                raise DamagedPickleError('not a torch.save file in the legacy format')
+            sys_info = next_pickle()
+            if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
+                raise DamagedPickleError('the checkpoint is not little-endian')
+            storages = {}
+
+            def persistent_load(pid):
+                if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == 'storage'
+                        and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+                    raise DamagedPickleError('a storage reference has an unsupported layout')
+                _, storage_type, key, location, numel, view_metadata = pid
+                if view_metadata is not None:
+                    raise DamagedPickleError('the checkpoint uses storage views, which this loader does not read')
+                if key in storages:
+                    if storages[key].dtype != storage_type.dtype or storages[key]._size() != numel:
+                        raise DamagedPickleError(f'storage {key} is declared twice, differently')
+                    return storages[key]
+                if not isinstance(location, str) or not (location == 'cpu' or location.startswith('cuda')):
+                    raise DamagedPickleError(f'storage {key} is on device {location!r}; only cpu and cuda storages '
+                                             'can be loaded')
+                if not isinstance(numel, int) or numel < 0:
+                    raise DamagedPickleError(f'storage {key} declares an invalid size')
+                nbytes = numel * torch._utils._element_size(storage_type.dtype)
+                if nbytes > len(data) - pos:  # Its data follows the pickle: it must fit in the rest of the file.
+                    raise DamagedPickleError(f'storage {key} declares {nbytes:,} bytes, more than the file holds')
+                charge(nbytes, f'storage {key}')
+                storages[key] = torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(nbytes),
+                                                           dtype=storage_type.dtype, _internal=True)
+                return storages[key]
+
+            result = next_pickle({**allowed_globals, **TORCH_GLOBALS}, persistent_load)
+            keys = next_pickle()
+            if not isinstance(keys, list) or len(set(keys)) != len(keys) or set(keys) != set(storages):
+                raise DamagedPickleError('the storage list does not match the storages the checkpoint uses')
+            for key in keys:
+                storage = storages[key]
+                numel, nbytes = storage._size(), storage._untyped_storage.nbytes()
+                count = bytes(data[pos:pos + 8])
+                if len(count) != 8 or struct.unpack('<q', count)[0] != numel or pos + 8 + nbytes > len(data):
+                    raise DamagedPickleError(f'storage {key} declares a size it does not hold')
+                if nbytes:
+                    target = torch.empty(0, dtype=torch.uint8).set_(storage._untyped_storage).numpy()
+                    target[:] = np.frombuffer(data[pos + 8:pos + 8 + nbytes], dtype=np.uint8)
+                pos += 8 + nbytes
+            return result
+    except UnsafePickleError as err:
+        # Drop the traceback now: its frames hold slices of the file's buffer, which would keep a BytesIO
+        # from being closed and the file mapped. Raised again below, without them.
+        err.__traceback__, err.__context__ = None, None
+        failure = err
+    finally:
+        data = None
+        view.release()
+        if mapped is not None:
+            with contextlib.suppress(BufferError):  # Still exported: the mapping closes when collected.
+                mapped.close()
+    raise failure
+
+
+def load_torch_checkpoint(f, allowed_globals, limits=None):
+    """``load_torch_zip`` or ``load_torch_legacy``, by the file's first bytes (a zip starts with 'PK')."""
+    if isinstance(f, str) or hasattr(f, '__fspath__'):
+        with open(f, 'rb') as file:
+            return load_torch_checkpoint(file, allowed_globals, limits)
+    start = f.tell()
+    head = f.read(4)
+    f.seek(start)
+    if head == b'PK\x03\x04':
+        return load_torch_zip(f, allowed_globals, limits)
+    return load_torch_legacy(f, allowed_globals, limits)
