@@ -561,7 +561,8 @@ def _load(f, allowed_globals, limits=None, persistent_load=None):
         # frees the BytesIO (or unmaps the file) even while an exception still references the scanner.
         view.release()
         if mapped is not None:
-            mapped.close()
+            with contextlib.suppress(BufferError):  # Still exported: the mapping closes when collected.
+                mapped.close()
 
     try:
         with _budget_scope(limits.budget(len(view) - start)) as budget:
