@@ -155,7 +155,6 @@ class _Node:
 
 
 _LEAF = object()     # An atom (number, None, bool, long string).
-_MARK = object()
 
 
 class _Global:
@@ -227,12 +226,12 @@ class _Scanner:
         self.stack.append(item)
 
     def pop(self, what):
-        if not self.stack or self.stack[-1] is _MARK:
+        if not self.stack:
             raise DamagedPickleError(f'{what} finds an empty stack')
         return self.stack.pop()
 
     def top(self, what):
-        if not self.stack or self.stack[-1] is _MARK:
+        if not self.stack:
             raise DamagedPickleError(f'{what} finds an empty stack')
         return self.stack[-1]
 
@@ -241,8 +240,6 @@ class _Scanner:
             raise DamagedPickleError(f'{what} finds no MARK')
         items = self.stack
         self.stack = self.metastack.pop()
-        if any(item is _MARK for item in items):
-            raise DamagedPickleError(f'{what} finds an unbalanced MARK')
         return items
 
     def node_of(self, item, what):
@@ -390,7 +387,8 @@ class _Scanner:
         self.push(_Node([args]))
 
     def _newobj_ex(self, name, arg):
-        kwargs, args, _cls = self.pop(name), self.pop(name), self.pop(name)
+        kwargs, args = self.pop(name), self.pop(name)
+        self.pop(name)  # The class: a global the table admitted.
         self.push(_Node([args, kwargs]))
 
     def _build(self, name, arg):
@@ -697,15 +695,6 @@ class _StorageType:
         raise DamagedPickleError('it calls a torch storage type, which safe loading does not allow')
 
 
-def dense_strides(size):
-    """Row-major strides of a dense tensor of ``size``."""
-    strides, step = [], 1
-    for n in reversed(size):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
 def _is_dense(size, stride):
     """True when the elements of (size, stride) tile a block without gaps or overlaps, in some dim order."""
     dims = sorted((st, n) for n, st in zip(size, stride) if n != 1)
@@ -990,7 +979,7 @@ def check_arguments(arguments, rules, where, path=''):
     means the same thing at every level. Raises ArgumentRangeError with a one-line message.
     """
     if not isinstance(arguments, dict):
-        raise ArgumentRangeError(f'{where}: network arguments {path or ""} are a {type(arguments).__name__}, not a dict')
+        raise ArgumentRangeError(f'{where}: network arguments {path} are a {type(arguments).__name__}, not a dict')
     for name, value in arguments.items():
         full = f'{path}{name}'
         rule = rules.get(name) if isinstance(name, str) else None
