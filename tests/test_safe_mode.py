@@ -86,7 +86,7 @@ def test_calc_metrics_never_calls_the_pickled_dataset_class(tmp_path, victim, ti
         result = CliRunner().invoke(calc_metrics.main, ['--network', net, '--metrics', 'fid1k_full', '--device',
                                                         'cpu', '--verbose', 'false'])
         line = _one_line_error(result)
-        assert 'pass --data' in line, line
+        assert 'pass --data' in line and net in line, line  # names the file and what to do
         assert intact(victim) and os.path.exists(victim)
 
 
@@ -96,7 +96,7 @@ def test_demo_samplers_never_calls_the_pickled_dataset_class(tmp_path, victim, t
         result = CliRunner().invoke(demo_samplers.main, ['--network', net, '--device', 'cpu', '--outdir',
                                                          str(tmp_path / 'out')])
         line = _one_line_error(result)
-        assert 'pass --data' in line, line
+        assert 'pass --data' in line and net in line, line
         assert intact(victim) and os.path.exists(victim)
 
 
