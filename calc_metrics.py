@@ -161,7 +161,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
 @click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')

@@ -269,8 +269,8 @@ def _check_plain(value, where):
 def _rebuild_network(obj, name, key):
     where = f'{name}: {key}'
     if obj.version != persistence._version or obj.type != 'class':
-        raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
-                               'this loader reads version 6')
+        raise NetworkLoadError(f'{where}: unsupported persistence format: this loader reads version '
+                               f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
     rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',)}.get(kind, ())
     if obj.class_name not in rebuildable:

@@ -116,34 +116,34 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
     return c, desc
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--outdir', required=True, metavar='DIR', help='Where to make the run folder')
 @click.option('--data', required=True, metavar='ZIP|DIR', help='Training data (from dataset_tool.py)')
 @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Number of GPUs (only 1)')
 @click.option('--batch', type=click.IntRange(min=1), default=64, show_default=True, help='Total batch size')
-@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
+@click.option('--kimg', type=cli.FiniteFloat(min=0, min_open=True), default=200, show_default=True,
               help='Training length in thousands of real images')
-@click.option('--tick', type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
+@click.option('--tick', type=cli.FiniteFloat(min=0, min_open=True), default=4, show_default=True,
               help='Progress line every N kimg')
 @click.option('--snap', type=click.IntRange(min=1), default=10, show_default=True, help='Snapshot every N ticks')
 @click.option('--resume', type=click.Path(exists=True, dir_okay=False), metavar='PKL', help='Resume from a snapshot')
-@click.option('--resume-kimg', type=click.FloatRange(min=0), help='kimg already done at --resume [default: from its name]')
+@click.option('--resume-kimg', type=cli.FiniteFloat(min=0), help='kimg already done at --resume [default: from its name]')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed')
 @click.option('--cond', type=bool, metavar='BOOL', default=False, show_default=True, help='Train a class-conditional model')
 @click.option('--mirror', type=bool, metavar='BOOL', default=False, show_default=True, help='Add x-flipped copies of the images')
-@click.option('--gamma', type=click.FloatRange(min=0), default=1, show_default=True, help='R1 regularisation weight')
+@click.option('--gamma', type=cli.FiniteFloat(min=0), default=1, show_default=True, help='R1 regularisation weight')
 @click.option('--cbase', type=click.IntRange(min=1), default=1024, show_default=True, help='Capacity multiplier')
 @click.option('--cmax', type=click.IntRange(min=1), default=64, show_default=True, help='Max. feature maps')
 @click.option('--map', 'map_layers', type=click.IntRange(min=1), default=2, show_default=True, help='Mapping layers')
 @click.option('--z-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Latent (Z) dimensionality')
 @click.option('--w-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Intermediate latent (W) dimensionality')
-@click.option('--glr', type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True, help='G learning rate')
-@click.option('--dlr', type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True, help='D learning rate')
+@click.option('--glr', type=cli.FiniteFloat(min=0, min_open=True), default=0.001, show_default=True, help='G learning rate')
+@click.option('--dlr', type=cli.FiniteFloat(min=0, min_open=True), default=0.001, show_default=True, help='D learning rate')
 @click.option('--mbstd-group', type=click.IntRange(min=1), default=32, show_default=True,
               help='Minibatch standard deviation group size (capped at --batch)')
-@click.option('--ema', type=click.FloatRange(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
-@click.option('--style-mix', type=click.FloatRange(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
-@click.option('--pl-weight', type=click.FloatRange(min=0), default=0, show_default=True, help='Path-length regularisation weight')
+@click.option('--ema', type=cli.FiniteFloat(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
+@click.option('--style-mix', type=cli.FiniteFloat(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
+@click.option('--pl-weight', type=cli.FiniteFloat(min=0), default=0, show_default=True, help='Path-length regularisation weight')
 @click.option('--aug', default='none', show_default=True, metavar='LIST',
               help="Differentiable augmentation of D's inputs: none, or a comma-separated subset of translation,cutout")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
@@ -174,6 +174,7 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
     if dry_run:
         click.echo('Dry run; exiting.')
         return
+    cli.prepare_outdir(outdir)
 
     from training import training_loop
     try:
