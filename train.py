@@ -8,7 +8,10 @@ classes back by about 120 kimg; the conditional one by 140. 11-18 seconds per ki
 cores (conditional or not), 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default)
 did not improve the previous, unconditional embedded network.
 Each run gets a new numbered folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids,
-stats.jsonl and log.txt.
+stats.jsonl and log.txt. Re-running a killed run with the same options continues it in its folder from
+its latest snapshot, exactly (optimiser state, image count, random generators and data order are in the
+snapshot; on CPU the result equals an uninterrupted run bit for bit); --new-run starts a new folder instead.
+A longer --kimg extends a finished run the same way.
 
 Examples:
 
@@ -22,7 +25,7 @@ Examples:
     python train.py --outdir training-runs --data datasets/mnist32.zip --cond=1 --mirror=1 --device cuda
 
 \b
-    # Resume (the image count continues from the snapshot's name):
+    # Start a new run from a snapshot (our snapshots continue exactly; NVlabs' ones count kimg from the name):
     python train.py --outdir training-runs --data datasets/mnist32.zip \\
         --resume training-runs/00000-mnist32-batch64-gamma1/network-snapshot-000100.pkl
 """
@@ -127,7 +130,7 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
               help='Progress line every N kimg')
 @click.option('--snap', type=click.IntRange(min=1), default=10, show_default=True, help='Snapshot every N ticks')
 @click.option('--resume', type=click.Path(exists=True, dir_okay=False), metavar='PKL', help='Resume from a snapshot')
-@click.option('--resume-kimg', type=cli.FiniteFloat(min=0), help='kimg already done at --resume [default: from its name]')
+@click.option('--resume-kimg', type=cli.FiniteFloat(min=0), help='kimg already done at --resume [default: from its training state, else from its name]')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed')
 @click.option('--cond', type=bool, metavar='BOOL', default=False, show_default=True, help='Train a class-conditional model')
 @click.option('--mirror', type=bool, metavar='BOOL', default=False, show_default=True, help='Add x-flipped copies of the images')
@@ -151,10 +154,12 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
               'fastest on a busy machine')
 @click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes [default: 0 on CPU, 3 on GPU]')
 @click.option('--desc', metavar='STR', help='Extra text for the run folder name')
+@click.option('--new-run', is_flag=True, help='Start a new run folder even where a run with the same options could '
+              'be continued')
 @click.option('--dry-run', is_flag=True, help='Print the training options and exit')
 def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed, cond, mirror, gamma, cbase, cmax,
          map_layers, z_dim, w_dim, mbstd_group, glr, dlr, ema, style_mix, pl_weight, aug, device, threads, workers, desc,
-         dry_run):
+         new_run, dry_run):
     if gpus != 1:
         raise click.BadParameter('this trainer runs on one device; use --gpus 1', param_hint='--gpus')
     device = cli.resolve_device(device)
@@ -169,6 +174,13 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
     if desc:
         run_desc += f'-{desc}'
     c.run_dir = next_run_dir(outdir, run_desc)
+    from training import training_loop
+    if resume is None and not new_run:
+        found = training_loop.find_resumable_run(outdir, run_desc, dict(c, run_dir=None))
+        if found is not None:
+            c.run_dir, c.resume_pkl = found
+            click.echo(f'Continuing {c.run_dir} from {os.path.basename(c.resume_pkl)} (same options; --new-run '
+                       f'starts a new folder instead)', err=True)
 
     click.echo(json.dumps(c, indent=2))
     if dry_run:
@@ -176,7 +188,6 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
         return
     cli.prepare_outdir(outdir)
 
-    from training import training_loop
     try:
         training_loop.training_loop(**c)
     except (training_loop.ResumeError, DatasetError) as err:
