@@ -158,6 +158,7 @@ class ChunkStore:
         self._claim_manifest()
         import dnnlib
         dnnlib.util.remove_stale_temp_files(self.directory)
+        self._remove_abandoned_claims()
 
     # Manifest.
     def _manifest_path(self):
@@ -335,6 +336,15 @@ class ChunkStore:
             start = record.get('start')
             return start is not None and _process_start_time(pid) not in (None, start)
         return age > self.claim_timeout
+
+    def _remove_abandoned_claims(self):
+        """Claims left by killed processes (e.g. killed just after writing their chunk)."""
+        for name in os.listdir(self.directory):
+            if name.startswith('chunk-') and name.endswith('.claim'):
+                path = os.path.join(self.directory, name)
+                with contextlib.suppress(OSError):
+                    if self._claim_abandoned(path):
+                        os.remove(path)
 
     def release(self, index):
         """Give up the claim on chunk `index` (if this object holds it)."""

@@ -408,9 +408,12 @@ def write_outputs(G, result, search, outdir, meta, images=True, truncation_psi=1
 
 
 def _same_bank(path, bank):
+    if not os.path.exists(path):
+        return False
     try:
         return LatentBank.load(path).equals(bank)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        print(f'warning: {str(err).splitlines()[0]}; writing it again', file=sys.stderr)
         return False
 
 #----------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_hubness_rerun_recovers_from_damaged_outputs(tiny_pkl, tmp_path):
     result = _invoke(generate_hubness.main, ['--network', tiny_pkl, '--outdir', run, *HUB_ARGS])
     assert result.exit_code == 0, result.output
     assert f'{chunks[0]} is damaged' in result.output and f'{chunks[1]} belongs to another job' in result.output
-    assert 'hub000002.png is truncated' in result.output
+    assert 'hub000002.png is truncated' in result.output and 'hubs.npz is truncated or damaged' in result.output
     _assert_same_arrays(_arrays(run / 'hubs.npz'), _arrays(ref / 'hubs.npz'))
     images = sorted(name for name in os.listdir(ref) if name.endswith('.png'))
     assert all((run / name).read_bytes() == (ref / name).read_bytes() for name in images)
