@@ -222,6 +222,9 @@ CASES = [
     ('metrics-bank-meta-list', calc_metrics, lambda f, ro: _metrics(f, f'bank:{f["bank-list-meta.npz"]}'),
      'must be a JSON object'),
 
+    ('metrics-fid-stats-empty', calc_metrics,
+     lambda f, ro: [*_metrics(f, 'random'), '--fid-stats', f['bank-empty.npz']], '--fid-stats'),
+
     ('train-glr-nan', train, lambda f, ro: _train(f, '--glr', 'nan'), 'not a finite number'),
     ('train-gamma-inf', train, lambda f, ro: _train(f, '--gamma', 'inf'), 'not a finite number'),
     ('train-outdir-under-file', train, lambda f, ro: _train(f, outdir=f['under-file']), 'regular file'),
