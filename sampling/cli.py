@@ -23,9 +23,8 @@ DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                'pretrained', 'mnist32-stylegan2.pkl')
 
 
-# Seeds are numpy RandomState seeds; a list longer than this is surely a typo (and would exhaust memory).
-SEED_LIMIT = 2 ** 32
-MAX_SEEDS = 1_000_000
+SEED_LIMIT = 2 ** 32      # Seeds are numpy RandomState seeds: 32-bit unsigned.
+MAX_SEEDS = 1_000_000     # More seeds in one run is surely a typo (0-99999999999 would exhaust memory).
 
 
 class UserError(click.ClickException):
