@@ -162,7 +162,10 @@ def private_cluster(tmp_path):
         'ProctrackType=proctrack/linuxproc', 'TaskPlugin=task/none', 'SelectType=select/cons_tres',
         'SelectTypeParameters=CR_CPU', 'SchedulerType=sched/builtin', 'MpiDefault=none', 'ReturnToService=2',
         'JobCompType=jobcomp/none', 'AccountingStorageType=accounting_storage/none', 'PlugStackConfig=/dev/null',
-        f'NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} State=UNKNOWN',
+        # Four CPUs even on a 2-core machine (the node's real count is overridden): the three array tasks then
+        # start together, and the test waits on fewer interpreter start-ups in a row.
+        'SlurmdParameters=config_overrides',
+        f'NodeName={host} NodeAddr=127.0.0.1 CPUs={max(4, os.cpu_count())} State=UNKNOWN',
         'PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP', '']))
     env = dict(os.environ, SLURM_CONF=str(conf))
     for key in [k for k in env if k.startswith('SLURM_') and k != 'SLURM_CONF']:
