@@ -81,6 +81,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                  fid_stats, allow_pickle_code, cache, workers):
     """Everything after option parsing; raises EvaluationError for bad input."""
     metrics = evaluation.parse_metrics(metrics)
+    if out is not None:   # Refused now rather than after the metrics are computed.
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
     try:
         spec = samplers.parse(sampler_spec)
     except samplers.SamplerSpecError as err:

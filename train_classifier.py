@@ -65,6 +65,10 @@ def main(data, out, seed, num_val, epochs, batch_size, lr, max_shift, outlier_we
          device):
     if not out.lower().endswith('.pt'):
         raise click.BadParameter(f'{out!r} does not end in .pt; the output is a TorchScript file', param_hint='--out')
+    # Before training: an output that cannot be written is refused now, not after the epochs.
+    cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
+    if fixture is not None:
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(fixture)), option='--fixture')
     device = resolve_device(device)
     try:
         images, labels = load_labelled_digits(data)

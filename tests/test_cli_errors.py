@@ -21,11 +21,13 @@ from helpers import tiny_generator
 import calc_metrics
 import compute_volume_scalars
 import dataset_tool
+import demo_samplers
 import generate
 import generate_hubness
 import generate_magnet
 import legacy
 import train
+import train_classifier
 from sampling.latents import LatentBank, file_sha256, make_meta
 from training.dataset_convert import write_dataset_zip
 
@@ -224,6 +226,13 @@ CASES = [
 
     ('metrics-fid-stats-empty', calc_metrics,
      lambda f, ro: [*_metrics(f, 'random'), '--fid-stats', f['bank-empty.npz']], '--fid-stats'),
+
+    ('metrics-out-under-file', calc_metrics,
+     lambda f, ro: [*_metrics(f, 'random'), '--out', os.path.join(f['under-file'], 'm.jsonl')], 'regular file'),
+    ('demo-outdir-under-file', demo_samplers,
+     lambda f, ro: [*_net(f), '--skip-metrics', '--outdir', f['under-file']], 'regular file'),
+    ('classifier-out-readonly', train_classifier,
+     lambda f, ro: ['--data', f['data'], '--out', os.path.join(ro, 'c.pt')], '--out'),
 
     ('train-glr-nan', train, lambda f, ro: _train(f, '--glr', 'nan'), 'not a finite number'),
     ('train-gamma-inf', train, lambda f, ro: _train(f, '--gamma', 'inf'), 'not a finite number'),
