@@ -381,17 +381,30 @@ def _cpu_copy(value):
     return value
 
 
+def _numpy_rng_state(get_state):
+    """A numpy MT19937 state (``RandomState.get_state`` or ``np.random.get_state``) as bytes and numbers."""
+    _, keys, pos, has_gauss, cached_gaussian = get_state()
+    return [keys.astype('<u4').tobytes(), int(pos), int(has_gauss), float(cached_gaussian)]
+
+
+def _set_numpy_rng_state(set_state, saved):
+    keys, pos, has_gauss, cached_gaussian = saved
+    set_state(('MT19937', np.frombuffer(keys, dtype='<u4').astype(np.uint32), pos, has_gauss, cached_gaussian))
+
+
 def _training_state(cur_nimg, cur_tick, batch_idx, data_position, optimizers, rnd, pl_mean, device):
-    """What continues a run exactly, stored in the snapshot as ``training_state`` (plain data only)."""
-    numpy_state = rnd.get_state()
-    global_state = np.random.get_state()
+    """What continues a run exactly, stored in the snapshot as ``training_state``.
+
+    Plain data only: numbers, bytes (the random generators' states) and the optimisers' tensors, which have
+    the dtypes of the parameters they belong to, so a safe loader that checks a network's tensors reads it.
+    """
     return dict(
         format=TRAINING_STATE_FORMAT, cur_nimg=int(cur_nimg), cur_tick=int(cur_tick), batch_idx=int(batch_idx),
         data_position=int(data_position),
         optimizers={name: _cpu_copy(opt.state_dict()) for name, opt in optimizers.items()},
-        torch_rng=torch.get_rng_state(),
-        cuda_rng=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
-        numpy_rng=list(numpy_state[1:]), numpy_global_rng=list(global_state[1:]),
+        torch_rng=torch.get_rng_state().numpy().tobytes(),
+        cuda_rng=torch.cuda.get_rng_state(device).numpy().tobytes() if device.type == 'cuda' else None,
+        numpy_rng=_numpy_rng_state(rnd.get_state), numpy_global_rng=_numpy_rng_state(np.random.get_state),
         pl_mean=pl_mean.detach().cpu().clone())
 
 
@@ -415,11 +428,13 @@ def _load_optimizer_state(opt, saved, path, name):
 
 
 def _restore_random_state(state, rnd, device):
-    torch.set_rng_state(state['torch_rng'].cpu())
+    def as_tensor(data):
+        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    torch.set_rng_state(as_tensor(state['torch_rng']))
     if device.type == 'cuda' and state.get('cuda_rng') is not None:
-        torch.cuda.set_rng_state(state['cuda_rng'].cpu(), device)
-    rnd.set_state(('MT19937', *state['numpy_rng']))
-    np.random.set_state(('MT19937', *state['numpy_global_rng']))
+        torch.cuda.set_rng_state(as_tensor(state['cuda_rng']), device)
+    _set_numpy_rng_state(rnd.set_state, state['numpy_rng'])
+    _set_numpy_rng_state(np.random.set_state, state['numpy_global_rng'])
 
 
 def _trim_stats(path, cur_tick):
