@@ -193,19 +193,9 @@ def training_loop(
     torch.manual_seed(random_seed)
     rnd = np.random.RandomState(random_seed)
 
-    resume_data, state = None, None
-    if resume_pkl is not None:
-        log(f'Resuming from {resume_pkl}')
-        resume_data = _load_snapshot(resume_pkl)
-        state = resume_data.get('training_state')
-        if state is not None and not _usable_state(state):
-            log(f'warning: {resume_pkl} has a training state this code does not read; resuming the weights only')
-            state = None
-    in_place = resume_pkl is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_pkl)), run_dir)
-
     # Data.
     training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
-    sampler = InfiniteSampler(training_set, seed=random_seed, start=state['data_position'] if state else 0)
+    sampler = InfiniteSampler(training_set, seed=random_seed)
     loader = torch.utils.data.DataLoader(training_set, sampler=sampler, batch_size=batch_size, **data_loader_kwargs)
     training_set_iterator = iter(loader)
     log(f'Dataset: {training_set.name}, {len(training_set)} images of {training_set.image_shape}, '
@@ -218,7 +208,20 @@ def training_loop(
     D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval()
     cur_nimg = 0
-    if resume_data is not None:
+    resume_data, state = None, None
+    in_place = resume_pkl is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_pkl)), run_dir)
+    if resume_pkl is not None:
+        log(f'Resuming from {resume_pkl}')
+        resume_data = _load_snapshot(resume_pkl)
+        state = resume_data.get('training_state')
+        if state is not None and not _usable_state(state):
+            log(f'warning: {resume_pkl} has a training state this code does not read; resuming the weights only')
+            state = None
+        if state is not None:
+            # Continue the data order where the snapshot was taken: a new iterator over the shifted sampler
+            # (any batches the first one prefetched are dropped with it).
+            sampler.start = int(state['data_position'])
+            training_set_iterator = iter(loader)
         for name, module in (('G', G), ('D', D), ('G_ema', G_ema)):
             if resume_data[name] is None:
                 raise ResumeError(f'{resume_pkl} has no {name} network to resume from')
