@@ -21,6 +21,7 @@ import torch
 
 import dnnlib
 from torch_utils import persistence
+from training import convert_progan
 
 # ----------------------------------------------------------------------------
 
@@ -43,6 +44,12 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
 
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data):
         data = _convert_tf_pickle(data, name)
+    if convert_progan.is_progan_pickle(data):
+        try:
+            data = convert_progan.convert_progan_pickle(data, name)
+        except convert_progan.ConversionError as err:
+            raise NetworkLoadError(str(err)) from None
+        warnings.warn(f'{name}: the ProGAN critic (D_paper) is not converted; D is None', stacklevel=2)
     if not isinstance(data, dict):
         raise NetworkLoadError(f'{name} does not contain a network snapshot: expected a dict with G_ema '
                                f'(or a TF-era (G, D, Gs) tuple), found {type(data).__name__}')
@@ -149,6 +156,8 @@ _SAFE_GLOBALS = {
     ('torch._utils', '_rebuild_parameter_with_state'): lambda: torch._utils._rebuild_parameter_with_state,
     ('torch.storage', '_load_from_bytes'): lambda: _load_storage_from_bytes,
     ('dnnlib.tflib.network', 'Network'): lambda: _TFNetworkStub,
+    ('tfutil', 'Network'): lambda: convert_progan.TFNetworkState,  # ProGAN's TF release: state only, never run.
+    ('network', 'Network'): convert_progan.refuse_theano_network,  # ProGAN's Theano-era format.
 }
 for _np_module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
     _SAFE_GLOBALS[(_np_module, 'scalar')] = lambda: _np_multiarray.scalar
@@ -174,6 +183,8 @@ class _CodeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkStub
+        if (module, name) in (('tfutil', 'Network'), ('network', 'Network')):  # ProGAN: converted, never run.
+            return _SAFE_GLOBALS[(module, name)]()
         return super().find_class(module, name)
 
 
@@ -234,6 +245,8 @@ def _source_kind(obj):
         return 'sg2'
     if classes == _SG3_CLASSES:
         return 'sg3'
+    if classes == convert_progan.NETWORK_CLASSES:
+        return 'progan'
     return None
 
 
@@ -272,7 +285,8 @@ def _rebuild_network(obj, name, key):
         raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
                                'this loader reads version 6')
     kind = _source_kind(obj)
-    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',)}.get(kind, ())
+    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',),
+                   'progan': ('Generator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
@@ -283,6 +297,8 @@ def _rebuild_network(obj, name, key):
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
+    elif kind == 'progan':
+        from training import networks_progan as module
     else:
         from training import networks_stylegan3 as module
     cls = getattr(module, obj.class_name)
@@ -396,6 +412,8 @@ def _force_fp16(data):
         old = data[key]
         if old is None or not hasattr(old, 'init_kwargs'):
             continue
+        if _defined_classes(getattr(old, '_orig_module_src', '')) == convert_progan.NETWORK_CLASSES:
+            raise NetworkLoadError('--force-fp16 applies to StyleGAN networks only; ProGAN runs in float32')
         kwargs = copy.deepcopy(old.init_kwargs)
         fp16 = dict(num_fp16_res=4, conv_clamp=256)
         if key != 'D' and 'synthesis_kwargs' in kwargs:
@@ -723,7 +741,8 @@ def _tf_discriminator_source(name):
 
 
 @click.command()
-@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2, StyleGAN2-ADA or StyleGAN3): path or URL',
+@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2 or ProGAN, StyleGAN2-ADA, StyleGAN3): '
+              'path or URL',
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)
