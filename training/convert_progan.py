@@ -165,7 +165,8 @@ def _variables(state, where):
             raise ConversionError(f'{where}: the TF variables are not (name, array) pairs; the pickle is damaged')
         var_name, value = item
         if not isinstance(value, (np.ndarray, np.generic)) or np.asarray(value).dtype.kind != 'f':
-            raise ConversionError(f'{where}: TF variable {var_name} is a {type(value).__name__}, not a float array')
+            kind = f'{type(value).__name__} of {value.dtype}' if hasattr(value, 'dtype') else type(value).__name__
+            raise ConversionError(f'{where}: TF variable {var_name} is not a float array but a {kind}')
         if var_name in out:
             raise ConversionError(f'{where}: TF variable {var_name} appears twice')
         out[var_name] = np.asarray(value)
@@ -189,7 +190,8 @@ def _generator_kwargs(static_kwargs, tf_vars, where):
         value = static_kwargs[key]
         value = value.item() if isinstance(value, np.generic) else value
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise ConversionError(f'{where}: G_paper argument {key}={value!r} is not a {types[0].__name__}')
+            raise ConversionError(f'{where}: G_paper argument {key}={value!r} has type {type(value).__name__}, '
+                                  f'expected {types[0].__name__}')
         kwargs[ours] = value
 
     # G_paper's defaults; resolution and channels, which its caller always passes, follow the variables.

@@ -15,8 +15,10 @@ nothing. We truncate the *normalised* latent ``x = PN(z)``, the input of the fir
 plays the part of StyleGAN's w: ``x_avg + psi * (x - x_avg)``. Its mean over z ~ N(0, I) is 0 by
 symmetry (z and -z are equally likely and PN is odd), so this is ``psi * x``: psi = 1 is the network
 itself, psi = 0 the image of the average latent, the same for every z. In a conditional network the
-labels are appended to z before the normalisation, as in ``G_paper``; only the z components are scaled,
-so the label's share of the input, and the class, are kept.
+labels are appended to z before the normalisation, as in ``G_paper``, so the label part of x is
+``c / rms([z, c])`` and varies a little with |z|. Its centre is taken as z's typical case, |z|^2 = z_dim:
+``x_avg = [0, c * sqrt((z_dim + c_dim) / (z_dim + |c|^2))]``. psi = 0 then gives one image per class,
+and the label keeps its usual magnitude (the image at z = 0 would not: there PN blows the label up).
 
 This module's source is embedded in the network pickles we write: it imports nothing from this
 project but ``torch_utils.persistence``.
@@ -199,11 +201,16 @@ class Generator(torch.nn.Module):
             setattr(self, f'b{2 ** r}', UpBlock(nf(r - 2), nf(r - 1), img_channels, fused_scale=fused_scale, **common))
         self.register_buffer('lod', torch.zeros([]))  # Level of detail being faded in; 0 when fully grown.
 
+    @property
+    def normalizes_z(self):
+        """Whether the images are constant along z's radial direction (true unless labels share the norm)."""
+        return bool(self.normalize_latents and self.c_dim == 0)
+
     def forward(self, z, c=None, truncation_psi=1, truncation_cutoff=None, noise_mode='const', update_emas=False,
                 force_fp32=False):
         """Images [N, img_channels, img_resolution, img_resolution], nominally in [-1, 1].
 
-        ``truncation_psi`` scales the normalised latent toward its mean (see the module docstring).
+        ``truncation_psi`` moves the normalised latent toward its mean (see the module docstring).
         ProGAN has no per-layer latents and no noise: ``truncation_cutoff`` must be None; ``noise_mode``,
         ``update_emas`` and ``force_fp32`` are accepted for the common face and change nothing.
         """
@@ -221,7 +228,12 @@ class Generator(torch.nn.Module):
         if self.normalize_latents:
             x = pixel_norm(x, self.pixelnorm_epsilon)
         if truncation_psi != 1:
-            x = torch.cat([x[:, :self.z_dim] * truncation_psi, x[:, self.z_dim:]], dim=1)
+            x_z, x_c = x[:, :self.z_dim] * truncation_psi, x[:, self.z_dim:]
+            if self.c_dim > 0 and self.normalize_latents:
+                c = c.to(dtype)
+                centre = c * ((self.z_dim + self.c_dim) / (self.z_dim + c.square().sum(dim=1, keepdim=True))).sqrt()
+                x_c = centre + (x_c - centre) * truncation_psi
+            x = torch.cat([x_z, x_c], dim=1)
 
         # A fractional lod blends the top level with the upscaled level below it; finer levels are unused.
         lod = min(max(float(self.lod), 0.0), float(self.resolution_log2 - 2))
