@@ -551,3 +551,24 @@ def test_calc_metrics_py(script_net, tmp_path):
         line = next(line for line in result.stdout.splitlines() if line.startswith('{'))
         precision[spec] = __import__('json').loads(line)['results']['pr200_3_full_precision']
     assert precision['trunc:0.5'] > precision['random']  # Real images are the network's own at psi 0.5.
+
+
+@pytest.mark.usefixtures('isolated_metrics')
+def test_ppl_in_z_and_not_in_w(converted):
+    from metrics import metric_utils, perceptual_path_length
+    from test_perceptual_path_length import ProjectionLPIPS, _filtered_mean_reference, _slerp_reference
+    G, variables = converted['uncond']['G'], converted['uncond']['variables']
+    proj = np.random.default_rng(9).standard_normal([10, 3 * 16 * 16]) / 100
+    path = os.path.join(os.path.dirname(converted['uncond']['tf']), 'lpips.pt')
+    torch.jit.save(torch.jit.script(ProjectionLPIPS(torch.from_numpy(proj).float())), path)
+    opts = metric_utils.MetricOptions(G=G, seed=7, detectors=dict(vgg16=path))
+    got = perceptual_path_length.compute_ppl(opts, num_samples=24, epsilon=1e-2, space='z', sampling='end',
+                                             crop=False, batch_size=2)
+    z = np.random.RandomState(7).randn(48, 16)  # The random sampler's latents: NVlabs' seeding.
+    emb = [((reference_images(variables, _slerp_reference(z[0::2], z[1::2], np.full(24, t))) + 1) * 127.5)
+           .reshape(24, -1) @ proj.T for t in (0.0, 1e-2)]
+    expected = _filtered_mean_reference(((emb[0] - emb[1]) ** 2).sum(axis=1) / 1e-4)
+    assert got == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match='PPL in W needs a generator with a mapping network'):
+        perceptual_path_length.compute_ppl(opts, num_samples=4, epsilon=1e-2, space='w', sampling='end', crop=False,
+                                           batch_size=2)
