@@ -106,7 +106,7 @@ def convert_generator(tf_net, where):
     try:
         with torch.device('meta'):  # Nothing is allocated until every variable has been checked.
             G = networks_progan.Generator(**kwargs)
-    except (ValueError, TypeError, RuntimeError) as err:
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConversionError(f'{where}: cannot build a ProGAN generator from {kwargs} ({message})') from None
 
@@ -216,6 +216,9 @@ def _generator_kwargs(static_kwargs, tf_vars, where):
             raise ConversionError(f'{where}: G_paper argument for {key} = {kwargs[key]} is out of range')
     if not 0 <= kwargs['c_dim'] <= 1 << 16:
         raise ConversionError(f'{where}: label_size = {kwargs["c_dim"]} is out of range')
+    for key, high in (('fmap_decay', 16), ('pixelnorm_epsilon', 1)):
+        if key in kwargs and not 0 <= kwargs[key] <= high:  # Also refuses NaN.
+            raise ConversionError(f'{where}: G_paper argument {key} = {kwargs[key]} is out of range [0, {high}]')
     return kwargs
 
 
