@@ -15,7 +15,7 @@ nothing. We truncate the *normalised* latent ``x = PN(z)``, the input of the fir
 plays the part of StyleGAN's w: ``x_avg + psi * (x - x_avg)``. Its mean over z ~ N(0, I) is 0 by
 symmetry (z and -z are equally likely and PN is odd), so this is ``psi * x``: psi = 1 is the network
 itself, psi = 0 the image of the average latent, the same for every z. In a conditional network the
-labels are appended to z before the normalisation, as in ``G_paper``, so the label part of x is
+labels are appended to z before the normalisation (our reading of ``G_paper``), so the label part of x is
 ``c / rms([z, c])`` and varies a little with |z|. Its centre is taken as z's typical case, |z|^2 = z_dim:
 ``x_avg = [0, c * sqrt((z_dim + c_dim) / (z_dim + |c|^2))]``. psi = 0 then gives one image per class,
 and the label keeps its usual magnitude (the image at z = 0 would not: there PN blows the label up).
