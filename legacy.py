@@ -6,7 +6,8 @@ unpickler admits only the globals a network pickle needs, and every persistent n
 rebuilt as an instance of this repository's own class from its pickled constructor arguments, then
 checked against the pickled state (names, shapes and plain attributes must all agree) before the
 weights are copied in. ``allow_code=True`` instead runs the module source embedded in the pickle,
-as NVlabs' own loader does; both give the same images.
+as NVlabs' own loader does; both give the same images. TF-era (G, D, Gs) tuples are converted:
+StyleGAN2's below, ProGAN's by ``training/convert_progan.py`` (never running code, whatever allow_code says).
 """
 
 import copy
