@@ -261,6 +261,25 @@ def test_fused_scale_is_nearest_upsampling_with_the_flipped_kernel(tmp_path):
                                atol=1e-10, rtol=0)
 
 
+def test_celebahq_release_layout_from_the_facts():
+    """The variables the converter expects for the CelebA-HQ release's arguments are those documented."""
+    with torch.device('meta'):
+        G = networks_progan.Generator(z_dim=512, img_resolution=1024, img_channels=3, fused_scale=False)
+    expected = {'4x4/Dense/weight': (512, 8192), '4x4/Dense/bias': (512,), '4x4/Conv/weight': (3, 3, 512, 512),
+                '4x4/Conv/bias': (512,), 'lod': ()}
+    channels = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+    for r in [8, 16, 32, 64, 128, 256, 512, 1024]:
+        cin, cout = channels[r // 2], channels[r]
+        expected.update({f'{r}x{r}/Conv0/weight': (3, 3, cin, cout), f'{r}x{r}/Conv0/bias': (cout,),
+                         f'{r}x{r}/Conv1/weight': (3, 3, cout, cout), f'{r}x{r}/Conv1/bias': (cout,)})
+    for level, r in enumerate([1024, 512, 256, 128, 64, 32, 16, 8, 4]):
+        expected.update({f'ToRGB_lod{level}/weight': (1, 1, channels[r], 3), f'ToRGB_lod{level}/bias': (3,)})
+    layout = convert_progan.tf_variable_layout(G)
+    assert {tf_name: shape for tf_name, _layout, shape in layout.values()} == expected
+    # 23.1 M trainable parameters, the generator size the ProGAN paper gives for 1024 x 1024.
+    assert sum(int(np.prod(shape)) for name, shape in expected.items() if name != 'lod') == 23_079_115
+
+
 def test_static_kwargs_defaults_and_inferred_sizes(tmp_path):
     """G_paper's defaults apply (latent nf(0), label 0, fused_scale True); resolution and channels follow the
     variables when the arguments leave them out."""

@@ -110,18 +110,15 @@ def convert_generator(tf_net, where):
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConversionError(f'{where}: cannot build a ProGAN generator from {kwargs} ({message})') from None
 
-    sources = {}
-    for param_name, tensor in [*G.named_parameters(), *G.named_buffers()]:
-        tf_name, layout = _tf_source(param_name, G)
+    sources = tf_variable_layout(G)
+    for param_name, (tf_name, layout, expected) in sources.items():
         if tf_name not in tf_vars:
             raise ConversionError(f'{where}: TF variable {tf_name} is missing (it holds our {param_name}); the pickle '
                                   'is damaged or its variables do not match its network arguments')
-        expected = _TF_SHAPES[layout](tuple(tensor.shape))
         if tf_vars[tf_name].shape != expected:
             raise ConversionError(f'{where}: TF variable {tf_name} has shape {tf_vars[tf_name].shape}, expected '
                                   f'{expected} from the network arguments; the pickle is damaged or inconsistent')
-        sources[param_name] = tf_name, layout
-    unused = sorted(set(tf_vars) - {tf_name for tf_name, _layout in sources.values()})
+    unused = sorted(set(tf_vars) - {tf_name for tf_name, _layout, _shape in sources.values()})
     if unused:
         shown = ', '.join(unused[:5]) + (f' and {len(unused) - 5} more' if len(unused) > 5 else '')
         raise ConversionError(f'{where}: TF variable(s) {shown} have no counterpart in the ProGAN generator its '
@@ -130,10 +127,19 @@ def convert_generator(tf_net, where):
     G = G.to_empty(device='cpu')
     with torch.no_grad():
         for param_name, tensor in [*G.named_parameters(), *G.named_buffers()]:
-            tf_name, layout = sources[param_name]
+            tf_name, layout, _shape = sources[param_name]
             value = _TF_TO_OURS[layout](tf_vars[tf_name])
             tensor.copy_(torch.from_numpy(np.array(value, dtype=np.float32, order='C')))
     return G.eval().requires_grad_(False)
+
+
+def tf_variable_layout(G):
+    """``{our tensor name: (TF variable name, layout, TF shape)}`` for every parameter and buffer of ``G``."""
+    out = {}
+    for param_name, tensor in [*G.named_parameters(), *G.named_buffers()]:
+        tf_name, layout = _tf_source(param_name, G)
+        out[param_name] = tf_name, layout, _TF_SHAPES[layout](tuple(tensor.shape))
+    return out
 
 # ----------------------------------------------------------------------------
 
