@@ -413,6 +413,8 @@ REFUSALS = {
     'float16 graph':        (lambda v, k: (v, dict(k, dtype='float16')), r"dtype='float16' is not supported"),
     'bad argument type':    (lambda v, k: (v, dict(k, resolution='32')), r"resolution='32' has type str, expected int"),
     'huge fmap_decay':      (lambda v, k: (v, dict(k, fmap_decay=1e308)), r'fmap_decay = 1e\+308 is out of range'),
+    'lod not a number':     (lambda v, k: ([(n, np.array(np.nan, np.float32) if n == 'lod' else x) for n, x in v], k),
+                             r'TF variable lod is nan, not a level of detail'),
     'integer variable':     (lambda v, k: ([(n, x.astype(np.int32) if n == 'lod' else x) for n, x in v], k),
                              r'lod is not a float array but a ndarray of int32'),
 }

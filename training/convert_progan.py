@@ -118,6 +118,9 @@ def convert_generator(tf_net, where):
         if tf_vars[tf_name].shape != expected:
             raise ConversionError(f'{where}: TF variable {tf_name} has shape {tf_vars[tf_name].shape}, expected '
                                   f'{expected} from the network arguments; the pickle is damaged or inconsistent')
+    if not np.isfinite(tf_vars['lod']):
+        raise ConversionError(f'{where}: TF variable lod is {tf_vars["lod"]}, not a level of detail; the pickle is '
+                              'damaged')
     unused = sorted(set(tf_vars) - {tf_name for tf_name, _layout, _shape in sources.values()})
     if unused:
         shown = ', '.join(unused[:5]) + (f' and {len(unused) - 5} more' if len(unused) > 5 else '')

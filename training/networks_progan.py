@@ -24,6 +24,8 @@ This module's source is embedded in the network pickles we write: it imports not
 project but ``torch_utils.persistence``.
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -237,8 +239,8 @@ class Generator(torch.nn.Module):
 
         # A fractional lod blends the top level with the upscaled level below it; finer levels are unused.
         lod = min(max(float(self.lod), 0.0), float(self.resolution_log2 - 2))
-        top = self.resolution_log2 - int(np.floor(lod))
-        blend = lod - np.floor(lod)
+        top = self.resolution_log2 - math.floor(lod)
+        blend = lod - math.floor(lod)
         x = self.b4(x)
         below = None
         for r in range(3, top + 1):
