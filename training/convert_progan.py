@@ -73,10 +73,13 @@ class TFNetworkState:
         return f'<tfutil.Network state {self.__dict__.get("state", {}).get("name")!r}>'
 
 
+THEANO_REFUSAL = ('it is a Theano-era ProGAN pickle (network.Network); only the TF release (tfutil.Network, e.g. '
+                  'karras2018iclr-celebahq-1024x1024.pkl) can be converted')
+
+
 def refuse_theano_network():
     """Unpickler hook for ``network.Network``: the Theano-era ProGAN format, which we do not read."""
-    raise TheanoPickleRefused('it is a Theano-era ProGAN pickle (network.Network); only the TF release '
-                              '(tfutil.Network, e.g. karras2018iclr-celebahq-1024x1024.pkl) can be converted')
+    raise TheanoPickleRefused(THEANO_REFUSAL)
 
 
 def is_progan_pickle(data):
