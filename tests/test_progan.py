@@ -289,10 +289,11 @@ def test_static_kwargs_defaults_and_inferred_sizes(tmp_path):
     z = np.random.default_rng(3).standard_normal([2, 16])
     np.testing.assert_allclose(_ours(G, z), reference_images(variables, z), atol=2e-4, rtol=0)
 
-def test_protocol_3_pickle(tmp_path):
+@pytest.mark.parametrize('protocol', [2, 3])
+def test_older_pickle_protocols(tmp_path, protocol):
     variables = progan_variables(seed=4, resolution=16)
     path = tmp_path / 'tf.pkl'
-    path.write_bytes(progan_pickle(tf_state('G', 'G_paper', g_kwargs(resolution=16), variables), protocol=3))
+    path.write_bytes(progan_pickle(tf_state('G', 'G_paper', g_kwargs(resolution=16), variables), protocol=protocol))
     z = np.random.default_rng(4).standard_normal([2, 16])
     np.testing.assert_allclose(_ours(load(path)['G_ema'], z), reference_images(variables, z), atol=2e-4, rtol=0)
 

@@ -7,7 +7,7 @@ ndarray)`` pairs. TF's loader ``exec``s ``build_module_src``; we never do. The u
 maps the ``tfutil.Network`` global to :class:`TFNetworkState`, which only keeps the state dict; this
 module reads the build function's arguments, builds our generator, and fills every tensor from the
 variable of the same name after checking its shape. Anything it does not understand is refused with
-one line. Theano-era pickles (class ``network.Network``) are refused at unpickling time.
+one line. Theano-era pickles (class ``network.Network``) are refused at unpickling time (``THEANO_REFUSAL``).
 
 The discriminator (``D_paper``, a WGAN-GP critic) is not converted: sampling does not use it.
 
@@ -57,10 +57,6 @@ class ConversionError(ValueError):
     """A ProGAN pickle cannot be converted; the message is one line saying why."""
 
 
-class TheanoPickleRefused(pickle.UnpicklingError):
-    """Raised while unpickling a Theano-era ProGAN pickle (class network.Network)."""
-
-
 class TFNetworkState:
     """Stands in for ProGAN's ``tfutil.Network`` while unpickling: keeps the state dict, runs nothing."""
 
@@ -73,13 +69,9 @@ class TFNetworkState:
         return f'<tfutil.Network state {self.__dict__.get("state", {}).get("name")!r}>'
 
 
+# What legacy.py says when a file names the Theano-era class network.Network (refused like any unknown global).
 THEANO_REFUSAL = ('it is a Theano-era ProGAN pickle (network.Network); only the TF release (tfutil.Network, e.g. '
                   'karras2018iclr-celebahq-1024x1024.pkl) can be converted')
-
-
-def refuse_theano_network():
-    """Unpickler hook for ``network.Network``: the Theano-era ProGAN format, which we do not read."""
-    raise TheanoPickleRefused(THEANO_REFUSAL)
 
 
 def is_progan_pickle(data):
