@@ -83,6 +83,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                  fid_stats, allow_pickle_code, cache, workers):
     """Everything after option parsing; raises EvaluationError for bad input."""
     metrics = evaluation.parse_metrics(metrics)
+    if out is not None:   # Refused now rather than after the metrics are computed.
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
     try:
         spec = samplers.parse(sampler_spec)
     except samplers.SamplerSpecError as err:
@@ -106,7 +108,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         _note(rank, f'Loading network from "{network}"...')
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_pickle_code)
 
-    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror)
+    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror, network=network)
     if any(metric_main.metric_kind(m) == 'attr' for m in metrics) and 'attribute' not in detectors:
         raise EvaluationError('attribute metrics need a classifier with class outputs: pass --detector '
                               'attribute=PATH (a TorchScript file), e.g. pretrained/mnist_classifier.pt')
@@ -166,7 +168,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
 @click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')
