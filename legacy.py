@@ -71,8 +71,15 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
 def load_network(network, allow_code=False, device=None, key='G_ema'):
     """Open ``network`` (a path or URL, via dnnlib.util.open_url) and return the module under ``key``.
 
-    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded).
+    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded). A folder or a
+    ``.bin`` file is read as a BigGAN-deep checkpoint of the PyTorch port (``training/load_biggan.py``).
     """
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        try:
+            return load_biggan.load_generator(network, device=device)
+        except load_biggan.CheckpointError as err:
+            raise NetworkLoadError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
             net = load_network_pkl(f, allow_code=allow_code)[key]
@@ -220,6 +227,8 @@ _SG2_CLASSES = frozenset(['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork'
                           'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator'])
 _SG3_CLASSES = frozenset(['FullyConnectedLayer', 'MappingNetwork', 'SynthesisInput', 'SynthesisLayer',
                           'SynthesisNetwork', 'Generator'])
+_BIGGAN_CLASSES = frozenset(['SNLinear', 'SNConv2d', 'ClassEmbedding', 'TruncatedBatchNorm', 'GenBlock', 'SelfAttention',
+                             'LayerList', 'GeneratorTrunk', 'Generator'])  # Our training/networks_biggan.py.
 _MODULE_ATTRS = frozenset(['training'])  # nn.Module bookkeeping that is not part of the architecture.
 
 
@@ -234,6 +243,8 @@ def _source_kind(obj):
         return 'sg2'
     if classes == _SG3_CLASSES:
         return 'sg3'
+    if classes == _BIGGAN_CLASSES:
+        return 'biggan'
     return None
 
 
@@ -272,7 +283,7 @@ def _rebuild_network(obj, name, key):
         raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
                                'this loader reads version 6')
     kind = _source_kind(obj)
-    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',)}.get(kind, ())
+    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',), 'biggan': ('Generator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
@@ -283,8 +294,10 @@ def _rebuild_network(obj, name, key):
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
-    else:
+    elif kind == 'sg3':
         from training import networks_stylegan3 as module
+    else:
+        from training import networks_biggan as module
     cls = getattr(module, obj.class_name)
     try:
         # Built on the meta device: arguments from the file allocate nothing until they are verified.
