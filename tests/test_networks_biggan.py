@@ -169,7 +169,7 @@ def test_a_pickle_posing_as_a_bin_is_refused_without_running_it(tmp_path):
     marker = str(tmp_path / 'code-ran')
     with open(folder / 'pytorch_model.bin', 'wb') as f:
         pickle.dump({'embeddings.weight': _RunsCode(marker)}, f, protocol=2)
-    assert 'weights_only=True refused it (Trying to load unsupported GLOBAL os.makedirs' in _refusal(folder)
+    assert 'weights_only=True) refused it (Trying to load unsupported GLOBAL os.makedirs' in _refusal(folder)
     assert not os.path.exists(marker)
 
     (folder / 'pytorch_model.bin').write_bytes(b'not a checkpoint at all')
