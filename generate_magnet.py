@@ -38,8 +38,7 @@ from sampling.synthesis import synthesize
 
 
 def _network_sha256(network):
-    import dnnlib
-    return latents.file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
+    return cli.network_sha256(network)
 
 
 def _write_selection(outdir, z, c, bank_index, summary):
@@ -60,7 +59,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--replace/--no-replace', default=True, show_default=True, help='Resample with replacement (Algorithm 1) or not (authors\' demo)')
 @click.option('--per-class', is_flag=True, help='Normalise probabilities within each class; equal counts per class')
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi at synthesis')
-@click.option('--class', 'class_idx', type=int, help='Only this class (conditional networks)')
+@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME', help='Only this class (conditional networks; index or ImageNet name)')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the resampling')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')

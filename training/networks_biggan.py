@@ -277,6 +277,8 @@ class Generator(torch.nn.Module):
     and have no effect: BigGAN has no per-layer truncation and no noise inputs.
     """
 
+    normalizes_z = False  # z enters as it is (StyleGAN normalises it): d(image)/dz has no null direction.
+
     def __init__(self,
         z_dim               = 128,
         c_dim               = 1000,
