@@ -108,8 +108,10 @@ def test_checkpoint_folder_and_pair_load(tmp_path, tiny):
     folder = write_checkpoint(tmp_path / 'ckpt', G.state_dict())
     pair = write_checkpoint(tmp_path / 'pair', G.state_dict(), weights_name='tiny-pytorch_model.bin',
                             config_name='tiny-config.json')
+    legacy_format = write_checkpoint(tmp_path / 'legacy', {})  # torch.save before PyTorch 1.6: not a zip file.
+    torch.save(G.state_dict(), legacy_format / 'pytorch_model.bin', _use_new_zipfile_serialization=False)
     z, one_hot, _ = inputs(seed=11)
-    for path in (folder, os.path.join(pair, 'tiny-pytorch_model.bin')):
+    for path in (folder, os.path.join(pair, 'tiny-pytorch_model.bin'), legacy_format):
         loaded = load_biggan.load_generator(path, known_configs=TINY_KNOWN)
         assert isinstance(loaded, Generator) and not loaded.training
         assert all(not p.requires_grad for p in loaded.parameters())
