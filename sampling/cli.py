@@ -62,9 +62,12 @@ def parse_class(text, keywords=()):
     from sampling import imagenet
     try:
         return imagenet.class_index(text)
-    except ValueError as err:
-        extra = ''.join(f", '{word}'" for word in keywords)
-        raise click.BadParameter(f'{err} (--class takes an index{extra} or an ImageNet class name)') from None
+    except imagenet.UnknownClassName as err:
+        options = ' or '.join(['a class index'] + [repr(word) for word in keywords])
+        hint = f'; did you mean {", ".join(repr(c) for c in err.close)}?' if err.close else ''
+        raise click.BadParameter(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
+    except ValueError as err:  # A name shared by several classes.
+        raise click.BadParameter(str(err)) from None
 
 
 def network_sha256(network):

@@ -50,6 +50,14 @@ def _index_of_name():
     return index
 
 
+class UnknownClassName(ValueError):
+    """A name that is no ImageNet class; ``close`` holds up to three similar names."""
+
+    def __init__(self, message, close):
+        super().__init__(message)
+        self.close = close
+
+
 def class_index(text):
     """The class index of ``text``: an index ('207'), a WordNet id ('n02099601') or any lemma ('golden retriever',
     'Golden_Retriever'). Raises ValueError (one line) for an unknown or ambiguous name."""
@@ -67,4 +75,4 @@ def class_index(text):
         raise ValueError(f'{text!r} names {len(matches)} ImageNet classes: {options}; pass the index')
     close = difflib.get_close_matches(_key(text), [k for k in _index_of_name() if not k.startswith('n0')], n=3)
     hint = f'; did you mean {", ".join(repr(c) for c in close)}?' if close else ''
-    raise ValueError(f'{text!r} is not an ImageNet class name, WordNet id or index{hint}')
+    raise UnknownClassName(f'{text!r} is not an ImageNet class name, WordNet id or index{hint}', close)

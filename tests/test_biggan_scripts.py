@@ -60,7 +60,7 @@ def test_generate_by_class_name_matches_the_network(checkpoint, tmp_path):
         assert np.abs(got.astype(int) - expected[seed].astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize('value,message', [('crane', 'names 2 ImageNet classes'), ('not a class', 'not an ImageNet'),
+@pytest.mark.parametrize('value,message', [('crane', 'names 2 ImageNet classes'), ('goldfsh', "not a class index, nor an ImageNet class name; did you mean 'goldfish'"),
                                            ('volcano', 'out of range for 10 classes')])
 def test_generate_refuses_a_bad_class_in_one_line(checkpoint, tmp_path, value, message):
     path, _ = checkpoint
