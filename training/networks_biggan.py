@@ -49,6 +49,11 @@ def _spectral_normalised(weight_orig, weight_u, weight_v):
     return weight_orig / sigma
 
 
+def _random_unit(shape):
+    """A random vector of about unit norm; checkpoints overwrite it (plain ops: cheap on the meta device too)."""
+    return torch.randn(shape) / np.sqrt(shape[0])
+
+
 def _stats_weights(psi, n_stats, stats_blend):
     """[(index, weight), ...] of the stored batch-norm statistics that truncation ``psi`` blends."""
     if stats_blend not in STATS_BLENDS:
@@ -81,8 +86,8 @@ class SNLinear(torch.nn.Module):
         self.out_features = out_features
         self.weight_orig = torch.nn.Parameter(torch.randn([out_features, in_features]) / np.sqrt(in_features))
         self.bias = torch.nn.Parameter(torch.zeros([out_features])) if bias else None
-        self.register_buffer('weight_u', torch.nn.functional.normalize(torch.randn([out_features]), dim=0))
-        self.register_buffer('weight_v', torch.nn.functional.normalize(torch.randn([in_features]), dim=0))
+        self.register_buffer('weight_u', _random_unit([out_features]))
+        self.register_buffer('weight_v', _random_unit([in_features]))
 
     def forward(self, x):
         weight = _spectral_normalised(self.weight_orig, self.weight_u, self.weight_v)
@@ -102,8 +107,8 @@ class SNConv2d(torch.nn.Module):
         self.weight_orig = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size])
                                               / np.sqrt(fan_in))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
-        self.register_buffer('weight_u', torch.nn.functional.normalize(torch.randn([out_channels]), dim=0))
-        self.register_buffer('weight_v', torch.nn.functional.normalize(torch.randn([fan_in]), dim=0))
+        self.register_buffer('weight_u', _random_unit([out_channels]))
+        self.register_buffer('weight_v', _random_unit([fan_in]))
 
     def forward(self, x):
         weight = _spectral_normalised(self.weight_orig, self.weight_u, self.weight_v)
