@@ -67,6 +67,15 @@ def test_psi_selects_statistics_without_scaling_z(tiny):
         assert torch.equal(G2(z, one_hot, truncation_psi=0.5), G(z, one_hot, truncation_psi=0.5))
 
 
+def test_bad_shapes_are_one_clear_error(tiny):
+    G, _ = tiny
+    z, one_hot, _ = inputs(seed=2)
+    with pytest.raises(ValueError, match=r'z must be \[batch, 8\]'):
+        G(z[:, :4], one_hot)
+    with pytest.raises(ValueError, match=r'c must be \[3, 10\]'):
+        G(z, one_hot[:, :5])
+
+
 def test_stats_blends():
     assert _stats_weights(0.5, 51, 'port') == [(25, 1.0)]
     assert _stats_weights(1.0, 51, 'linear') == [(49, 0.0), (50, 1.0)]

@@ -320,8 +320,10 @@ class Generator(torch.nn.Module):
         dtype = self.embeddings.weight.dtype
         z = z.to(dtype)
         c = c.to(dtype)
-        if c.ndim != 2 or c.shape[1] != self.c_dim:
-            raise ValueError(f'c must be [batch, {self.c_dim}] (one-hot or soft class vectors), got {list(c.shape)}')
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f'z must be [batch, {self.z_dim}], got {list(z.shape)}')
+        if c.ndim != 2 or c.shape[1] != self.c_dim or c.shape[0] != z.shape[0]:
+            raise ValueError(f'c must be [{z.shape[0]}, {self.c_dim}] (one-hot or soft class vectors), got {list(c.shape)}')
         cond = torch.cat([z, self.embeddings(c)], dim=1)
         return self.generator(cond, stats)
 
