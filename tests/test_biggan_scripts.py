@@ -130,3 +130,27 @@ def test_calc_metrics_loads_a_checkpoint_folder(checkpoint):
     z = torch.randn([2, G.z_dim])
     with torch.no_grad():
         assert torch.equal(loaded(z, _one_hot(4, 2), truncation_psi=0.8), G(z, _one_hot(4, 2), truncation_psi=0.8))
+
+
+def test_magnet_from_the_authors_per_class_files(checkpoint, tmp_path):
+    """The MaGNET authors' BigGAN banks: {class}_{name}.npz per class, 3-D arrays; --z-scale 0.9 at psi 1."""
+    path, G = checkpoint
+    rs = np.random.RandomState(0)
+    folder = tmp_path / 'authors'
+    folder.mkdir()
+    for class_idx, name in ((1, 'goldfish'), (3, 'tiger_shark')):
+        svds = np.sort(rs.uniform(0.5, 2, [2, 3, 6]), axis=2)[..., ::-1]   # 2 batches of 3 latents, K = 6
+        np.savez(folder / f'{class_idx}_{name}.npz', svds=svds.astype(np.float32),
+                 latents=rs.randn(2, 3, G.z_dim).astype(np.float32), labels=np.array([]))
+    out = tmp_path / 'magnet'
+    result = _invoke(generate_magnet.main, '--network', path, '--bank', folder, '--per-class', '--top-k', 6,
+                     '--z-scale', 0.9, '--trunc', 1, '--num', 4, '--outdir', out)
+    assert result.exit_code == 0, result.output
+    with np.load(out / 'selection.npz') as selection:
+        z, labels = selection['latents'], selection['labels']
+    assert sorted(labels.argmax(axis=1).tolist()) == [1, 1, 3, 3]
+    with torch.no_grad():
+        img = G(0.9 * torch.from_numpy(z), torch.from_numpy(labels).float(), truncation_psi=1)
+    expected = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy().astype(int)
+    for i in range(4):
+        assert np.abs(load_png(out / f'magnet{i:06d}.png').astype(int) - expected[i]).max() <= 1
