@@ -167,7 +167,7 @@ def test_wrong_files_are_refused_with_one_line(tmp_path, tiny):
     os.remove(no_config / 'config.json')
     assert 'config.json' in _refusal(no_config)
     (tmp_path / 'empty').mkdir()
-    assert 'holds no pytorch_model.bin' in _refusal(tmp_path / 'empty')
+    assert 'is a folder without pytorch_model.bin' in _refusal(tmp_path / 'empty')
 
     (tmp_path / 'notjson').mkdir()
     torch.save(dict(state), tmp_path / 'notjson' / 'pytorch_model.bin')
@@ -214,7 +214,7 @@ def test_legacy_load_network_dispatches_folders_and_bins(tmp_path, tiny):
         with pytest.raises(legacy.NetworkLoadError, match=r'lacks \d+ of the 602 tensors') as info:
             legacy.load_network(path)
         assert '\n' not in str(info.value)
-    with pytest.raises(legacy.NetworkLoadError, match='holds no pytorch_model.bin'):
+    with pytest.raises(legacy.NetworkLoadError, match='is a folder without pytorch_model.bin'):
         legacy.load_network(str(tmp_path))
 
 

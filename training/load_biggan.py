@@ -57,8 +57,8 @@ def checkpoint_files(path):
     if os.path.isdir(path):
         weights, config = os.path.join(path, WEIGHTS_NAME), os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(weights):
-            raise CheckpointError(f'{path} holds no {WEIGHTS_NAME}: a BigGAN checkpoint folder has {WEIGHTS_NAME} '
-                                  f'and {CONFIG_NAME}')
+            raise CheckpointError(f'{path} is a folder without {WEIGHTS_NAME}: pass a network pickle, or a BigGAN '
+                                  f'checkpoint folder ({WEIGHTS_NAME} and {CONFIG_NAME})')
     else:
         weights = path
         if not os.path.isfile(weights):
