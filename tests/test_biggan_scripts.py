@@ -60,6 +60,21 @@ def test_generate_by_class_name_matches_the_network(checkpoint, tmp_path):
         assert np.abs(got.astype(int) - expected[seed].astype(int)).max() <= 1
 
 
+def test_generate_truncnorm_samples_as_the_port(checkpoint, tmp_path):
+    from training.networks_biggan import truncated_z
+    path, G = checkpoint
+    result = _invoke(generate.main, '--network', path, '--seeds', '5,6', '--class', 3, '--trunc', 0.4, '--truncnorm',
+                     '--outdir', tmp_path)
+    assert result.exit_code == 0, result.output
+    z = torch.from_numpy(np.stack([truncated_z(1, G.z_dim, truncation=0.4, seed=s)[0] for s in (5, 6)]))
+    assert z.abs().max() <= 0.8
+    with torch.no_grad():
+        img = G(z, _one_hot(3, 2), truncation_psi=0.4)
+    expected = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy().astype(int)
+    for i, seed in enumerate((5, 6)):
+        assert np.abs(load_png(tmp_path / f'seed{seed:04d}.png').astype(int) - expected[i]).max() <= 1
+
+
 @pytest.mark.parametrize('value,message', [('crane', 'names 2 ImageNet classes'), ('goldfsh', "not a class index, nor an ImageNet class name; did you mean 'goldfish'"),
                                            ('volcano', 'out of range for 10 classes')])
 def test_generate_refuses_a_bad_class_in_one_line(checkpoint, tmp_path, value, message):
