@@ -1,8 +1,11 @@
 """BigGAN-deep: parity with the pytorch-pretrained-biggan port, safe checkpoint loading, our own pickles."""
 
+import collections
 import os
 import pickle
+import struct
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,15 +191,50 @@ def test_a_pickle_posing_as_a_bin_is_refused_without_running_it(tmp_path):
     marker = str(tmp_path / 'code-ran')
     with open(folder / 'pytorch_model.bin', 'wb') as f:
         pickle.dump({'embeddings.weight': _RunsCode(marker)}, f, protocol=2)
-    assert 'weights_only=True) refused it (Trying to load unsupported GLOBAL os.makedirs' in _refusal(folder)
+    assert 'not a plain tensor checkpoint (weights only): it references os.makedirs' in _refusal(folder)
     assert not os.path.exists(marker)
 
     (folder / 'pytorch_model.bin').write_bytes(b'not a checkpoint at all')
-    assert 'not a plain tensor checkpoint' in _refusal(folder)
+    assert 'cannot read' in _refusal(folder)
 
     # A list of tensors is loadable with weights_only but is not a state dict.
     torch.save([torch.zeros(1)], folder / 'pytorch_model.bin')
     assert 'does not hold a state dict' in _refusal(folder)
+
+
+class _Storage:
+    """Stands for a tensor storage in a hand-written legacy-format torch.save file."""
+
+
+class _Tensor:
+    def __init__(self, numel):
+        self.numel = numel
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (_Storage(), 0, (self.numel,), (1,), False, collections.OrderedDict()))
+
+
+class _LegacyPickler(pickle.Pickler):
+    def __init__(self, f, declared):
+        super().__init__(f, protocol=2)
+        self.declared = declared
+
+    def persistent_id(self, obj):
+        return ('storage', torch.FloatStorage, '0', 'cpu', self.declared, None) if isinstance(obj, _Storage) else None
+
+
+def test_a_small_file_declaring_a_huge_storage_is_refused_before_allocating(tmp_path):
+    # The legacy torch.save layout (magic, version, sys info, object, storage keys, sized data) with one tensor
+    # whose storage claims 2**40 floats but holds 4: torch.load's legacy reader would allocate 4 TiB first.
+    folder = write_checkpoint(tmp_path / 'bomb', {})
+    with open(folder / 'pytorch_model.bin', 'wb') as f:
+        for header in (0x1950a86a20f9469cfc6c, 1001, dict(protocol_version=1001, little_endian=True,
+                                                           type_sizes=dict(short=2, int=4, long=4))):
+            pickle.dump(header, f, protocol=2)
+        _LegacyPickler(f, declared=2 ** 40).dump(collections.OrderedDict([('embeddings.weight', _Tensor(4))]))
+        pickle.dump(['0'], f, protocol=2)
+        f.write(struct.pack('<q', 4) + np.zeros(4, np.float32).tobytes())
+    assert 'more than the file holds' in _refusal(folder)
 
 
 def test_an_oversized_file_is_refused_before_it_is_read(tmp_path, tiny, monkeypatch):

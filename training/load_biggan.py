@@ -7,9 +7,12 @@ downloads are named). The port loads with ``strict=False``, so a wrong file sile
 weights; here:
 
 * the config must equal one of the published ones (128, 256, 512 px) field for field;
-* the weights are read with ``torch.load(weights_only=True)``: no code from the file runs, and a
-  pickle posing as a ``.bin`` is refused; a file much larger than the architecture needs is refused
-  before it is read;
+* the weights are read weights-only, by ``torch_utils.safe_pickle.load_torch_checkpoint`` (both
+  ``torch.save`` formats, zip and the legacy one the 2019 checkpoints use): only tensors, storages and
+  an OrderedDict are admitted, so no code from the file runs and a pickle posing as a ``.bin`` is
+  refused; unlike ``torch.load(weights_only=True)``, whose legacy-format reader allocates each storage
+  at its declared size, every storage must fit in the file before it is allocated, and the tensor
+  layouts are checked. A file much larger than the architecture needs is refused before it is read;
 * every parameter and buffer must be present with its shape (602 tensors at 256 px), and nothing else.
 
 Each refusal is a :class:`CheckpointError` with a one-line message. ``legacy.load_network``
@@ -18,10 +21,10 @@ dispatches folders and ``.bin`` paths here.
 
 import json
 import os
-import pickle
 
 import torch
 
+from torch_utils import safe_pickle
 from training.networks_biggan import Generator, official_layers
 
 WEIGHTS_NAME = 'pytorch_model.bin'
@@ -138,12 +141,13 @@ def read_state_dict(path, expected):
         raise CheckpointError(f'{path} is {size} bytes, more than this architecture\'s {expected_bytes} bytes of '
                               'float32 tensors: not this checkpoint')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f'{path} is not a plain tensor checkpoint: torch.load(weights_only=True) refused it '
-                              f'({_weights_only_reason(err)})') from None
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f'cannot read {path} as a PyTorch checkpoint: {str(err).splitlines()[0]}') from None
+        state = safe_pickle.load_torch_checkpoint(path, safe_pickle.BASIC_GLOBALS)
+    except safe_pickle.RefusedGlobalError as err:
+        raise CheckpointError(f'{path} is not a plain tensor checkpoint (weights only): {err}; refusing it') from None
+    except safe_pickle.UnsafePickleError as err:
+        raise CheckpointError(f'cannot read {path} as a PyTorch checkpoint: {err}') from None
+    except OSError as err:
+        raise CheckpointError(f'cannot read {path}: {safe_pickle.one_line(err)}') from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise CheckpointError(f'{path} does not hold a state dict (names -> tensors); found {type(state).__name__}')
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
@@ -161,16 +165,6 @@ def read_state_dict(path, expected):
         if not tensor.is_floating_point():
             raise CheckpointError(f'{path}: {name} is {tensor.dtype}, expected floating point')
     return {name: tensor.to(torch.float32) for name, tensor in state.items()}
-
-
-def _weights_only_reason(err):
-    """The informative line of torch's weights_only refusal (its first lines are boilerplate)."""
-    boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
-    for line in str(err).splitlines():
-        line = line.replace('WeightsUnpickler error:', '').strip()
-        if line and not line.startswith(boilerplate):
-            return line
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def load_generator(path, device=None, known_configs=None):
