@@ -8,10 +8,11 @@ weights; here:
 
 * the config must equal one of the published ones (128, 256, 512 px) field for field;
 * the weights are read weights-only, by ``torch_utils.safe_pickle.load_torch_checkpoint`` (both
-  ``torch.save`` formats, zip and the legacy one the 2019 checkpoints use): only tensors, storages and
+  ``torch.save`` formats, zip and the legacy one of PyTorch < 1.6): only tensors, storages and
   an OrderedDict are admitted, so no code from the file runs and a pickle posing as a ``.bin`` is
   refused; every storage must fit in the file before it is allocated, and the tensor layouts are
-  checked (``torch.load``'s legacy-format reader creates each storage at its declared size first). A file much larger than the architecture needs is refused before it is read;
+  checked (``torch.load``'s legacy-format reader creates each storage at its declared size first);
+  a file much larger than the architecture needs is refused before it is read;
 * every parameter and buffer must be present with its shape (602 tensors at 256 px), and nothing else.
 
 Each refusal is a :class:`CheckpointError` with a one-line message. ``legacy.load_network``
