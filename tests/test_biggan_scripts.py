@@ -169,3 +169,29 @@ def test_magnet_from_the_authors_per_class_files(checkpoint, tmp_path):
     expected = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy().astype(int)
     for i in range(4):
         assert np.abs(load_png(out / f'magnet{i:06d}.png').astype(int) - expected[i]).max() <= 1
+
+
+def test_calc_metrics_on_a_checkpoint_folder(checkpoint, tmp_path, isolated_metrics):
+    import PIL.Image
+
+    import calc_metrics
+
+    class PoolDetector(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32), 4).flatten(1)
+
+    path, _ = checkpoint
+    detector = str(tmp_path / 'pool.pt')
+    torch.jit.save(torch.jit.script(PoolDetector()), detector)
+    real = tmp_path / 'real'
+    real.mkdir()
+    rs = np.random.RandomState(0)
+    for i in range(60):
+        PIL.Image.fromarray(rs.randint(0, 256, [32, 32, 3], dtype=np.uint8)).save(real / f'img{i:03d}.png')
+    out = tmp_path / 'metrics.jsonl'
+    result = CliRunner().invoke(calc_metrics.main, ['--network', path, '--metrics', 'fid1k_full', '--data', str(real),
+                                                    '--detector', detector, '--device', 'cpu', '--workers', '0',
+                                                    '--verbose', 'false', '--out', str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert np.isfinite(record['results']['fid1k_full']) and record['results']['fid1k_full'] > 0
