@@ -113,13 +113,15 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
     return net.to(device) if device is not None else net
 
 
-def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None):
+def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None, extra=None):
     """Write a snapshot in NVlabs' layout (a plain pickle of a dict), atomically.
 
     Each network is deep-copied and stored in eval mode, without gradients, on the CPU, as NVlabs'
     training loop does; the pickle embeds the networks' module source, so NVlabs' loader reads it too.
+    ``extra`` adds plain entries (tensors, arrays, numbers, strings, containers), e.g. the trainer's
+    ``training_state``; NVlabs' code ignores keys it does not know.
     """
-    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs))
+    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs), **(extra or {}))
     for key, module in (('G', G), ('D', D), ('G_ema', G_ema), ('augment_pipe', augment_pipe)):
         if module is not None:
             assert persistence.is_persistent(module), f'{key} must be an instance of a persistent class'
@@ -280,8 +282,8 @@ def _check_plain(value, where):
 def _rebuild_network(obj, name, key):
     where = f'{name}: {key}'
     if obj.version != persistence._version or obj.type != 'class':
-        raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
-                               'this loader reads version 6')
+        raise NetworkLoadError(f'{where}: unsupported persistence format: this loader reads version '
+                               f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
     rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',), 'biggan': ('Generator',)}.get(kind, ())
     if obj.class_name not in rebuildable:

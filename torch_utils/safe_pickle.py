@@ -837,6 +837,10 @@ def _codecs_encode(text, encoding='utf-8'):
 BASIC_GLOBALS = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('_codecs', 'encode'): _codecs_encode,
+    # Protocols 2 and 3 (Python 3.7's default, StyleGAN2-ADA's Python) have no set opcode: a module's
+    # _non_persistent_buffers_set is pickled as set(list).
+    ('builtins', 'set'): set,
+    ('__builtin__', 'set'): set,
 }
 
 TORCH_GLOBALS = {
