@@ -130,9 +130,9 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                         'with published ones')
 
     network_sha256 = None
-    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.isfile(network):
-        from sampling.latents import file_sha256
-        network_sha256 = file_sha256(network)
+    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.exists(network):
+        from sampling.cli import network_sha256 as sha256_of
+        network_sha256 = sha256_of(network)
     try:
         sampler = samplers.build(spec, G, device=device, label_pool=evaluation.label_pool(dataset, G, rank),
                                  network_sha256=network_sha256, progress=(verbose and rank == 0))

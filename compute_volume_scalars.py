@@ -56,14 +56,13 @@ def _parse_shard(text):
 
 def _parse_class(ctx, param, value):
     try:
-        return volume_job.parse_class(value)
+        return volume_job.parse_class(cli.parse_class(value, keywords=('all',)))
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
 
 
 def _network_sha256(network):
-    import dnnlib
-    return latents.file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
+    return cli.network_sha256(network)
 
 
 def _load_embedder(path, device, dtype):
@@ -90,7 +89,7 @@ def _load_embedder(path, device, dtype):
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where volumes.npz and chunks/ go')
 @click.option('--resize', type=click.IntRange(min=1), help='Pixel space: resize images to this size first')
 @click.option('--embedder', type=click.Path(exists=True, dir_okay=False), help='Feature space: TorchScript embedding network')
-@click.option('--class', 'class_idx', callback=_parse_class, metavar='INT|all', help="Class of a conditional network, or 'all' (default: random classes)")
+@click.option('--class', 'class_idx', callback=_parse_class, metavar='INT|NAME|all', help="Class of a conditional network (index or ImageNet name), or 'all' (default: random classes)")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--dtype', type=click.Choice(sorted(volume_job.DTYPES)), default='float32', show_default=True, help='Precision of the network (StyleGAN2/3 compute in float32 whatever this says)')
 @click.option('--shard', metavar='i/n', help='Compute shard i of n (default: from the SLURM array variables, else 0/1)')

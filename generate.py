@@ -11,11 +11,16 @@ Examples:
     python generate.py --outdir=out --seeds=0-63 --trunc=0.7 --class=3 --grid --network=network.pkl
 
 \b
+    # BigGAN-deep (a checkpoint folder), an ImageNet class by name, truncation 0.4 as the port samples it:
+    python generate.py --outdir=out --seeds=0-15 --trunc=0.4 --truncnorm --class='golden retriever' --network=biggan-deep-256
+
+\b
     # Render projected W vectors (npz with key 'w'):
     python generate.py --outdir=out --projected-w=projected_w.npz --network=network.pkl
 """
 
 import click
+import numpy as np
 
 from sampling import cli, images
 from sampling.latents import FileFormatError, z_from_seeds
@@ -26,7 +31,10 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
-@click.option('--class', 'class_idx', type=int, help='Class label (required for conditional networks)')
+@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME',
+              help="Class label (required for conditional networks); ImageNet names work too ('golden retriever')")
+@click.option('--truncnorm', is_flag=True,
+              help="BigGAN's truncation trick: z = --trunc x truncnorm(-2, 2) from each seed, instead of N(0, I)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--projected-w', type=click.Path(exists=True, dir_okay=False), help='Render W vectors from an npz (key w)')
 @click.option('--translate', type=cli.parse_vec2, default='0,0', show_default=True, help='StyleGAN3 input translation')
@@ -36,7 +44,7 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
-def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w, translate, rotate, outdir,
+def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, projected_w, translate, rotate, outdir,
          batch_size, device, grid, allow_pickle_code):
     if projected_w is None and seeds is None:
         raise click.UsageError('pass --seeds (or --projected-w)')
@@ -57,7 +65,11 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size)
     else:
         label = cli.class_label(G, class_idx, device)
-        z = z_from_seeds(seeds, G.z_dim)
+        if truncnorm:
+            from training.networks_biggan import truncated_z
+            z = np.stack([truncated_z(1, G.z_dim, truncation=truncation_psi, seed=seed)[0] for seed in seeds])
+        else:
+            z = z_from_seeds(seeds, G.z_dim)
         names = [f'seed{seed:04d}.png' for seed in seeds]
         batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
                              batch_size=batch_size)

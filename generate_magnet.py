@@ -3,7 +3,8 @@
 Latents are resampled from --bank (made by compute_volume_scalars.py, or a MaGNET authors' .npz with
 svds, latents and optional labels, 2-D or 3-D; their per-class files {class}_{name}.npz, as a folder or
 repeated --bank, form one conditional bank) with probabilities softmax(rho * sum of the log top-K singular
-values), then synthesised with truncation --trunc (the weights are those of psi 1, as in the papers).
+values), then synthesised with truncation --trunc (the weights are those of psi 1, as in the papers) and
+the latents multiplied by --z-scale (the authors' BigGAN-deep images: 0.9 with --trunc 1).
 
 \b
 rho = 1: MaGNET, uniform on the learned manifold (diversity, fairness).
@@ -39,8 +40,7 @@ from sampling.synthesis import synthesize
 
 
 def _network_sha256(network):
-    import dnnlib
-    return latents.file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
+    return cli.network_sha256(network)
 
 
 def _write_selection(outdir, z, c, bank_index, summary):
@@ -62,7 +62,9 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--replace/--no-replace', default=True, show_default=True, help='Resample with replacement (Algorithm 1) or not (authors\' demo)')
 @click.option('--per-class', is_flag=True, help='Normalise probabilities within each class; equal counts per class')
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi at synthesis')
-@click.option('--class', 'class_idx', type=int, help='Only this class (conditional networks)')
+@click.option('--z-scale', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              help="Multiply the chosen latents by this at synthesis (the MaGNET authors' BigGAN-deep setting: 0.9, with --trunc 1)")
+@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME', help='Only this class (conditional networks; index or ImageNet name)')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the resampling')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
@@ -70,7 +72,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
-def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, truncation_psi, class_idx, seed, outdir,
+def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, truncation_psi, z_scale, class_idx, seed, outdir,
          grid, batch_size, device, noise_mode, allow_pickle_code):
     device = cli.resolve_device(device)
     network_pkl = cli.network_or_default(network_pkl)
@@ -100,11 +102,12 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
     cli.prepare_outdir(outdir)
     paths, hashes = [os.path.abspath(f) for f in bank_files], [latents.file_sha256(f) for f in bank_files]
     summary.update(bank=paths[0] if len(paths) == 1 else paths, bank_sha256=hashes[0] if len(hashes) == 1 else hashes,
-                   network_sha256=network_sha256, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                   network_sha256=network_sha256, truncation_psi=truncation_psi, z_scale=z_scale, noise_mode=noise_mode,
                    command=cli.command_line())
     _write_selection(outdir, z, c, bank_index, summary)
 
-    batches = synthesize(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
+    # selection.npz keeps the latents as chosen (the bank's); only synthesis sees them scaled.
+    batches = synthesize(G, z=z * z_scale if z_scale != 1 else z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
     names = [f'magnet{idx:06d}.png' for idx in range(num)]
     num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')

@@ -97,8 +97,15 @@ def _load_network_pkl(f, name, allow_code, force_fp16):
 def load_network(network, allow_code=False, device=None, key='G_ema'):
     """Open ``network`` (a path or URL, via dnnlib.util.open_url) and return the module under ``key``.
 
-    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded).
+    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded). A folder or a
+    ``.bin`` file is read as a BigGAN-deep checkpoint of the PyTorch port (``training/load_biggan.py``).
     """
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        try:
+            return load_biggan.load_generator(network, device=device)
+        except load_biggan.CheckpointError as err:
+            raise NetworkLoadError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
             net = load_network_pkl(f, allow_code=allow_code)[key]
@@ -242,6 +249,8 @@ _SG2_CLASSES = frozenset(['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork'
                           'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator'])
 _SG3_CLASSES = frozenset(['FullyConnectedLayer', 'MappingNetwork', 'SynthesisInput', 'SynthesisLayer',
                           'SynthesisNetwork', 'Generator'])
+_BIGGAN_CLASSES = frozenset(['SNLinear', 'SNConv2d', 'ClassEmbedding', 'TruncatedBatchNorm', 'GenBlock', 'SelfAttention',
+                             'LayerList', 'GeneratorTrunk', 'Generator'])  # Our training/networks_biggan.py.
 _MODULE_ATTRS = frozenset(['training'])  # nn.Module bookkeeping that is not part of the architecture.
 
 
@@ -258,6 +267,8 @@ def _source_kind(obj):
         return 'sg3'
     if classes == convert_progan.NETWORK_CLASSES:
         return 'progan'
+    if classes == _BIGGAN_CLASSES:
+        return 'biggan'
     return None
 
 
@@ -292,7 +303,7 @@ def _rebuild_network(obj, name, key):
                                f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
     rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',),
-                   'progan': ('Generator',)}.get(kind, ())
+                   'progan': ('Generator',), 'biggan': ('Generator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
@@ -312,8 +323,10 @@ def _rebuild_network(obj, name, key):
         init_kwargs.setdefault('compat', _sg2_compat(obj))
     elif kind == 'progan':
         from training import networks_progan as module
-    else:
+    elif kind == 'sg3':
         from training import networks_stylegan3 as module
+    else:
+        from training import networks_biggan as module
     cls = getattr(module, obj.class_name)
     _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
@@ -518,7 +531,25 @@ _NETWORK_ARGUMENT_RULES = {
     'fmap_base': _I(1, 1 << 22), 'fmap_decay': _F(0, 16), 'fmap_max': _I(1, 16384),
     'normalize_latents': safe_pickle.BOOL, 'use_wscale': safe_pickle.BOOL, 'use_pixelnorm': safe_pickle.BOOL,
     'use_leakyrelu': safe_pickle.BOOL, 'fused_scale': safe_pickle.BOOL, 'pixelnorm_epsilon': _F(0, 1),
+    # BigGAN-deep (training/networks_biggan.py).
+    'channel_width': _I(1, 4096), 'attention_layer_position': _I(0, 64), 'class_embed_dim': _I(1, 16384, none=True),
+    'n_stats': _I(2, 1001), 'eps': _F(1e-12, 1), 'stats_blend': safe_pickle.OneOf(('port', 'linear')),
+    'layers': None,  # Set below: a list of (upsample, in_mult, out_mult).
 }
+
+
+class _BigGANLayers:
+    """BigGAN's ``layers``: None, or at most 64 (upsample, in_mult, out_mult) triples of a bool and two multipliers."""
+
+    def check(self, value):
+        if value is None:
+            return True
+        return (isinstance(value, (list, tuple)) and len(value) <= 64
+                and all(isinstance(layer, (list, tuple)) and len(layer) == 3 and safe_pickle.BOOL.check(layer[0])
+                        and _I(1, 64).check(layer[1]) and _I(1, 64).check(layer[2]) for layer in value))
+
+
+_NETWORK_ARGUMENT_RULES['layers'] = _BigGANLayers()
 
 
 def _check_network_arguments(cls, init_args, init_kwargs, where):
@@ -558,7 +589,7 @@ def _check_network_size(net, where):
 
 
 _ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
-# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's).
+# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's, BigGAN's).
 _GENERATOR_ATTRS = ('z_dim', 'c_dim', 'img_resolution', 'img_channels')
 
 

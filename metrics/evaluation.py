@@ -70,6 +70,12 @@ def load_fid_stats(path):
 
 def load_snapshot(network, device, allow_code):
     import legacy
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):  # A BigGAN checkpoint: a generator only, no training set recorded.
+        try:
+            return legacy.load_network(network, device=device), None
+        except legacy.NetworkLoadError as err:
+            raise EvaluationError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
             data = legacy.load_network_pkl(f, allow_code=allow_code)

@@ -146,6 +146,43 @@ def _os_reason(err, creating_folder=False):
     return err.strerror or str(err)
 
 
+def parse_class(text, keywords=()):
+    """A --class value: None, a class index, one of ``keywords`` ('random', 'all'), or an ImageNet class name or
+    WordNet id ('golden retriever', 'n02099601', for 1000-class networks such as BigGAN) -> None, int or keyword."""
+    if text is None or isinstance(text, int):
+        return text
+    text = str(text).strip()
+    if text.lower() in keywords:
+        return text.lower()
+    if re.fullmatch(r'[+-]?\d+', text):
+        value = int(text)
+        if value < 0:
+            raise click.BadParameter(f'class {value} is negative; classes are numbered from 0')
+        return value
+    from sampling import imagenet
+    try:
+        return imagenet.class_index(text)
+    except imagenet.UnknownClassName as err:
+        options = ' or '.join(['a class index'] + [repr(word) for word in keywords])
+        hint = f'; did you mean {", ".join(repr(c) for c in err.close)}?' if err.close else ''
+        raise click.BadParameter(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
+    except ValueError as err:  # A name shared by several classes.
+        raise click.BadParameter(str(err)) from None
+
+
+def network_sha256(network):
+    """SHA-256 identifying a network: the pickle's bytes, or a BigGAN checkpoint's pytorch_model.bin (a URL is read
+    through the download cache)."""
+    from sampling.latents import file_sha256
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        return file_sha256(load_biggan.checkpoint_files(network)[0])
+    if os.path.isfile(network):
+        return file_sha256(network)
+    import dnnlib
+    return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
+
+
 def resolve_device(name):
     """'auto' -> CUDA when available, else CPU; otherwise the named device, checked."""
     if name == 'auto':
