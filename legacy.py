@@ -38,6 +38,9 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     which sampling does not need and which is dropped with a warning.
     """
     name = getattr(f, 'name', None) or 'the network pickle'
+    from training import nvae_checkpoint
+    if nvae_checkpoint.is_torch_checkpoint(f):  # A torch.save file: NVAE's checkpoint.pt.
+        return _load_nvae_checkpoint(f, name)
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
@@ -86,6 +89,16 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
         raise NetworkLoadError(f'{network} has no {key} network')
     net = net.eval().requires_grad_(False)
     return net.to(device) if device is not None else net
+
+
+def _load_nvae_checkpoint(f, name):
+    """An NVAE checkpoint as a snapshot whose G_ema is the decoder (training.nvae_checkpoint; nothing runs)."""
+    from training import nvae_checkpoint
+    try:
+        G, _info = nvae_checkpoint.load_nvae_checkpoint(f, name)
+    except nvae_checkpoint.CheckpointError as err:
+        raise NetworkLoadError(str(err)) from None
+    return dict(G=None, D=None, G_ema=G, training_set_kwargs=None, augment_pipe=None)
 
 
 def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None):
@@ -220,6 +233,8 @@ _SG2_CLASSES = frozenset(['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork'
                           'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator'])
 _SG3_CLASSES = frozenset(['FullyConnectedLayer', 'MappingNetwork', 'SynthesisInput', 'SynthesisLayer',
                           'SynthesisNetwork', 'Generator'])
+_NVAE_CLASSES = frozenset(['Conv2D', 'BatchNorm', 'Linear', 'Activation', 'Chain', 'ConvBNSwish', 'InvertedResidual',
+                           'SqueezeExcitation', 'Cell', 'DecCombinerCell', 'NVAEGenerator'])
 _MODULE_ATTRS = frozenset(['training'])  # nn.Module bookkeeping that is not part of the architecture.
 
 
@@ -234,6 +249,8 @@ def _source_kind(obj):
         return 'sg2'
     if classes == _SG3_CLASSES:
         return 'sg3'
+    if classes == _NVAE_CLASSES:
+        return 'nvae'
     return None
 
 
@@ -272,7 +289,7 @@ def _rebuild_network(obj, name, key):
         raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
                                'this loader reads version 6')
     kind = _source_kind(obj)
-    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',)}.get(kind, ())
+    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',), 'nvae': ('NVAEGenerator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
@@ -283,8 +300,10 @@ def _rebuild_network(obj, name, key):
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
-    else:
+    elif kind == 'sg3':
         from training import networks_stylegan3 as module
+    else:
+        from training import networks_nvae as module
     cls = getattr(module, obj.class_name)
     try:
         # Built on the meta device: arguments from the file allocate nothing until they are verified.
