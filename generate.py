@@ -22,7 +22,7 @@ import numpy as np
 
 from sampling import cli, images
 from sampling.latents import z_from_seeds
-from sampling.synthesis import set_input_transform, synthesize
+from sampling.synthesis import has_mapping, set_input_transform, synthesize
 
 
 @click.command(help=__doc__)
@@ -49,6 +49,9 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
     os.makedirs(outdir, exist_ok=True)
 
     if projected_w is not None:
+        if not has_mapping(G):
+            raise click.UsageError(f'--projected-w needs a generator with a mapping network (W); '
+                                   f'this {type(G).__name__} has none: use --seeds')
         ws = np.load(projected_w)['w']
         if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
             raise click.ClickException(f'{projected_w}: w has shape {ws.shape}, expected [N, {G.num_ws}, {G.w_dim}]')

@@ -24,6 +24,7 @@ from sampling.chunks import chunks_for_shard
 from sampling.hub_report import score_norm_moments
 from sampling.hubness import hubness_stats, k_occurrence
 from sampling.latents import LatentBank, concatenate, one_hot, random_labels, z_batch
+from sampling.synthesis import has_mapping, require_mapping
 
 # Latents per mapping-network call. Fixed, not tied to any command-line batch size, so that W (and hence every
 # score) is computed in the same way whatever the other settings.
@@ -181,6 +182,8 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     seed = search.batch_seed(batch)
     z = z_batch(seed, search.batch_size, G.z_dim)
     c = batch_labels(search, batch, G.c_dim)
+    if search.space == 'w':
+        require_mapping(G, 'hub scores in W')
     w_all = map_to_w(G, z, c, device) if search.space == 'w' else None
     points = w_all if search.space == 'w' else z
     scores = k_occurrence(points, search.k, count_self=search.count_self, device=device,
@@ -189,8 +192,10 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     keep, cutoff = select_hubs(scores, **{rule: value})
     if w_all is not None:
         w = w_all[torch.as_tensor(keep, device=w_all.device)]
-    else:
+    elif has_mapping(G):
         w = map_to_w(G, z[keep], c[keep], device)
+    else:
+        w = None  # No W to store for a generator without a mapping network.
     norms = np.sqrt((z * z).sum(axis=1))
     meta = dict(
         batch=batch, batch_seed=seed, num_scored=search.batch_size, num_accepted=int(keep.size),
@@ -200,8 +205,9 @@ def score_batch(G, search, batch, device=None, backend='torch'):
         moments=score_norm_moments(scores, norms),
         sample=dict(score=scores[:_SCATTER_SAMPLE].tolist(), norm=norms[:_SCATTER_SAMPLE].tolist()),
     )
-    return LatentBank(z[keep], c[keep], meta=meta, w=w.cpu().numpy(), hub_score=scores[keep],
-                      seeds=np.full([keep.size], seed, dtype=np.int64), indices=keep)
+    arrays = dict(w=w.cpu().numpy()) if w is not None else {}
+    return LatentBank(z[keep], c[keep], meta=meta, hub_score=scores[keep],
+                      seeds=np.full([keep.size], seed, dtype=np.int64), indices=keep, **arrays)
 
 #----------------------------------------------------------------------------
 

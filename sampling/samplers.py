@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from sampling import latents as latent_utils
+from sampling.synthesis import has_mapping
 
 __all__ = ['SamplerSpecError', 'Term', 'Spec', 'parse', 'build', 'Sampler', 'derive_seed']
 
@@ -435,6 +436,9 @@ class HubnessSource:
                  progress=False):
         if k > (batch if count_self else batch - 1):
             raise SamplerSpecError(f'hubness: k={k} is too large for batch={batch}')
+        if space == 'w' and not has_mapping(G):
+            raise SamplerSpecError(f'hubness: space=w needs a mapping network, and this {type(G).__name__} has '
+                                   'none: use space=z')
         self.G, self.device = G, device
         self.k, self.t, self.space, self.batch = k, t, space, batch
         self.count_self, self.max_batches = count_self, max_batches

@@ -1,7 +1,28 @@
-"""Batched image synthesis from latents, independent of the command line."""
+"""Batched image synthesis from latents, independent of the command line.
+
+The generator face
+------------------
+Every network this toolkit samples has ``z_dim``, ``c_dim``, ``img_resolution``, ``img_channels`` and
+``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const') -> [B, C, H, W]`` in about [-1, 1].
+StyleGAN2/3 also split into ``G.mapping(z, c, truncation_psi, truncation_cutoff) -> ws [B, num_ws, w_dim]``
+and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN, NVAE) are sampled through
+``G(...)`` alone, and what needs W (hub scores in W, the 'style' volume space, ``--projected-w``) says so.
+"""
 
 import numpy as np
 import torch
+
+
+def has_mapping(G):
+    """Whether ``G`` has a mapping network ``G.mapping`` (z -> ws), as StyleGAN does."""
+    return callable(getattr(G, 'mapping', None))
+
+
+def require_mapping(G, what):
+    """Raise a one-line ValueError when ``what`` (e.g. "hub scores in W") needs a mapping network."""
+    if not has_mapping(G):
+        raise ValueError(f'{what} needs a generator with a mapping network (z -> W), and this '
+                         f'{type(G).__name__} has none: use the latent space z instead')
 
 
 def make_transform(translate=(0, 0), angle=0):
@@ -16,7 +37,7 @@ def make_transform(translate=(0, 0), angle=0):
 
 def set_input_transform(G, translate=(0, 0), angle=0):
     """Write the inverse of ``make_transform`` into a StyleGAN3 generator; no effect on other networks."""
-    synthesis_input = getattr(G.synthesis, 'input', None)
+    synthesis_input = getattr(getattr(G, 'synthesis', None), 'input', None)
     if synthesis_input is None or not hasattr(synthesis_input, 'transform'):
         return False
     m = np.linalg.inv(make_transform(translate, angle))
@@ -38,6 +59,7 @@ def synthesize(G, z=None, c=None, ws=None, truncation_psi=1, truncation_cutoff=N
     for start in range(0, num, batch_size):
         stop = min(start + batch_size, num)
         if ws is not None:
+            require_mapping(G, 'synthesis from W vectors')
             batch_ws = torch.as_tensor(np.asarray(ws[start:stop]) if not torch.is_tensor(ws) else ws[start:stop])
             img = G.synthesis(batch_ws.to(device, torch.float32), noise_mode=noise_mode)
         else:
