@@ -110,7 +110,7 @@ def test_mnist_configuration_facts():
     ours = G.state_dict()
     assert set(ours) == set(lay.entries)
     assert all(tuple(ours[k].shape) == tuple(shape) for k, (_kind, shape) in lay.entries.items())
-    assert G.img_resolution == 28 and G.img_channels == 1 and G.c_dim == 0
+    assert G.img_resolution == 32 and G.img_channels == 1 and G.c_dim == 0
 
 
 @pytest.mark.parametrize('t', [1.0, 0.6, 1.3])
@@ -128,8 +128,13 @@ def test_decoder_matches_float64_reference(small_checkpoint, t):
     logits = G(z, None, truncation_psi=t, return_logits=True)
     np.testing.assert_allclose(logits.double().numpy(), logits_ref.numpy(), rtol=0, atol=2e-4)
     img = G(z, None, truncation_psi=t)
-    assert img.shape == (3, 1, 28, 28) and img.dtype == torch.float32
-    np.testing.assert_allclose(img.double().numpy(), (2 * p_ref - 1)[:, :, 2:30, 2:30].numpy(), rtol=0, atol=1e-4)
+    assert img.shape == (3, 1, 32, 32) and img.dtype == torch.float32
+    np.testing.assert_allclose(img.double().numpy(), (2 * p_ref - 1).numpy(), rtol=0, atol=1e-4)
+    with open(small_checkpoint, 'rb') as f:
+        G28, _info = nvae_checkpoint.load_nvae_checkpoint(f, crop=28)
+    assert G28.img_resolution == 28
+    np.testing.assert_allclose(G28(z, truncation_psi=t).double().numpy(), (2 * p_ref - 1)[:, :, 2:30, 2:30].numpy(),
+                               rtol=0, atol=1e-4)
 
 
 def test_eps_order_replays_nvae_stream(small_checkpoint):

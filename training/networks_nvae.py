@@ -11,8 +11,9 @@ size and a 3x3 convolution gives Bernoulli logits.
 The generator face is the GANs' one: ``G(z, c, truncation_psi=t)`` where ``z`` (``[B, z_dim]``) is the
 concatenation of every group's standard-normal ``eps_g``, in the order NVAE draws them (group 0 first, then
 in decoding order), each flattened as ``(C, H, W)``; ``truncation_psi`` is NVAE's temperature ``t``. The
-output is the Bernoulli mean (``sigmoid(logits)``) mapped to [-1, 1], cropped to 28 px by default
-(NVAE's MNIST images are 28 px digits padded by 2 to 32; ``crop=None`` keeps 32).
+output is the Bernoulli mean (``sigmoid(logits)``) mapped to [-1, 1], 32 px by default: NVAE's MNIST images
+are 28 px digits padded by 2 px of background to 32, the framing of this toolkit's ``mnist32`` datasets and
+of the shipped MNIST classifier, so metrics compare like with like; ``crop=28`` gives NVAE's ``[2:30]`` crop.
 
 Module names and parameter shapes follow NVAE's checkpoints (``dec_tower.N._ops.0.conv.1.conv.0.weight``
 ...), so a checkpoint's decoder entries map one to one onto ``state_dict()``; see
@@ -319,7 +320,7 @@ class NVAEGenerator(torch.nn.Module):
         input_size              = 32,
         img_channels            = 1,
         arch                    = None,
-        crop                    = 28,
+        crop                    = None,
     ):
         super().__init__()
         arch = dict(RES_MBCONV_DECODER if arch is None else arch)

@@ -81,7 +81,7 @@ def read_checkpoint(f, name='the checkpoint'):
         raise CheckpointError(f'{name} is not a readable PyTorch checkpoint ({message})') from None
 
 
-def load_nvae_checkpoint(f, name='the checkpoint', crop=28):
+def load_nvae_checkpoint(f, name='the checkpoint', crop=None):
     """Read an NVAE checkpoint from the open binary file ``f``; return ``(G, info)``.
 
     ``G`` is an :class:`~training.networks_nvae.NVAEGenerator` on the CPU, in eval mode, without gradients,
@@ -92,7 +92,7 @@ def load_nvae_checkpoint(f, name='the checkpoint', crop=28):
     return build_generator(data, name, crop=crop)
 
 
-def build_generator(data, name='the checkpoint', crop=28):
+def build_generator(data, name='the checkpoint', crop=None):
     """The generator of a checkpoint dict already read by :func:`read_checkpoint`; see :func:`load_nvae_checkpoint`."""
     if not isinstance(data, dict):
         raise CheckpointError(f'{name} is not an NVAE checkpoint: it holds a {type(data).__name__}, not a dict')
