@@ -40,6 +40,8 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     name = getattr(f, 'name', None) or 'the network pickle'
     from training import nvae_checkpoint
     if nvae_checkpoint.is_torch_checkpoint(f):  # A torch.save file: NVAE's checkpoint.pt.
+        if force_fp16:
+            raise NetworkLoadError(f'{name} is an NVAE checkpoint: --force-fp16 applies to StyleGAN networks only')
         return _load_nvae_checkpoint(f, name)
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []

@@ -14,12 +14,14 @@ from helpers import REPO_ROOT
 
 import calc_metrics
 import compute_volume_scalars
+import convert_nvae
 import generate
 import generate_hubness
 import generate_magnet
 import legacy
 import nvae_writer
 from sampling.images import load_png
+from training import networks_nvae
 
 TINY_ARGS = dict(nvae_writer.SMALL_ARGS, num_latent_per_group=1)  # z_dim 576: Jacobians in seconds
 
@@ -104,3 +106,18 @@ def test_hostile_checkpoint_one_line_no_traceback(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and 'refusing to load' in lines[0] and 'references exec' in lines[0], result.stderr
     assert 'Traceback' not in result.stderr and not marker.exists()
+
+
+def test_convert_nvae_readjusts_bn_once(nvae, tmp_path):
+    dest = tmp_path / 'nvae.pkl'
+    _invoke(convert_nvae, '--source', nvae['path'], '--dest', dest, '--passes', 3, '--batch', 4, '--temperature', 0.8,
+            '--seed', 5, '--device', 'cpu')
+    G = legacy.load_network(str(dest))
+    assert float(G.bn_readjust_temperature) == pytest.approx(0.8) and not G.training
+    expected = networks_nvae.readjust_bn(legacy.load_network(nvae['path']), num_passes=3, batch_size=4,
+                                         temperature=0.8, seed=5)
+    z = torch.randn(2, G.z_dim)
+    assert torch.equal(G(z, truncation_psi=0.8), expected(z, truncation_psi=0.8))
+    assert not torch.allclose(G(z), nvae['G'](z), atol=1e-4)  # the statistics did change
+    result = CliRunner().invoke(convert_nvae.main, ['--source', str(tmp_path / 'nvae.pkl'), '--dest', str(tmp_path / 'x')])
+    assert result.exit_code != 0 and 'not a PyTorch checkpoint' in result.output
