@@ -22,6 +22,7 @@ Every failure is one :class:`CheckpointError` line.
 """
 
 import argparse
+import contextlib
 import pickle
 import re
 import zipfile
@@ -67,7 +68,7 @@ def is_torch_checkpoint(f):
 def read_checkpoint(f, name='the checkpoint'):
     """``torch.load`` the file with nothing run from it: tensors, plain containers and argparse.Namespace."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with _namespace_allowed(name):
             return torch.load(f, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r'GLOBAL ([\w.]+)', str(err))
@@ -79,6 +80,18 @@ def read_checkpoint(f, name='the checkpoint'):
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f'{name} is not a readable PyTorch checkpoint ({message})') from None
+
+
+def _namespace_allowed(name):
+    """A context in which ``torch.load(weights_only=True)`` admits argparse.Namespace (torch 2.4 or later)."""
+    if hasattr(torch.serialization, 'safe_globals'):  # torch >= 2.5: scoped to the call
+        return torch.serialization.safe_globals([argparse.Namespace])
+    if hasattr(torch.serialization, 'add_safe_globals'):  # torch 2.4: process-wide, and Namespace is plain data
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        return contextlib.nullcontext()
+    raise CheckpointError(f'{name}: reading an NVAE checkpoint safely needs torch 2.4 or later (this is '
+                          f'{torch.__version__}): its args are an argparse.Namespace, which older weights_only '
+                          'loading cannot admit')
 
 
 def load_nvae_checkpoint(f, name='the checkpoint', crop=None):
