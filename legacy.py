@@ -35,7 +35,8 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     Returns a dict with keys ``G``, ``D``, ``G_ema``, ``training_set_kwargs`` and ``augment_pipe``
     (missing entries are None). With ``allow_code=False`` (the default) nothing in the file is
     executed; objects that cannot be rebuilt safely are refused, except the augmentation pipeline,
-    which sampling does not need and which is dropped with a warning.
+    which sampling does not need and which is dropped with a warning. A ``torch.save`` file is read as an
+    NVAE checkpoint (training/nvae_checkpoint.py, also safe): G_ema is its decoder, the other entries None.
     """
     name = getattr(f, 'name', None) or 'the network pickle'
     from training import nvae_checkpoint
