@@ -1,7 +1,8 @@
 """Generate images with MaGNET / polarity sampling from a bank of Jacobian singular values.
 
 Latents are resampled from --bank (made by compute_volume_scalars.py, or a MaGNET authors' .npz with
-svds, latents and optional labels) with probabilities softmax(rho * sum of the log top-K singular
+svds, latents and optional labels, 2-D or 3-D; their per-class files {class}_{name}.npz, as a folder or
+repeated --bank, form one conditional bank) with probabilities softmax(rho * sum of the log top-K singular
 values), then synthesised with truncation --trunc (the weights are those of psi 1, as in the papers).
 
 \b
@@ -52,7 +53,8 @@ def _write_selection(outdir, z, c, bank_index, summary):
 
 @click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
-@click.option('--bank', 'bank_path', type=click.Path(exists=True, dir_okay=False), required=True, help='Volume bank (.npz)')
+@click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
+              help='Volume bank (.npz); or the MaGNET authors\' per-class files {class}_{name}.npz (a folder, or --bank repeated)')
 @click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
 @click.option('--top-k', type=click.IntRange(min=1), help='Singular values per volume (default: all in the bank)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Images to generate')
@@ -78,10 +80,12 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
         class_idx = None
     network_sha256 = _network_sha256(network_pkl)
     try:
-        bank = magnet_sampler.load_bank(bank_path)
+        bank_files = latents.bank_files(bank_path)
+        bank = magnet_sampler.load_bank(bank_path, c_dim=G.c_dim)
         dropped = int(bank.meta.get('dropped_zero_rows', 0))
         if dropped:
-            click.echo(f'Dropped {dropped} all-zero rows from {bank_path}; {len(bank)} latents remain', err=True)
+            click.echo(f'Dropped {dropped} all-zero rows from {", ".join(bank_path)}; {len(bank)} latents remain',
+                       err=True)
         for warning in magnet_sampler.check_bank(bank, network_sha256, G.z_dim, G.c_dim):
             click.echo(f'warning: {warning}', err=True)
         z, c, bank_index, summary = magnet_sampler.select(
@@ -94,7 +98,8 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
                f'{summary["num_random"]} random', err=True)
 
     os.makedirs(outdir, exist_ok=True)
-    summary.update(bank=os.path.abspath(bank_path), bank_sha256=latents.file_sha256(bank_path),
+    paths, hashes = [os.path.abspath(f) for f in bank_files], [latents.file_sha256(f) for f in bank_files]
+    summary.update(bank=paths[0] if len(paths) == 1 else paths, bank_sha256=hashes[0] if len(hashes) == 1 else hashes,
                    network_sha256=network_sha256, truncation_psi=truncation_psi, noise_mode=noise_mode,
                    command=cli.command_line())
     _write_selection(outdir, z, c, bank_index, summary)

@@ -4,8 +4,9 @@
 G_ema, training_set_kwargs, augment_pipe) *without executing code from the file*: a restricted
 unpickler admits only the globals a network pickle needs, and every persistent network object is
 rebuilt as an instance of this repository's own class from its pickled constructor arguments, then
-checked against the pickled state (names, shapes and plain attributes must all agree) before the
-weights are copied in. ``allow_code=True`` instead runs the module source embedded in the pickle,
+checked against the pickled state (names, shapes and plain attributes must all agree; floats up to
+rounding, since numpy 1.x and 2.x can differ in the last bit) before the pickled weights, buffers and
+attribute values are adopted. ``allow_code=True`` instead runs the module source embedded in the pickle,
 as NVlabs' own loader does; both give the same images.
 """
 
@@ -190,7 +191,16 @@ class _CodeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkStub
-        return super().find_class(module, name)
+        return super().find_class(_numpy_core_here(module), name)
+
+
+def _numpy_core_here(module):
+    """numpy 2 pickles name numpy._core, numpy 1 pickles numpy.core: use whichever this numpy has."""
+    theirs, ours = ('numpy.core', 'numpy._core') if np.lib.NumpyVersion(np.__version__) >= '2.0.0' \
+        else ('numpy._core', 'numpy.core')
+    if module == theirs or module.startswith(theirs + '.'):
+        return ours + module[len(theirs):]
+    return module
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -341,7 +351,12 @@ def _plain_attrs(state):
 
 
 def _verify_and_copy(net, obj, path, where):
-    """Check that ``net`` has exactly the pickled architecture, then adopt the pickled tensors as its own."""
+    """Check that ``net`` has exactly the pickled architecture, then adopt the pickled tensors as its own.
+
+    Parameters and buffers (including buffers __init__ derives, such as StyleGAN3's filters) are data: only
+    their names, shapes and dtypes are checked. Plain attributes must equal ours (floats within rounding,
+    see _values_equal), and the module then carries the pickled values, exactly as code mode would.
+    """
     def fail(message):
         raise NetworkLoadError(f'{where}: the pickled network differs from ours at {path}: {message}; '
                                'refusing to load (pass --allow-pickle-code to run the pickle\'s own code)')
@@ -380,6 +395,9 @@ def _verify_and_copy(net, obj, path, where):
     for key, value in ours_attrs.items():
         if not _values_equal(value, theirs_attrs[key]):
             fail(f'attribute {key} = {theirs_attrs[key]!r}, ours {value!r}')
+    # Within rounding is the same architecture; the module keeps the pickled values, as unpickling with
+    # allow_code=True does, so both modes compute the same on any numpy (filters already came from the file).
+    net.__dict__.update(theirs_attrs)
 
     theirs_modules = dict(state.get('_modules', {}))
     if set(net._modules) != set(theirs_modules):
@@ -393,21 +411,62 @@ def _verify_and_copy(net, obj, path, where):
     net.training = bool(state.get('training', False))
 
 
+# Floats recomputed in __init__ (StyleGAN3's cutoffs, widths, gains) differ by an ulp between numpy 1.x, which
+# wrote every published pickle, and numpy 2.x; a real change of architecture is many orders of magnitude larger.
+_FLOAT_RTOL = 1e-9
+
+
+def _number_kind(dtype):
+    """'b' (bool), 'i' (any integer), 'f' (real float) or None: what must agree between ours and the pickle's."""
+    kind = np.dtype(dtype).kind
+    return {'b': 'b', 'i': 'i', 'u': 'i', 'f': 'f'}.get(kind)
+
+
+def _as_number(x):
+    """A 0-d numpy array for Python and numpy numbers (bool, int, float), else None."""
+    if isinstance(x, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return np.asarray(x)
+    return None
+
+
+def _floats_close(a, b):
+    """Equal up to rounding: rtol 1e-9 for float64, a few ulps of the coarser type when either is float32/16."""
+    eps = max(np.finfo(a.dtype).eps, np.finfo(b.dtype).eps)
+    rtol = max(_FLOAT_RTOL, 4 * eps) if eps > np.finfo(np.float64).eps else _FLOAT_RTOL
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return bool(np.all(np.isclose(a, b, rtol=rtol, atol=0, equal_nan=True)))
+
+
 def _values_equal(a, b):
+    """Same value for the architecture: exact for structure, ints, strings; floats within rounding.
+
+    Numbers compare by kind (bool, integer, float) and value, so a Python float and a numpy float64 (or a
+    numpy 1.x and 2.x scalar) with the same value agree; an int never equals a float, nor a scalar an array.
+    """
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.shape(a) == np.shape(b) and bool(np.all(np.asarray(a) == np.asarray(b)))
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape:
+            return False
+        kind = _number_kind(a.dtype)
+        if kind is None or kind != _number_kind(b.dtype):
+            return False
+        return _floats_close(a, b) if kind == 'f' else bool(np.array_equal(a, b))
+    number_a, number_b = _as_number(a), _as_number(b)
+    if number_a is not None or number_b is not None:
+        if number_a is None or number_b is None:
+            return False
+        kind = _number_kind(number_a.dtype)
+        if kind != _number_kind(number_b.dtype):
+            return False
+        return _floats_close(number_a, number_b) if kind == 'f' else bool(number_a == number_b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_values_equal(a[k], b[k]) for k in a)
     if a is None or b is None or isinstance(a, str) or isinstance(b, str):
         return a == b and type(a) is type(b)
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001
-        return False
+    return False
 
 # ----------------------------------------------------------------------------
 
@@ -433,7 +492,7 @@ def _force_fp16(data):
 # ----------------------------------------------------------------------------
 
 
-# TF-era (TensorFlow 1.x) StyleGAN2 pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
+# TF-era (TensorFlow 1.x) StyleGAN2 and StyleGAN2-ADA pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
 #
 # Each state holds `version`, `static_kwargs` (the network's constructor arguments), `components`
 # (nested states, e.g. mapping and synthesis) and `variables` (name, ndarray) pairs. We rebuild our
@@ -446,9 +505,20 @@ _TF_MIN_VERSION = 4  # The tflib Network state version of StyleGAN2 and later.
 _TF_IGNORED_KWARGS = frozenset(['truncation_psi', 'truncation_cutoff', 'style_mixing_prob', 'structure',
                                 'conditioning', 'fused_modconv'])
 
-# Build functions of StyleGAN1 / ProGAN and of the StyleGAN1-like networks in the StyleGAN2 repo.
-_TF_STYLEGAN1_FUNCS = frozenset(['G_style', 'G_synthesis', 'G_paper', 'D_basic', 'D_paper',
-                                 'G_synthesis_stylegan_revised', 'D_stylegan'])
+# TF flavours by their build functions. StyleGAN2 (NVlabs' stylegan2 repository) and StyleGAN2-ADA (its TF
+# repository) convert alike; their variables share names and layouts. StyleGAN1 shares G_mapping and
+# G_synthesis with StyleGAN2-ADA, so it is told apart by its G (G_style) and D (D_basic); ProGAN by
+# G_paper/D_paper (its pickles name another Network class, tfutil.Network, and do not reach this code).
+_TF_CONVERTIBLE_FUNCS = {
+    'G':         {'G_main'},
+    'mapping':   {'G_mapping'},
+    'synthesis': {'G_synthesis_stylegan2', 'G_synthesis'},  # StyleGAN2, StyleGAN2-ADA
+    'D':         {'D_stylegan2', 'D_main'},                 # StyleGAN2, StyleGAN2-ADA
+}
+_TF_UNSUPPORTED_FUNCS = {
+    'G_style': 'StyleGAN1', 'D_basic': 'StyleGAN1', 'G_paper': 'ProGAN', 'D_paper': 'ProGAN',
+    'G_synthesis_stylegan_revised': 'StyleGAN2 config A (StyleGAN1-like)', 'D_stylegan': 'StyleGAN2 config A (StyleGAN1-like)',
+}
 
 # How a TF variable becomes one of our tensors: (TF shape from our shape, TF array -> our array).
 # TF stores dense weights [in, out] and conv weights [kh, kw, in, out]. Our upsampling layers use
@@ -567,19 +637,27 @@ def _tf_subnetworks(tf_net):
 
 
 def _check_tf_network(tf_net, where, need_synthesis):
-    """Refuse TF networks that are not StyleGAN2 before reading their arguments."""
-    unsupported = f'{where}: StyleGAN1/ProGAN TF pickles are not supported; only TF StyleGAN2 (G_main, D_stylegan2) ' \
-                  'pickles can be converted'
+    """Refuse TF networks that are not StyleGAN2 or StyleGAN2-ADA before reading their arguments."""
+    supported = 'only TF StyleGAN2 and StyleGAN2-ADA pickles can be converted'
+    role_of = {id(tf_net): 'G' if need_synthesis else 'D'}
+    for comp_name, component in dict(_tf_state(tf_net).get('components') or {}).items():
+        role_of[id(component)] = str(comp_name)
     for net in _tf_subnetworks(tf_net):
         func_name = str(_tf_state(net).get('build_func_name') or '').rsplit('.', 1)[-1]
-        if func_name in _TF_STYLEGAN1_FUNCS:
-            raise NetworkLoadError(f'{unsupported} (found {func_name})')
+        if func_name in _TF_UNSUPPORTED_FUNCS:
+            raise NetworkLoadError(f'{where}: {_TF_UNSUPPORTED_FUNCS[func_name]} TF pickles are not supported '
+                                   f'(found {func_name}); {supported}')
+        allowed = _TF_CONVERTIBLE_FUNCS.get(role_of.get(id(net)), set())
+        if func_name and func_name not in allowed:
+            raise NetworkLoadError(f'{where}: unknown TF network (build function {func_name}); {supported}')
         for var_name, _value in _tf_variable_pairs(net, where):
             if re.search(r'_lod\d*(/|$)', var_name):  # Progressive-growing ToRGB/FromRGB per level of detail.
-                raise NetworkLoadError(f'{unsupported} (found variable {var_name})')
+                raise NetworkLoadError(f'{where}: progressive-growing (StyleGAN1/ProGAN) TF pickles are not '
+                                       f'supported (found variable {var_name}); {supported}')
     components = _tf_state(tf_net).get('components') or {}
     if need_synthesis and 'synthesis' not in components:
-        raise NetworkLoadError(f'{unsupported} (the generator has no synthesis network)')
+        raise NetworkLoadError(f'{where}: the TF generator has no synthesis network, so it is not StyleGAN2 '
+                               f'(StyleGAN1/ProGAN?); {supported}')
 
     version = _tf_state(tf_net).get('version')
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool):

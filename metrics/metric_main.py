@@ -28,7 +28,8 @@ Size grammar (S is ``{N}k`` for N thousand, or a plain count ``{N}``):
 * ``kid{S}_full``, ``kid{S}``: likewise (``_full``: up to 1,000,000 real images);
 * ``pr{N}k{K}_full``, ``pr{N}k{K}``, and with a plain count ``pr{N}_{K}_full``, ``pr{N}_{K}``: k = K;
 * ``epr{N}k{K}_full`` ... (same forms): hubness-aware *efficient* precision/recall (Liang et al. 2024), an
-  estimate of ``pr`` computed on the hubs only (k-occurrence > 3) -- not an NVlabs metric;
+  estimate of ``pr`` computed on the hubs only (the authors' rule: listed by at least 3 others among
+  their 3 nearest neighbours) -- not an NVlabs metric;
 * ``is{S}``;
 * PPL: ``ppl2_{z|w}{end|full}`` (no crop) and ``ppl_{z|w}{end|full}`` (crop), optionally followed by
   ``_{S}`` for the number of pairs, e.g. ``ppl2_wend_1k``.
