@@ -206,7 +206,13 @@ def test_encoder_ignored_and_each_decoder_key_required(tmp_path):
     # Without the encoder entries it loads the same.
     data['state_dict'] = {k: v for k, v in data['state_dict'].items() if not k.startswith(nvae_checkpoint.ENCODER_PREFIXES)}
     torch.save(data, tmp_path / 'dec_only.pt')
-    assert load(tmp_path / 'dec_only.pt').z_dim == 3 * 64 + 2 * 3 * 256
+    G = load(tmp_path / 'dec_only.pt')
+    assert G.z_dim == 3 * 64 + 2 * 3 * 256
+    # NVAE's earlier checkpoints had no weight_normalized entries: they load the same.
+    data['state_dict'] = {k: v for k, v in data['state_dict'].items() if not k.endswith('.weight_normalized')}
+    torch.save(data, tmp_path / 'no_wn.pt')
+    z = torch.randn(2, G.z_dim)
+    assert torch.equal(load(tmp_path / 'no_wn.pt')(z), G(z))
 
 
 def _refusal(tmp_path, data, name='bad.pt'):
