@@ -24,6 +24,10 @@ killed run re-run with the same arguments resumes. --shard i/n (default: from SL
 SLURM_ARRAY_TASK_COUNT) computes every n-th chunk; when all shards are done, the same command with
 --merge writes volumes.npz, identical to that of a single run (see docs/slurm.md).
 
+Beside the bank go volumes_report.png and .json (sampling/volume_report.py): the log-volume histogram, the
+effective sample size against rho (pick a rho that keeps enough latents in play), log-volume against ||z||
+and per class.
+
 Examples:
 
 \b
@@ -121,8 +125,20 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
         bank = job.merge(outdir, command=cli.command_line())
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f'Wrote {len(bank)} latents with their top-{job.top_k} singular values to '
-               f'{os.path.join(outdir, volume_job.BANK_NAME)}')
+    bank_path = os.path.join(outdir, volume_job.BANK_NAME)
+    click.echo(f'Wrote {len(bank)} latents with their top-{job.top_k} singular values to {bank_path}')
+    _write_report(bank, bank_path)
+
+
+def _write_report(bank, bank_path):
+    """The bank's plots and their data (log-volume histogram, ESS vs rho, log-volume vs ||z||, per class)."""
+    from sampling import volume_report
+    try:
+        json_path, png_path = volume_report.write_beside(bank, bank_path)
+    except ValueError as err:
+        click.echo(f'warning: no report: {err}', err=True)
+        return
+    click.echo(f'Wrote its report (pick rho by the effective sample size) to {png_path} and {json_path}')
 
 
 if __name__ == '__main__':

@@ -54,7 +54,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
-              help='Volume bank (.npz); or the MaGNET authors\' per-class files {class}_{name}.npz (a folder, or --bank repeated)')
+              help='Volume bank (.npz), or the MaGNET authors\' per-class {class}_{name}.npz (a folder, or --bank repeated)')
 @click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
 @click.option('--top-k', type=click.IntRange(min=1), help='Singular values per volume (default: all in the bank)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Images to generate')

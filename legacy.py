@@ -517,7 +517,8 @@ _TF_CONVERTIBLE_FUNCS = {
 }
 _TF_UNSUPPORTED_FUNCS = {
     'G_style': 'StyleGAN1', 'D_basic': 'StyleGAN1', 'G_paper': 'ProGAN', 'D_paper': 'ProGAN',
-    'G_synthesis_stylegan_revised': 'StyleGAN2 config A (StyleGAN1-like)', 'D_stylegan': 'StyleGAN2 config A (StyleGAN1-like)',
+    'G_synthesis_stylegan_revised': 'StyleGAN2 config A (StyleGAN1-like)',
+    'D_stylegan': 'StyleGAN2 config A (StyleGAN1-like)',
 }
 
 # How a TF variable becomes one of our tensors: (TF shape from our shape, TF array -> our array).

@@ -180,7 +180,7 @@ def run_errors(num, dim, data):
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--quick', is_flag=True, help='Small run: 3000 samples each')
 @click.option('--errors', is_flag=True, help='Measure the efficient metric\'s error instead (see the docstring)')
-@click.option('--data', metavar='ZIP', help='With --errors: MNIST dataset (dataset_tool.py output) for classifier features')
+@click.option('--data', metavar='ZIP', help='With --errors: MNIST dataset (dataset_tool.py output), classifier features')
 @click.option('--worker', type=click.Choice(METHODS), default=None, hidden=True)
 def main(num, dim, device, quick, errors, data, worker):
     """Compare precision/recall implementations: time, peak memory, agreement."""

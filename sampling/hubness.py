@@ -644,7 +644,8 @@ def hubness_stats(counts, k, hub_size=2.0, threshold=None, inclusive=False):
     inclusive : bool, default=False
         Count N_k == hub_size * k as a hub too (N_k >= hub_size * k), which is what scikit-hubness's code
         computes (its docstring says >). We keep the published strict rule by default; the two differ only at
-        points with exactly hub_size * k occurrences (e.g. 36 of 3,000 Gaussian points at d = 64, k = 5).
+        points with exactly hub_size * k occurrences (41-58 of 3,000 standard normal points at d = 64, k = 5,
+        seeds 0-2, against 370-393 hubs).
 
     Returns
     -------

@@ -44,6 +44,15 @@ def _encode_png(array):
     return buffer.getvalue()
 
 
+def label_font(size):
+    """Pillow's embedded font at ``size`` pixels (scalable in Pillow >= 10.1), else its small bitmap font."""
+    import PIL.ImageFont
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return PIL.ImageFont.load_default()
+
+
 def load_png(path):
     """Read a PNG as a uint8 array (HxW for grayscale, HxWxC otherwise)."""
     try:

@@ -15,7 +15,7 @@ from sampling import latents, polarity, volume
 
 
 def load_bank(path, c_dim=None):
-    """Read a bank with ``svds`` with :func:`sampling.latents.load_bank` (ours, the authors' file or per-class files)."""
+    """Read a bank with ``svds`` (ours, an authors' file or their per-class files): :func:`sampling.latents.load_bank`."""
     bank = latents.load_bank(path, c_dim=c_dim)
     if 'svds' not in bank:
         raise ValueError(f"{path} has no 'svds' array: it is not a volume bank (make one with compute_volume_scalars.py)")

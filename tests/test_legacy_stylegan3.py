@@ -274,7 +274,8 @@ class AugmentPipe(torch.nn.Module):
                  hue=0, saturation=0, brightness_std=0.2, contrast_std=0.5, hue_max=1, saturation_std=1):
         super().__init__()
         self.register_buffer('p', torch.ones([]))
-        self.xflip, self.rotate90, self.xint, self.xint_max = float(xflip), float(rotate90), float(xint), float(xint_max)
+        self.xflip, self.rotate90, self.xint = float(xflip), float(rotate90), float(xint)
+        self.xint_max = float(xint_max)
         self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
         self.brightness, self.contrast, self.lumaflip = float(brightness), float(contrast), float(lumaflip)
         self.hue, self.saturation = float(hue), float(saturation)

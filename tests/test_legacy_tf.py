@@ -125,8 +125,8 @@ def _tf_generator_state(G, kwargs, flavour='sg2'):
 
     funcs = _FUNCS[flavour]
     components = dict(
-        mapping=_tf_state('G_mapping', f'training.networks.{funcs["mapping"]}', dict(kwargs, dlatent_broadcast=G.num_ws),
-                          mapping),
+        mapping=_tf_state('G_mapping', f'training.networks.{funcs["mapping"]}',
+                          dict(kwargs, dlatent_broadcast=G.num_ws), mapping),
         synthesis=_tf_state('G_synthesis', f'training.networks.{funcs["synthesis"]}', kwargs, noise + synthesis),
     )
     return _tf_state('G', f'training.networks.{funcs["G"]}', kwargs, [('dlatent_avg', G.mapping.w_avg)], components)
