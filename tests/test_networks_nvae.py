@@ -95,6 +95,14 @@ def small_checkpoint(tmp_path_factory):
 def load(path):
     return legacy.load_network(str(path))
 
+
+@pytest.fixture(autouse=True)
+def _private_rng():
+    """Seeded, and leaves torch's global random state as it found it (other tests build networks from it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
 # ----------------------------------------------------------------------------
 
 

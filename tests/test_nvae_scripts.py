@@ -26,6 +26,14 @@ from training import networks_nvae
 TINY_ARGS = dict(nvae_writer.SMALL_ARGS, num_latent_per_group=1)  # z_dim 576: Jacobians in seconds
 
 
+@pytest.fixture(autouse=True)
+def _private_rng():
+    """Seeded, and leaves torch's global random state as it found it (other tests build networks from it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
 @pytest.fixture(scope='module')
 def nvae(tmp_path_factory):
     root = tmp_path_factory.mktemp('nvae')
