@@ -104,7 +104,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         _note(rank, f'Loading network from "{network}"...')
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_pickle_code)
 
-    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror)
+    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror, network=network)
     needs_data = [m for m in metrics if metric_main.metric_kind(m) in ('kid', 'pr')
                   or (metric_main.metric_kind(m) == 'fid' and reference is None)]
     if needs_data and dataset_kwargs is None:

@@ -71,7 +71,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     network_sha256 = file_sha256(network) if os.path.isfile(network) else None
     dataset = None
     if not skip_metrics:
-        dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None)
+        dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None, network=network)
         if dataset_kwargs is None:
             raise _Failure('the metrics need real images: pass --data DIR|ZIP (or --skip-metrics)')
         dataset = evaluation.open_dataset(dataset_kwargs, G, from_pickle=(data is None))

@@ -10,8 +10,10 @@ attribute values are adopted. ``allow_code=True`` instead runs the module source
 as NVlabs' own loader does; both give the same images.
 """
 
+import contextvars
 import copy
 import io
+import os
 import pickle
 import re
 import warnings
@@ -21,13 +23,16 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import persistence
+from torch_utils import persistence, safe_pickle
 
 # ----------------------------------------------------------------------------
 
 
 class NetworkLoadError(Exception):
     """A network pickle could not be loaded; the message is one line saying why and what to do."""
+
+    def __init__(self, message):
+        super().__init__(safe_pickle.one_line(message))  # Messages may quote names and values from the file.
 
 
 def load_network_pkl(f, allow_code=False, force_fp16=False):
@@ -45,6 +50,14 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
         if force_fp16:
             raise NetworkLoadError(f'{name} is an NVAE checkpoint: --force-fp16 applies to StyleGAN networks only')
         return _load_nvae_checkpoint(f, name)
+    token = _max_network_bytes.set(_network_bytes_budget(f))
+    try:
+        return _load_network_pkl(f, name, allow_code, force_fp16)
+    finally:
+        _max_network_bytes.reset(token)
+
+
+def _load_network_pkl(f, name, allow_code, force_fp16):
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
@@ -69,6 +82,10 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
                                'not a dict')
     if not (data['augment_pipe'] is None or isinstance(data['augment_pipe'], torch.nn.Module)):
         raise NetworkLoadError(f'{name}: augment_pipe is not a module')
+    _check_roles(data, name)
+    for key in ('G', 'D', 'G_ema'):
+        if data[key] is not None:
+            _check_network_tensors(data[key], f'{name}: {key}')
 
     if force_fp16:
         data = _force_fp16(data)
@@ -129,10 +146,18 @@ class _TFNetworkStub(dnnlib.EasyDict):
     """Stands in for dnnlib.tflib.network.Network: BUILD fills its __dict__ with the TF network state."""
 
 
+def _is_name_dict(value):
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
 class _PickledPersistent:
     """What safe mode makes of a persistent object: its meta dict, with no code run."""
 
     def __init__(self, meta):
+        if not isinstance(meta, dict) or not _is_name_dict(meta.get('state') or {}) or not all(
+                _is_name_dict(value) for key, value in (meta.get('state') or {}).items()
+                if key in ('_parameters', '_buffers', '_modules')):
+            raise safe_pickle.DamagedPickleError('a persistent object has no meta dict with a state dict')
         self.class_name = meta.get('class_name')
         self.module_src = meta.get('module_src')
         self.version = meta.get('version')
@@ -143,48 +168,15 @@ class _PickledPersistent:
         return f'<pickled {self.class_name}>'
 
 
-def _load_storage_from_bytes(b):
-    # torch's own _load_from_bytes runs an unrestricted torch.load; the nested storage needs none of that.
-    try:
-        return torch.load(io.BytesIO(b), weights_only=True)
-    except pickle.UnpicklingError:
-        raise _RefusedGlobal('non-tensor content inside a tensor storage') from None
-
-
-try:
-    from numpy._core import multiarray as _np_multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _np_multiarray
-
-
 _SAFE_GLOBALS = {
-    ('collections', 'OrderedDict'): lambda: __import__('collections').OrderedDict,
-    ('dnnlib.util', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('dnnlib', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('torch._utils', '_rebuild_tensor_v2'): lambda: torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): lambda: torch._utils._rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): lambda: torch._utils._rebuild_parameter_with_state,
-    ('torch.storage', '_load_from_bytes'): lambda: _load_storage_from_bytes,
-    ('dnnlib.tflib.network', 'Network'): lambda: _TFNetworkStub,
+    **safe_pickle.BASIC_GLOBALS,
+    **safe_pickle.TORCH_GLOBALS,
+    **safe_pickle.NUMPY_GLOBALS,
+    ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
+    ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _PickledPersistent,
+    ('dnnlib.tflib.network', 'Network'): _TFNetworkStub,
 }
-for _np_module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'scalar')] = lambda: _np_multiarray.scalar
-    _SAFE_GLOBALS[(_np_module, '_reconstruct')] = lambda: _np_multiarray._reconstruct
-for _np_module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'ndarray')] = lambda: np.ndarray
-    _SAFE_GLOBALS[(_np_module, 'dtype')] = lambda: np.dtype
-for _np_dtype in ('Float64DType', 'Float32DType', 'Int64DType', 'Int32DType', 'BoolDType', 'UInt8DType'):
-    _SAFE_GLOBALS[('numpy.dtypes', _np_dtype)] = (lambda n: lambda: getattr(np.dtypes, n))(_np_dtype)
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
-            return _PickledPersistent
-        factory = _SAFE_GLOBALS.get((module, name))
-        if factory is None:
-            raise _RefusedGlobal(f'{module}.{name}')
-        return factory()
 
 
 class _CodeUnpickler(pickle.Unpickler):
@@ -203,10 +195,6 @@ def _numpy_core_here(module):
     return module
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
-
-
 def _check_pickle_header(f, name):
     """Every pickle of protocol 2 or later starts with the PROTO opcode; anything else is not a snapshot."""
     if not (hasattr(f, 'seekable') and f.seekable()):
@@ -223,12 +211,19 @@ def _check_pickle_header(f, name):
 
 def _unpickle(f, name, allow_code):
     _check_pickle_header(f, name)
-    unpickler = _CodeUnpickler(f) if allow_code else _SafeUnpickler(f)
     try:
-        return unpickler.load()
-    except _RefusedGlobal as err:
-        raise NetworkLoadError(f'refusing to load {name}: it references {err}, which safe loading does not allow; '
-                               'if you trust the file, pass --allow-pickle-code (allow_code=True)') from None
+        if not allow_code:
+            return safe_pickle.load(f, _SAFE_GLOBALS)
+        return _CodeUnpickler(f).load()
+    except safe_pickle.RefusedGlobalError as err:
+        raise NetworkLoadError(f'refusing to load {name}: {err}; if you trust the file, pass --allow-pickle-code '
+                               '(allow_code=True)') from None
+    except safe_pickle.TruncatedPickleError as err:
+        raise NetworkLoadError(f'{name} is truncated or damaged ({err}); download it again') from None
+    except safe_pickle.PickleLimitError as err:
+        raise NetworkLoadError(f'refusing to load {name}: {err}; the file is damaged or hostile') from None
+    except safe_pickle.UnsafePickleError as err:
+        raise NetworkLoadError(f'{name} is not a readable network pickle ({err})') from None
     except EOFError:
         raise NetworkLoadError(f'{name} is truncated or empty: download it again') from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -285,15 +280,10 @@ def _rebuild_snapshot(data, name):
 
 def _check_plain(value, where):
     """Refuse a persistent object hidden inside a plain value (it would stay an unverified stand-in)."""
-    if isinstance(value, _PickledPersistent):
-        raise NetworkLoadError(f'{where} contains a {value.class_name} object that safe loading cannot rebuild; '
-                               'pass --allow-pickle-code (allow_code=True) if you trust the file')
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_plain(item, where)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, where)
+    for item in safe_pickle.iter_unique(value):  # By identity: shared references are visited once.
+        if isinstance(item, _PickledPersistent):
+            raise NetworkLoadError(f'{where} contains a {item.class_name} object that safe loading cannot rebuild; '
+                                   'pass --allow-pickle-code (allow_code=True) if you trust the file')
 
 
 def _rebuild_network(obj, name, key):
@@ -307,9 +297,16 @@ def _rebuild_network(obj, name, key):
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
 
+    expected_class = _ROLE_CLASSES.get(key)
+    if expected_class is not None and obj.class_name != expected_class:
+        raise NetworkLoadError(f'{where} is a {obj.class_name}, not a {expected_class}; the file is damaged or '
+                               'its networks are swapped')
+
     state = obj.state
-    init_args = tuple(state.get('_init_args', ()))
-    init_kwargs = dict(state.get('_init_kwargs', {}))
+    init_args, init_kwargs = state.get('_init_args', ()), state.get('_init_kwargs', {})
+    if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
+        raise NetworkLoadError(f'{where}: the pickled constructor arguments are not a tuple and a dict')
+    init_args, init_kwargs = tuple(init_args), dict(init_kwargs)
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
@@ -318,6 +315,7 @@ def _rebuild_network(obj, name, key):
     else:
         from training import networks_nvae as module
     cls = getattr(module, obj.class_name)
+    _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
         # Built on the meta device: arguments from the file allocate nothing until they are verified.
         with torch.device('meta'):
@@ -325,6 +323,7 @@ def _rebuild_network(obj, name, key):
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
+    _check_network_size(net, where)
     _verify_and_copy(net, obj, key, where)
     return net
 
@@ -340,10 +339,17 @@ def _sg2_compat(obj):
 
 
 def _walk(obj):
-    yield obj
-    for child in obj.state.get('_modules', {}).values():
-        if isinstance(child, _PickledPersistent):
-            yield from _walk(child)
+    """Every persistent object under ``obj``, each once (a pickle may share submodules exponentially)."""
+    seen, todo = set(), [obj]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        modules = item.state.get('_modules', {}) if isinstance(item.state, dict) else {}
+        if isinstance(modules, dict):
+            todo.extend(reversed([child for child in modules.values() if isinstance(child, _PickledPersistent)]))
 
 
 def _plain_attrs(state):
@@ -467,6 +473,113 @@ def _values_equal(a, b):
     if a is None or b is None or isinstance(a, str) or isinstance(b, str):
         return a == b and type(a) is type(b)
     return False
+
+# ----------------------------------------------------------------------------
+# Bounds on what a file may make us build: argument ranges, network size, tensor layout, roles.
+
+_max_network_bytes = contextvars.ContextVar('legacy_max_network_bytes', default=None)
+_NETWORK_BYTES_SLACK = 1 << 20  # Buffers derived at construction (e.g. resampling filters) are not in the file.
+
+
+def _network_bytes_budget(f):
+    """A network's parameters and buffers all come from the file, so together they cannot exceed its size."""
+    try:
+        if isinstance(f, io.BytesIO):
+            return len(f.getbuffer()) + _NETWORK_BYTES_SLACK
+        return os.fstat(f.fileno()).st_size + _NETWORK_BYTES_SLACK
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+_I, _F = safe_pickle.Int, safe_pickle.Float
+_ACTIVATIONS = safe_pickle.OneOf(('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish'))
+# Generous bounds: the largest published networks use 1024 px, 512-1024 channels, 8 mapping layers, 14
+# synthesis layers and filters of 6 taps; anything far beyond is a damaged or hostile file.
+_NETWORK_ARGUMENT_RULES = {
+    'z_dim': _I(0, 16384), 'c_dim': _I(0, 100_000), 'w_dim': _I(1, 16384), 'num_ws': _I(1, 256, none=True),
+    'img_resolution': _I(4, 8192), 'img_channels': _I(1, 16),
+    'mapping_kwargs': safe_pickle.NESTED, 'synthesis_kwargs': safe_pickle.NESTED,
+    'block_kwargs': safe_pickle.NESTED, 'epilogue_kwargs': safe_pickle.NESTED, 'layer_kwargs': safe_pickle.NESTED,
+    'num_layers': _I(0, 64), 'embed_features': _I(1, 16384, none=True), 'layer_features': _I(1, 16384, none=True),
+    'activation': _ACTIVATIONS, 'lr_multiplier': _F(1e-6, 1e3), 'w_avg_beta': _F(0, 1, none=True),
+    'channel_base': _I(1, 1 << 22), 'channel_max': _I(1, 16384), 'num_fp16_res': _I(0, 16),
+    'conv_clamp': _F(0, 1e6, none=True), 'architecture': safe_pickle.OneOf(('orig', 'skip', 'resnet')),
+    'resample_filter': safe_pickle.Numbers(16), 'use_noise': safe_pickle.BOOL,
+    'fp16_channels_last': safe_pickle.BOOL, 'channels_last': safe_pickle.BOOL, 'kernel_size': _I(1, 15),
+    'fused_modconv_default': safe_pickle.OneOf((True, False, 'inference_only')),
+    'compat': safe_pickle.OneOf(('ada', 'sg3')), 'cmap_dim': _I(1, 16384, none=True), 'freeze_layers': _I(0, 64),
+    'mbstd_group_size': _I(1, 1024, none=True), 'mbstd_num_channels': _I(0, 64),
+    # StyleGAN3 synthesis and layers.
+    'num_critical': _I(0, 64), 'first_cutoff': _F(1e-3, 1e4), 'first_stopband': _F(1e-3, 1e4),
+    'last_stopband_rel': _F(1e-3, 100), 'margin_size': _I(0, 1024), 'output_scale': _F(-1e6, 1e6),
+    'conv_kernel': _I(1, 15), 'filter_size': _I(1, 64), 'lrelu_upsampling': _I(1, 16),
+    'use_radial_filters': safe_pickle.BOOL, 'magnitude_ema_beta': _F(0, 1),
+}
+
+
+def _check_network_arguments(cls, init_args, init_kwargs, where):
+    """Refuse absurd constructor arguments (e.g. 10^6 layers, a 20,000-tap filter) before building anything."""
+    import inspect
+    orig_init = next(klass.__init__ for klass in cls.__mro__ if not persistence.is_persistent(klass))
+    try:
+        bound = inspect.signature(orig_init).bind(None, *init_args, **init_kwargs)
+    except TypeError as err:
+        raise NetworkLoadError(f'{where}: the pickled arguments do not fit our {cls.__name__} ({err})') from None
+    arguments = {}
+    for param_name, value in list(bound.arguments.items())[1:]:  # [0] is self.
+        kind = inspect.signature(orig_init).parameters[param_name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise NetworkLoadError(f'{where}: our {cls.__name__} takes no further positional arguments')
+        else:
+            arguments[param_name] = value
+    try:
+        safe_pickle.check_arguments(arguments, _NETWORK_ARGUMENT_RULES, where)
+    except safe_pickle.ArgumentRangeError as err:
+        raise NetworkLoadError(str(err)) from None
+
+
+def _check_network_size(net, where):
+    """Refuse a network (built on the meta device) whose parameters and buffers exceed what the file can hold."""
+    limit = _max_network_bytes.get()
+    if limit is None:
+        return
+    total = safe_pickle.module_bytes(net)
+    if total > limit:
+        raise NetworkLoadError(f'{where}: its arguments describe a network of {total / 2**20:,.1f} MiB, more than '
+                               f'the whole file ({(limit - _NETWORK_BYTES_SLACK) / 2**20:,.1f} MiB) could hold; the '
+                               'file is damaged or hostile')
+
+
+_ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
+_GENERATOR_ATTRS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'mapping', 'synthesis')
+
+
+def _check_roles(data, name):
+    """G and G_ema must be generators (what sampling calls), in either mode; a swapped D fails here, not later."""
+    for key in ('G', 'G_ema'):
+        net = data[key]
+        if net is not None and not all(hasattr(net, attr) for attr in _GENERATOR_ATTRS):
+            raise NetworkLoadError(f'{name}: {key} is a {type(net).__name__}, not a generator (it lacks '
+                                   f'{", ".join(a for a in _GENERATOR_ATTRS if not hasattr(net, a))})')
+
+
+def _check_network_tensors(net, where):
+    """Every parameter and buffer: a dense CPU/CUDA tensor of a dtype networks use, inside its storage."""
+    for tensor_name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        what = f'{where}: tensor {tensor_name}'
+        if tensor.device.type not in ('cpu', 'cuda'):
+            raise NetworkLoadError(f'{what} is on device {tensor.device.type}; the file holds no data for it')
+        if tensor.dtype not in safe_pickle.TENSOR_DTYPES:
+            raise NetworkLoadError(f'{what} has dtype {tensor.dtype}, which no network of ours uses')
+        storage = tensor.untyped_storage()
+        try:
+            safe_pickle.check_tensor_layout(storage.nbytes() // tensor.element_size(), tensor.storage_offset(),
+                                            tuple(tensor.shape), tuple(tensor.stride()), what)
+        except safe_pickle.UnsafePickleError as err:
+            raise NetworkLoadError(f'{err}; the file is damaged or hostile') from None
 
 # ----------------------------------------------------------------------------
 
@@ -696,8 +809,13 @@ class _TFKwargs:
 
 
 def _build_from_tf_kwargs(cls, kwargs, where):
+    _check_network_arguments(cls, (), kwargs, where)
     try:
+        with torch.device('meta'):  # The size from the arguments, before any memory is taken.
+            _check_network_size(cls(**kwargs), where)
         net = cls(**kwargs)
+    except NetworkLoadError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure means the TF arguments describe no network of ours.
         message = str(err).splitlines()[0] if str(err) else ''
         raise NetworkLoadError(f'{where}: cannot build a StyleGAN2 {cls.__name__} from the TF network arguments '

@@ -5,6 +5,7 @@ dataset kwargs, whose repr names the statistics cache), and the label pool sampl
 Bad input raises :class:`EvaluationError` with a one-line message.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -76,13 +77,20 @@ def load_snapshot(network, device, allow_code):
     return G, data.get('training_set_kwargs')
 
 
-def dataset_kwargs(data, training_set_kwargs, G, mirror):
-    # NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
-    # kwargs names the dataset statistics cache, so theirs and ours find each other's files.
+def dataset_kwargs(data, training_set_kwargs, G, mirror, network=None):
+    """Dataset kwargs from --data, else from the snapshot's training_set_kwargs (as data: our class only).
+
+    NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
+    kwargs names the dataset statistics cache, so theirs and ours find each other's files.
+    """
+    from training.dataset import DATASET_CLASS_NAME, DatasetError, check_dataset_kwargs
     if data is not None:
-        kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
+        kwargs = dnnlib.EasyDict(class_name=DATASET_CLASS_NAME, path=data)
     elif training_set_kwargs is not None:
-        kwargs = dnnlib.EasyDict(training_set_kwargs)
+        try:
+            kwargs = check_dataset_kwargs(training_set_kwargs, network or 'the network pickle')
+        except DatasetError as err:
+            raise EvaluationError(str(err)) from None
     else:
         return None
     kwargs.resolution = G.img_resolution
@@ -93,9 +101,14 @@ def dataset_kwargs(data, training_set_kwargs, G, mirror):
 
 
 def open_dataset(dataset_kwargs, G, from_pickle):
+    """Open the dataset (always training.dataset.ImageFolderDataset; nothing is imported by name)."""
     from training.dataset import DatasetError
+    from training.dataset import open_dataset as open_image_folder
+    if from_pickle and int(os.environ.get('RANK', '0')) == 0:
+        print(f'note: no --data given: reading the training set recorded in the network pickle, '
+              f'{dataset_kwargs.path}, as an image folder/zip', file=sys.stderr)
     try:
-        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+        dataset = open_image_folder(**dataset_kwargs)
     except DatasetError as err:
         hint = ' (the dataset recorded in the network pickle; pass --data)' if from_pickle else ''
         raise EvaluationError(f'{err}{hint}') from None

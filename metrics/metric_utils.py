@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dnnlib import util
+from torch_utils import safe_pickle
 
 # ----------------------------------------------------------------------------
 
@@ -144,30 +145,25 @@ class FeatureStats:
         code on load.
         """
         with open(pkl_file, 'rb') as f:
-            state = _StatsUnpickler(f).load()
+            state = _load_stats_state(f)
         if not isinstance(state, dict) or 'num_items' not in state:
             raise ValueError(f'{pkl_file} is not a FeatureStats pickle')
         obj = cls(capture_all=state.get('capture_all', False), max_items=state.get('max_items'))
-        obj.__dict__.update(state)
+        obj.__dict__.update({key: value for key, value in state.items() if key in obj.__dict__})  # Known fields only.
         return obj
 
 # ----------------------------------------------------------------------------
 
 
-class _StatsUnpickler(pickle.Unpickler):
-    # numpy 2 writes numpy._core.*, numpy 1 numpy.core.*; NVlabs' EasyDict may appear in old files.
-    _allowed = {
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-        ('collections', 'OrderedDict'), ('dnnlib.util', 'EasyDict'),
-    }
+# numpy 2 writes numpy._core.*, numpy 1 numpy.core.*; NVlabs' EasyDict may appear in old files.
+_STATS_GLOBALS = {**safe_pickle.BASIC_GLOBALS, **safe_pickle.NUMPY_GLOBALS, ('dnnlib.util', 'EasyDict'): util.EasyDict}
 
-    def find_class(self, module, name):
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f'FeatureStats pickle refers to {module}.{name}, which is not allowed')
-        return super().find_class(module, name)
+
+def _load_stats_state(f):
+    try:
+        return safe_pickle.load(f, _STATS_GLOBALS)  # Bounded: a tiny tampered cache cannot hang or exhaust memory.
+    except safe_pickle.UnsafePickleError as err:
+        raise pickle.UnpicklingError(f'FeatureStats pickle refused: {err}') from None
 
 # ----------------------------------------------------------------------------
 
@@ -260,8 +256,8 @@ def _load_pickled_detector(f, url, allow_pickle_code):
     else:
         # A module rebuilt by the safe loader would need a known architecture; detectors are not one.
         try:
-            detector = legacy._SafeUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
+            detector = safe_pickle.load(f, legacy._SAFE_GLOBALS)
+        except safe_pickle.UnsafePickleError as err:
             detector = err
         if not isinstance(detector, torch.nn.Module):
             raise DetectorError(f'{url} is a pickle whose code safe loading cannot rebuild; use the TorchScript '
@@ -370,7 +366,8 @@ class MetricOptions(util.EasyDict):
     G_kwargs : dict, default={}
         Extra arguments of ``G(z, c, ...)`` (e.g. ``noise_mode``).
     dataset_kwargs : dict, default={}
-        ``dnnlib.util.construct_class_by_name`` arguments of the dataset (NVlabs' ``training_set_kwargs``).
+        The dataset in NVlabs' ``training_set_kwargs`` layout; only ``training.dataset.ImageFolderDataset``
+        and its options are admitted (``training.dataset.check_dataset_kwargs``), never another class_name.
     num_gpus, rank : int, default=1, 0
         ``torch.distributed`` world size and rank (one process: 1, 0).
     device : torch.device, default=cpu
@@ -420,7 +417,8 @@ def make_dataset(opts):
     """The dataset described by ``opts.dataset_kwargs``."""
     if not opts.dataset_kwargs:
         raise ValueError('this metric needs a dataset: pass --data (the network pickle records none)')
-    return util.construct_class_by_name(**opts.dataset_kwargs)
+    from training.dataset import open_dataset
+    return open_dataset(**opts.dataset_kwargs)  # Our dataset class only: never imports a class_name from a file.
 
 
 def dataset_labels(dataset):

@@ -226,6 +226,19 @@ def test_safe_and_code_modes_agree(tmp_path, fresh_caches, compat, c_dim):
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_protocol_3_snapshot_loads_safely(tmp_path):
+    """Python 3.7 (StyleGAN2-ADA's) pickles with protocol 3, which stores each module's set as builtins.set."""
+    G, D, G_ema = _make_nets('ada', 0)
+    data = dict(training_set_kwargs=None, G=G, D=D, G_ema=G_ema, augment_pipe=None)
+    raw = pickle.dumps({k: (copy.deepcopy(v).eval().requires_grad_(False) if v is not None and k != 'training_set_kwargs'
+                            else v) for k, v in data.items()}, protocol=3)
+    assert b'builtins' in raw and b'set' in raw
+    path = tmp_path / 'py37.pkl'
+    path.write_bytes(raw)
+    safe = _load(path)
+    assert torch.equal(_gen(safe['G_ema']), _gen(G_ema))
+
+
 def test_nvlabs_fixture_through_a_snapshot(fixtures_dir, tmp_path):
     with np.load(os.path.join(fixtures_dir, 'sg2ada_tiny_state.npz')) as ref:
         ref = {key: ref[key] for key in ref.files}

@@ -40,6 +40,7 @@ import torch
 import dnnlib
 import legacy
 from sampling import images as image_utils
+from training.dataset import open_dataset
 
 # ----------------------------------------------------------------------------
 
@@ -182,7 +183,7 @@ def training_loop(
     rnd = np.random.RandomState(random_seed)
 
     # Data.
-    training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
+    training_set = open_dataset(**training_set_kwargs)  # Our class only, even for kwargs read from a file.
     sampler = InfiniteSampler(training_set, seed=random_seed)
     loader = torch.utils.data.DataLoader(training_set, sampler=sampler, batch_size=batch_size, **data_loader_kwargs)
     training_set_iterator = iter(loader)
