@@ -298,7 +298,7 @@ def _rebuild_network(obj, name, key):
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
 
     expected_class = _ROLE_CLASSES.get(key)
-    if expected_class is not None and obj.class_name != expected_class:
+    if expected_class is not None and obj.class_name not in (expected_class, *_OTHER_GENERATORS.get(key, ())):
         raise NetworkLoadError(f'{where} is a {obj.class_name}, not a {expected_class}; the file is damaged or '
                                'its networks are swapped')
 
@@ -492,6 +492,23 @@ def _network_bytes_budget(f):
 
 
 _I, _F = safe_pickle.Int, safe_pickle.Float
+
+
+class _NVAEArch:
+    """NVAE's decoder cell table: None, or {cell type: [1..8 'mconv_e*k*g*' op names]} for its four cell types."""
+
+    def check(self, value):
+        from training import networks_nvae
+        if value is None:
+            return True
+        return (isinstance(value, dict) and set(value) == set(networks_nvae.DECODER_CELL_TYPES)
+                and all(isinstance(ops, (list, tuple)) and 1 <= len(ops) <= 8
+                        and all(self._sane(networks_nvae.parse_mbconv_op(op)) for op in ops) for ops in value.values()))
+
+    @staticmethod
+    def _sane(op):  # expansion, kernel, groups
+        return op is not None and 1 <= op[0] <= 16 and 1 <= op[1] <= 15 and 0 <= op[2] <= 4096
+
 _ACTIVATIONS = safe_pickle.OneOf(('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish'))
 # Generous bounds: the largest published networks use 1024 px, 512-1024 channels, 8 mapping layers, 14
 # synthesis layers and filters of 6 taps; anything far beyond is a damaged or hostile file.
@@ -514,6 +531,12 @@ _NETWORK_ARGUMENT_RULES = {
     'last_stopband_rel': _F(1e-3, 100), 'margin_size': _I(0, 1024), 'output_scale': _F(-1e6, 1e6),
     'conv_kernel': _I(1, 15), 'filter_size': _I(1, 64), 'lrelu_upsampling': _I(1, 16),
     'use_radial_filters': safe_pickle.BOOL, 'magnitude_ema_beta': _F(0, 1),
+    # NVAE's decoder (training/networks_nvae.py).
+    'num_latent_scales': _I(1, 8), 'num_groups_per_scale': _I(1, 64), 'ada_groups': safe_pickle.BOOL,
+    'min_groups_per_scale': _I(1, 64), 'num_latent_per_group': _I(1, 1024), 'num_channels_dec': _I(1, 4096),
+    'num_preprocess_blocks': _I(1, 8), 'num_postprocess_blocks': _I(1, 8), 'num_postprocess_cells': _I(1, 16),
+    'num_cell_per_cond_dec': _I(1, 16), 'use_se': safe_pickle.BOOL, 'input_size': _I(4, 8192),
+    'crop': _I(1, 8192, none=True), 'arch': _NVAEArch(),
 }
 
 
@@ -554,7 +577,9 @@ def _check_network_size(net, where):
 
 
 _ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
-_GENERATOR_ATTRS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'mapping', 'synthesis')
+_OTHER_GENERATORS = {'G': ('NVAEGenerator',), 'G_ema': ('NVAEGenerator',)}  # Generators of other names.
+# The common generator face (sampling/synthesis.py); mapping/synthesis are StyleGAN's and optional.
+_GENERATOR_ATTRS = ('z_dim', 'c_dim', 'img_resolution', 'img_channels')
 
 
 def _check_roles(data, name):

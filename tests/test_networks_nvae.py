@@ -342,11 +342,3 @@ def test_train_mode_batch_statistics_and_eval_rows_independent(small_checkpoint)
     assert torch.allclose(G(z)[:1], one, atol=1e-6)  # eval: a latent's image does not depend on its batch
 
 
-
-def test_torch_versions_without_scoped_allow_lists(small_checkpoint, monkeypatch):
-    """torch 2.4 (add_safe_globals only) loads; older torch is told, in one line, that it needs 2.4."""
-    monkeypatch.delattr(torch.serialization, 'safe_globals')
-    assert load(small_checkpoint).z_dim == 1728
-    monkeypatch.delattr(torch.serialization, 'add_safe_globals')
-    with pytest.raises(legacy.NetworkLoadError, match='needs torch 2.4 or later'):
-        load(small_checkpoint)

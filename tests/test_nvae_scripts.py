@@ -112,7 +112,7 @@ def test_hostile_checkpoint_one_line_no_traceback(tmp_path):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and 'refusing to load' in lines[0] and 'references exec' in lines[0], result.stderr
+    assert len(lines) == 1 and 'refusing to load' in lines[0] and 'exec, which safe loading does not allow' in lines[0], result.stderr
     assert 'Traceback' not in result.stderr and not marker.exists()
 
 

@@ -2,8 +2,9 @@
 
 An NVAE checkpoint is a ``torch.save`` dict with ``epoch, state_dict, optimizer, global_step, args,
 arch_instance, scheduler, grad_scalar``; ``args`` is an ``argparse.Namespace``. It is read with
-``torch.load(weights_only=True)``, which runs nothing from the file and admits only tensors and plain
-containers, with ``argparse.Namespace`` allow-listed as plain data. The decoder is rebuilt from ``args``
+``torch_utils.safe_pickle`` (a bounded restricted unpickler of ``torch.save`` files), which runs nothing from
+the file and admits only tensors and plain containers, with ``argparse.Namespace`` allow-listed as plain
+data; storage offsets and sizes are checked against the storages. The decoder is rebuilt from ``args``
 (and ``arch_instance``) on the meta device, then every state-dict entry is accounted for:
 
 * the decoder's entries (``prior_ftr0``, ``dec_tower.*``, ``dec_sampler.*``, ``post_process.*``,
@@ -22,13 +23,10 @@ Every failure is one :class:`CheckpointError` line.
 """
 
 import argparse
-import contextlib
-import pickle
-import re
-import zipfile
 
 import torch
 
+from torch_utils import safe_pickle
 from training import networks_nvae
 
 CHECKPOINT_KEYS = frozenset(['epoch', 'state_dict', 'optimizer', 'global_step', 'args', 'arch_instance',
@@ -65,33 +63,29 @@ def is_torch_checkpoint(f):
     return head.startswith(_ZIP_MAGIC) or head == _LEGACY_MAGIC
 
 
+# What an NVAE checkpoint may name besides tensors and storages (safe_pickle.TORCH_GLOBALS, always admitted).
+CHECKPOINT_GLOBALS = {('argparse', 'Namespace'): argparse.Namespace, **safe_pickle.BASIC_GLOBALS}
+
+
 def read_checkpoint(f, name='the checkpoint'):
-    """``torch.load`` the file with nothing run from it: tensors, plain containers and argparse.Namespace."""
+    """Read a ``torch.save`` file (zip or legacy format) with torch_utils.safe_pickle: nothing in it runs.
+
+    Only tensors, plain values, OrderedDict and argparse.Namespace (as plain data: its attributes are set,
+    nothing is called) are admitted, within safe_pickle's bounds on time and memory.
+    """
     try:
-        with _namespace_allowed(name):
-            return torch.load(f, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r'GLOBAL ([\w.]+)', str(err))
-        what = f'it references {found.group(1)}' if found else str(err).strip().splitlines()[0]
-        raise CheckpointError(f'refusing to load {name}: {what}, which safe loading does not allow '
-                              '(an NVAE checkpoint holds only tensors, plain values and argparse.Namespace)') from None
-    except (EOFError, OSError, zipfile.BadZipFile):
-        raise CheckpointError(f'{name} is truncated or damaged: download it again') from None
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f'{name} is not a readable PyTorch checkpoint ({message})') from None
-
-
-def _namespace_allowed(name):
-    """A context in which ``torch.load(weights_only=True)`` admits argparse.Namespace (torch 2.4 or later)."""
-    if hasattr(torch.serialization, 'safe_globals'):  # torch >= 2.5: scoped to the call
-        return torch.serialization.safe_globals([argparse.Namespace])
-    if hasattr(torch.serialization, 'add_safe_globals'):  # torch 2.4: process-wide, and Namespace is plain data
-        torch.serialization.add_safe_globals([argparse.Namespace])
-        return contextlib.nullcontext()
-    raise CheckpointError(f'{name}: reading an NVAE checkpoint safely needs torch 2.4 or later (this is '
-                          f'{torch.__version__}): its args are an argparse.Namespace, which older weights_only '
-                          'loading cannot admit')
+        return safe_pickle.load_torch_checkpoint(f, CHECKPOINT_GLOBALS)
+    except safe_pickle.TruncatedPickleError:
+        raise CheckpointError(f'{name} is truncated: download it again') from None
+    except (safe_pickle.RefusedGlobalError, safe_pickle.PickleLimitError) as err:
+        raise CheckpointError(f'refusing to load {name}: {err} (an NVAE checkpoint holds only tensors, plain '
+                              'values and argparse.Namespace)') from None
+    except safe_pickle.UnsafePickleError as err:
+        if 'zip archive' in str(err):  # A cut zip loses its central directory first.
+            raise CheckpointError(f'{name} is truncated or damaged ({err}): download it again') from None
+        raise CheckpointError(f'{name} is not a readable PyTorch checkpoint ({err})') from None
+    except (OSError, EOFError) as err:
+        raise CheckpointError(f'cannot read {name}: {err}') from None
 
 
 def load_nvae_checkpoint(f, name='the checkpoint', crop=None):
