@@ -81,6 +81,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                  fid_stats, allow_pickle_code, cache, workers):
     """Everything after option parsing; raises EvaluationError for bad input."""
     metrics = evaluation.parse_metrics(metrics)
+    if out is not None:   # Refused now rather than after the metrics are computed.
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
     try:
         spec = samplers.parse(sampler_spec)
     except samplers.SamplerSpecError as err:
@@ -161,7 +163,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
 @click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')

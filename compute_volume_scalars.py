@@ -115,7 +115,7 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
         if job.output_dtype != dtype:
             click.echo(f'warning: --dtype {dtype} requested, but the network computes in {job.output_dtype} '
                        f'(StyleGAN casts z and w to float32 inside); the values have {job.output_dtype} precision', err=True)
-        os.makedirs(outdir, exist_ok=True)
+        cli.prepare_outdir(outdir)
         if not merge:
             done = job.run(outdir, shard=shard, progress=True)
             click.echo(f'Shard {shard[0]}/{shard[1]}: computed {len(done)} chunk(s) of {job.num_chunks}', err=True)

@@ -15,25 +15,22 @@ Examples:
     python generate.py --outdir=out --projected-w=projected_w.npz --network=network.pkl
 """
 
-import os
-
 import click
-import numpy as np
 
 from sampling import cli, images
-from sampling.latents import z_from_seeds
-from sampling.synthesis import has_mapping, set_input_transform, synthesize
+from sampling.latents import FileFormatError, z_from_seeds
+from sampling.synthesis import has_mapping, load_projected_w, set_input_transform, synthesize
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
-@click.option('--seeds', type=cli.parse_range, help="Random seeds, e.g. '0,1,4-6'")
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
+@click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @click.option('--class', 'class_idx', type=int, help='Class label (required for conditional networks)')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--projected-w', type=click.Path(exists=True, dir_okay=False), help='Render W vectors from an npz (key w)')
 @click.option('--translate', type=cli.parse_vec2, default='0,0', show_default=True, help='StyleGAN3 input translation')
-@click.option('--rotate', type=float, default=0, show_default=True, help='StyleGAN3 input rotation in degrees')
+@click.option('--rotate', type=cli.FiniteFloat(), default=0, show_default=True, help='StyleGAN3 input rotation in degrees')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=32, show_default=True, help='Images per forward pass')
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
@@ -45,16 +42,17 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         raise click.UsageError('pass --seeds (or --projected-w)')
     device = cli.resolve_device(device)
     G = cli.load_generator(cli.network_or_default(network_pkl), device, allow_code=allow_pickle_code)
-    set_input_transform(G, translate, rotate)
-    os.makedirs(outdir, exist_ok=True)
+    if not set_input_transform(G, translate, rotate) and (translate != (0, 0) or rotate != 0):
+        click.echo('warning: --translate and --rotate apply to StyleGAN3 networks only; ignored', err=True)
 
     if projected_w is not None:
         if not has_mapping(G):
-            raise click.UsageError(f'--projected-w needs a generator with a mapping network (W); '
-                                   f'this {type(G).__name__} has none: use --seeds')
-        ws = np.load(projected_w)['w']
-        if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
-            raise click.ClickException(f'{projected_w}: w has shape {ws.shape}, expected [N, {G.num_ws}, {G.w_dim}]')
+            raise cli.UserError(f'--projected-w needs a generator with a mapping network (W); '
+                                f'this {type(G).__name__} has none: use --seeds')
+        try:
+            ws = load_projected_w(projected_w, G.num_ws, G.w_dim)
+        except FileFormatError as err:
+            raise cli.UserError(f'--projected-w: {err}') from None
         names = [f'proj{idx:02d}.png' for idx in range(len(ws))]
         batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size)
     else:
@@ -64,6 +62,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w,
         batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
                              batch_size=batch_size)
 
+    cli.prepare_outdir(outdir)
     num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')
 

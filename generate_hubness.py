@@ -93,9 +93,9 @@ def _check_class(G, class_idx):
 @click.option('--space', type=click.Choice(['w', 'z']), default='w', show_default=True,
               help="Where to score: W (the authors') or Z")
 @click.option('--k', type=click.IntRange(min=1), default=5, show_default=True, help='Neighbourhood size')
-@click.option('--threshold', type=float, help='Hub if score >= threshold  [default: 50, if no other rule]')
+@click.option('--threshold', type=cli.FiniteFloat(), help='Hub if score >= threshold  [default: 50, if no other rule]')
 @click.option('--top', type=click.IntRange(min=1), help='Instead: the M highest scores of each batch')
-@click.option('--quantile', type=click.FloatRange(0, 1), help="Instead: score >= this quantile of the batch's scores")
+@click.option('--quantile', type=cli.FiniteFloat(0, 1), help="Instead: score >= this quantile of the batch's scores")
 @click.option('--count-self/--no-count-self', default=True, show_default=True,
               help="Count each latent as its own first neighbour (the authors' convention) or not (textbook)")
 @click.option('--batch-size', type=click.IntRange(min=2), default=10000, show_default=True,
@@ -104,7 +104,7 @@ def _check_class(G, class_idx):
               help='Batch b uses batch seed --seed + b')
 @click.option('--max-batches', type=click.IntRange(1, hub_sampler.MAX_BATCHES),
               help=f'Stop after this many batches  [default: {_DEFAULT_MAX_BATCHES}; see Shards]')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True,
               help='Truncation psi (synthesis only)')
 @click.option('--class', 'class_idx', type=_parse_class, metavar='INT|random',
               help="Class of a conditional network, or 'random' (random class per latent, seeded by its batch; "
@@ -148,6 +148,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     # Everything that defines the outputs; a re-run into the same --outdir must agree on all of it.
     config = dict(search.settings(), network_sha256=sha256, z_dim=G.z_dim, c_dim=G.c_dim, num=num,
                   truncation_psi=truncation_psi, noise_mode=noise_mode)
+    cli.prepare_outdir(outdir)
     chunk_dir = os.path.join(outdir, 'chunks')
     try:
         store = ChunkStore(chunk_dir, hub_sampler.MAX_BATCHES, config=config)

@@ -55,13 +55,13 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
               help='Volume bank (.npz), or the MaGNET authors\' per-class {class}_{name}.npz (a folder, or --bank repeated)')
-@click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
+@click.option('--rho', type=cli.FiniteFloat(), default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
 @click.option('--top-k', type=click.IntRange(min=1), help='Singular values per volume (default: all in the bank)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Images to generate')
-@click.option('--mix', type=click.FloatRange(0, 1), default=1, show_default=True, help='Fraction from the bank; the rest random')
+@click.option('--mix', type=cli.FiniteFloat(0, 1), default=1, show_default=True, help='Fraction from the bank; the rest random')
 @click.option('--replace/--no-replace', default=True, show_default=True, help='Resample with replacement (Algorithm 1) or not (authors\' demo)')
 @click.option('--per-class', is_flag=True, help='Normalise probabilities within each class; equal counts per class')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi at synthesis')
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi at synthesis')
 @click.option('--class', 'class_idx', type=int, help='Only this class (conditional networks)')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the resampling')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
@@ -97,7 +97,7 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
                f'{summary["num_from_bank"]} images from the bank ({summary["distinct_from_bank"]} distinct latents), '
                f'{summary["num_random"]} random', err=True)
 
-    os.makedirs(outdir, exist_ok=True)
+    cli.prepare_outdir(outdir)
     paths, hashes = [os.path.abspath(f) for f in bank_files], [latents.file_sha256(f) for f in bank_files]
     summary.update(bank=paths[0] if len(paths) == 1 else paths, bank_sha256=hashes[0] if len(hashes) == 1 else hashes,
                    network_sha256=network_sha256, truncation_psi=truncation_psi, noise_mode=noise_mode,

@@ -7,7 +7,8 @@ rebuilt as an instance of this repository's own class from its pickled construct
 checked against the pickled state (names, shapes and plain attributes must all agree; floats up to
 rounding, since numpy 1.x and 2.x can differ in the last bit) before the pickled weights, buffers and
 attribute values are adopted. ``allow_code=True`` instead runs the module source embedded in the pickle,
-as NVlabs' own loader does; both give the same images.
+as NVlabs' own loader does; both give the same images. TF-era (G, D, Gs) tuples are converted:
+StyleGAN2's below, ProGAN's by ``training/convert_progan.py`` (never running code, whatever allow_code says).
 """
 
 import contextvars
@@ -24,6 +25,7 @@ import torch
 
 import dnnlib
 from torch_utils import persistence, safe_pickle
+from training import convert_progan
 
 # ----------------------------------------------------------------------------
 
@@ -63,6 +65,12 @@ def _load_network_pkl(f, name, allow_code, force_fp16):
 
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data):
         data = _convert_tf_pickle(data, name)
+    if convert_progan.is_progan_pickle(data):
+        try:
+            data = convert_progan.convert_progan_pickle(data, name)
+        except convert_progan.ConversionError as err:
+            raise NetworkLoadError(str(err)) from None
+        warnings.warn(f'{name}: the ProGAN critic (D_paper) is not converted; D is None', stacklevel=2)
     if not isinstance(data, dict):
         raise NetworkLoadError(f'{name} does not contain a network snapshot: expected a dict with G_ema '
                                f'(or a TF-era (G, D, Gs) tuple), found {type(data).__name__}')
@@ -122,13 +130,15 @@ def _load_nvae_checkpoint(f, name):
     return dict(G=None, D=None, G_ema=G, training_set_kwargs=None, augment_pipe=None)
 
 
-def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None):
+def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None, extra=None):
     """Write a snapshot in NVlabs' layout (a plain pickle of a dict), atomically.
 
     Each network is deep-copied and stored in eval mode, without gradients, on the CPU, as NVlabs'
     training loop does; the pickle embeds the networks' module source, so NVlabs' loader reads it too.
+    ``extra`` adds plain entries (tensors, arrays, numbers, strings, containers), e.g. the trainer's
+    ``training_state``; NVlabs' code ignores keys it does not know.
     """
-    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs))
+    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs), **(extra or {}))
     for key, module in (('G', G), ('D', D), ('G_ema', G_ema), ('augment_pipe', augment_pipe)):
         if module is not None:
             assert persistence.is_persistent(module), f'{key} must be an instance of a persistent class'
@@ -176,6 +186,7 @@ _SAFE_GLOBALS = {
     ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
     ('torch_utils.persistence', '_reconstruct_persistent_obj'): _PickledPersistent,
     ('dnnlib.tflib.network', 'Network'): _TFNetworkStub,
+    ('tfutil', 'Network'): convert_progan.TFNetworkState,  # ProGAN's TF release: state only, never run.
 }
 
 
@@ -183,6 +194,10 @@ class _CodeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkStub
+        if (module, name) == ('tfutil', 'Network'):  # ProGAN's TF release: converted, its source never run.
+            return convert_progan.TFNetworkState
+        if (module, name) == ('network', 'Network'):
+            raise safe_pickle.RefusedGlobalError('network.Network')
         return super().find_class(_numpy_core_here(module), name)
 
 
@@ -216,6 +231,8 @@ def _unpickle(f, name, allow_code):
             return safe_pickle.load(f, _SAFE_GLOBALS)
         return _CodeUnpickler(f).load()
     except safe_pickle.RefusedGlobalError as err:
+        if err.global_name == 'network.Network':
+            raise NetworkLoadError(f'refusing to load {name}: {convert_progan.THEANO_REFUSAL}') from None
         raise NetworkLoadError(f'refusing to load {name}: {err}; if you trust the file, pass --allow-pickle-code '
                                '(allow_code=True)') from None
     except safe_pickle.TruncatedPickleError as err:
@@ -257,6 +274,8 @@ def _source_kind(obj):
         return 'sg2'
     if classes == _SG3_CLASSES:
         return 'sg3'
+    if classes == convert_progan.NETWORK_CLASSES:
+        return 'progan'
     if classes == _NVAE_CLASSES:
         return 'nvae'
     return None
@@ -289,10 +308,11 @@ def _check_plain(value, where):
 def _rebuild_network(obj, name, key):
     where = f'{name}: {key}'
     if obj.version != persistence._version or obj.type != 'class':
-        raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
-                               'this loader reads version 6')
+        raise NetworkLoadError(f'{where}: unsupported persistence format: this loader reads version '
+                               f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
-    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',), 'nvae': ('NVAEGenerator',)}.get(kind, ())
+    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',),
+                   'progan': ('Generator',), 'nvae': ('NVAEGenerator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
@@ -310,6 +330,8 @@ def _rebuild_network(obj, name, key):
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
+    elif kind == 'progan':
+        from training import networks_progan as module
     elif kind == 'sg3':
         from training import networks_stylegan3 as module
     else:
@@ -531,6 +553,10 @@ _NETWORK_ARGUMENT_RULES = {
     'last_stopband_rel': _F(1e-3, 100), 'margin_size': _I(0, 1024), 'output_scale': _F(-1e6, 1e6),
     'conv_kernel': _I(1, 15), 'filter_size': _I(1, 64), 'lrelu_upsampling': _I(1, 16),
     'use_radial_filters': safe_pickle.BOOL, 'magnitude_ema_beta': _F(0, 1),
+    # ProGAN.
+    'fmap_base': _I(1, 1 << 22), 'fmap_decay': _F(0, 16), 'fmap_max': _I(1, 16384),
+    'normalize_latents': safe_pickle.BOOL, 'use_wscale': safe_pickle.BOOL, 'use_pixelnorm': safe_pickle.BOOL,
+    'use_leakyrelu': safe_pickle.BOOL, 'fused_scale': safe_pickle.BOOL, 'pixelnorm_epsilon': _F(0, 1),
     # NVAE's decoder (training/networks_nvae.py).
     'num_latent_scales': _I(1, 8), 'num_groups_per_scale': _I(1, 64), 'ada_groups': safe_pickle.BOOL,
     'min_groups_per_scale': _I(1, 64), 'num_latent_per_group': _I(1, 1024), 'num_channels_dec': _I(1, 4096),
@@ -578,7 +604,7 @@ def _check_network_size(net, where):
 
 _ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
 _OTHER_GENERATORS = {'G': ('NVAEGenerator',), 'G_ema': ('NVAEGenerator',)}  # Generators of other names.
-# The common generator face (sampling/synthesis.py); mapping/synthesis are StyleGAN's and optional.
+# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's).
 _GENERATOR_ATTRS = ('z_dim', 'c_dim', 'img_resolution', 'img_channels')
 
 
@@ -615,6 +641,8 @@ def _force_fp16(data):
         old = data[key]
         if old is None or not hasattr(old, 'init_kwargs'):
             continue
+        if _defined_classes(getattr(old, '_orig_module_src', '')) == convert_progan.NETWORK_CLASSES:
+            raise NetworkLoadError('--force-fp16 applies to StyleGAN networks only; ProGAN runs in float32')
         kwargs = copy.deepcopy(old.init_kwargs)
         fp16 = dict(num_fp16_res=4, conv_clamp=256)
         if key != 'D' and 'synthesis_kwargs' in kwargs:
@@ -967,7 +995,8 @@ def _tf_discriminator_source(name):
 
 
 @click.command()
-@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2, StyleGAN2-ADA or StyleGAN3): path or URL',
+@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2 or ProGAN, StyleGAN2-ADA, StyleGAN3): '
+              'path or URL',
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)

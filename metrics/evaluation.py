@@ -49,13 +49,19 @@ def parse_detectors(text):
 
 
 def load_fid_stats(path):
+    from sampling.latents import FileFormatError, read_npz
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if 'mu' not in data or 'sigma' not in data:
-                raise EvaluationError(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data.files)}')
-            mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-    except (OSError, ValueError) as err:
-        raise EvaluationError(f'--fid-stats {path}: cannot read it as an .npz file ({str(err).splitlines()[0]})') from None
+        data = read_npz(path, what='FID statistics file (an .npz with mu and sigma)')
+    except FileFormatError as err:
+        raise EvaluationError(f'--fid-stats {err}') from None
+    except OSError as err:
+        raise EvaluationError(f'--fid-stats {path}: cannot read it ({err.strerror or err})') from None
+    if 'mu' not in data or 'sigma' not in data:
+        raise EvaluationError(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data)}')
+    try:
+        mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+    except (TypeError, ValueError):
+        raise EvaluationError(f'--fid-stats {path}: mu and sigma must be numeric arrays') from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise EvaluationError(f'--fid-stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)} and '
                        f'{list(sigma.shape)}')

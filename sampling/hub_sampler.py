@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -270,12 +271,8 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
         for batch in range(max_batches):
             if found >= num:
                 break
-            if not store.is_done(batch):
-                if compute is None:
-                    raise ValueError(f'batch {batch} is not finished: run every shard to the end before merging')
-                store.write(batch, compute(batch))
             # Always the stored copy: a resumed run then sees exactly what an uninterrupted one saw.
-            chunk = store.read(batch)
+            chunk = _obtain(store, batch, compute, max_batches)
             chunks.append(chunk)
             bar.update(min(len(chunk), num - found))
             found += len(chunk)
@@ -287,6 +284,27 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
     joined = concatenate(chunks, meta={})
     bank = joined.select(np.arange(min(num, len(joined))))
     return HubResult(bank=bank, batches=[chunk.meta for chunk in chunks], num=num)
+
+
+def _obtain(store, batch, compute, max_batches):
+    """The stored chunk of `batch`, computing it first if needed (None `compute`: it must be there).
+
+    While another process holds the claim on `batch`, a later batch nobody has claimed is computed meanwhile
+    (concurrent runs into one folder share the work), else this waits for it.
+    """
+    while True:
+        chunk = store.load(batch)
+        if chunk is not None:
+            return chunk
+        if compute is None:
+            raise ValueError(f'batch {batch} is not finished: run every shard to the end before merging')
+        if store.compute_one(batch, compute):
+            continue
+        for later in range(batch + 1, max_batches):
+            if not os.path.exists(store.path(later)) and store.compute_one(later, compute):
+                break
+        else:
+            time.sleep(store.poll_interval)
 
 
 def shard_batches(search, num, shard_index, shard_count, max_batches=None):
@@ -313,7 +331,7 @@ def image_names(num):
 
 
 def write_images(G, bank, outdir, truncation_psi=1, noise_mode='const', batch_size=32, progress=True):
-    """Render every hub of `bank` to ``outdir/hub000000.png`` ..., skipping images that already exist.
+    """Render every hub of `bank` to ``outdir/hub000000.png`` ..., skipping complete images already there.
 
     Images are rendered in groups of `batch_size` consecutive hubs starting at multiples of `batch_size`, the
     same groups whatever was written before, so an interrupted and resumed run writes the same files as an
@@ -321,18 +339,24 @@ def write_images(G, bank, outdir, truncation_psi=1, noise_mode='const', batch_si
     """
     from tqdm import tqdm
 
-    from sampling.images import save_png, to_uint8
+    from sampling.images import png_problem, save_png, to_uint8
     from sampling.synthesis import synthesize
 
     paths = [os.path.join(outdir, name) for name in image_names(len(bank))]
-    starts = [i0 for i0 in range(0, len(bank), batch_size)
-              if not all(os.path.exists(p) for p in paths[i0 : i0 + batch_size])]
+    size = int(G.img_resolution)
+    sound = []
+    for path in paths:
+        problem = png_problem(path, size, size) if os.path.exists(path) else 'missing'
+        if problem not in (None, 'missing'):
+            tqdm.write(f'warning: {path} {problem}; rendering it again', file=sys.stderr)
+        sound.append(problem is None)
+    starts = [i0 for i0 in range(0, len(bank), batch_size) if not all(sound[i0 : i0 + batch_size])]
     for i0 in tqdm(starts, unit='batch', desc='Images', disable=None if progress else True):
         i1 = min(i0 + batch_size, len(bank))
         images = synthesize(G, z=bank.latents[i0:i1], c=bank.labels[i0:i1], truncation_psi=truncation_psi,
                             noise_mode=noise_mode, batch_size=i1 - i0)
-        for path, array in zip(paths[i0:i1], to_uint8(next(images))):
-            if not os.path.exists(path):
+        for path, array, ok in zip(paths[i0:i1], to_uint8(next(images)), sound[i0:i1]):
+            if not ok:
                 save_png(path, array)
     return paths
 
@@ -390,9 +414,12 @@ def write_outputs(G, result, search, outdir, meta, images=True, truncation_psi=1
 
 
 def _same_bank(path, bank):
+    if not os.path.exists(path):
+        return False
     try:
         return LatentBank.load(path).equals(bank)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        print(f'warning: {str(err).splitlines()[0]}; writing it again', file=sys.stderr)
         return False
 
 #----------------------------------------------------------------------------

@@ -162,6 +162,55 @@ def file_sha256(path, chunk_size=1 << 20):
     return digest.hexdigest()
 
 
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should be (empty, truncated, damaged, another format); the
+    message names the file and is one line."""
+
+
+def read_npz(path, what='.npz file'):
+    """All arrays of an ``.npz`` archive as a dict, read without pickle; every array is read in full, so the
+    archive's CRC-32 checks run.
+
+    Raises
+    ------
+    FileNotFoundError
+        When `path` does not exist.
+    FileFormatError
+        One line naming `path` and `what` it should be: empty, a single ``.npy`` array, a pickle or text
+        instead of an archive, truncated or damaged, or holding arrays of Python objects.
+    """
+    import zipfile
+    import zlib
+
+    path = os.fspath(path)
+    with open(path, 'rb') as f:
+        head = f.read(6)
+    if not head:
+        raise FileFormatError(f'{path} is empty: it should be a {what}')
+    if head.startswith(b'\x93NUMPY'):
+        raise FileFormatError(f'{path} is a single .npy array, not a {what} (an .npz archive of named arrays, '
+                              f'numpy.savez)')
+    if not head.startswith(b'PK'):
+        kind = 'a pickle' if head[:1] == b'\x80' else 'not an .npz archive'
+        raise FileFormatError(f'{path} is {kind}: it should be a {what} (an .npz archive, numpy.savez)')
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as err:
+        if 'pickle' in str(err).lower():
+            raise FileFormatError(f'{path} holds arrays of Python objects, which are not read (they would need '
+                                  f'pickle): it is not a {what}') from None
+        raise FileFormatError(f'{path} is damaged ({_first_line(err)}): it is not a readable {what}') from None
+    except (EOFError, zipfile.BadZipFile, zlib.error, KeyError, OSError, UnicodeDecodeError) as err:
+        raise FileFormatError(f'{path} is truncated or damaged ({_first_line(err)}): it is not a readable '
+                              f'{what}') from None
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
@@ -405,19 +454,23 @@ def _per_class_bank(files, c_dim):
 
 
 def _read_bank_file(path):
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = read_npz(path, what='latent bank')
     if 'latents' not in arrays:
         raise ValueError(f"{path} is not a latent bank: it has no 'latents' array (keys: {sorted(arrays)})")
     if 'meta' in arrays:
         labels = arrays.pop('labels', None)
         if labels is not None and labels.ndim == 1 and labels.size:
             raise ValueError(f"{path}: 'labels' must be one-hot [N, c_dim] or empty, got shape {labels.shape}")
-        meta = json.loads(str(arrays.pop('meta')[()]))
+        meta = _read_meta(path, arrays.pop('meta'))
         fmt = meta.get('versions', {}).get('bank_format', BANK_FORMAT)
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise FileFormatError(f"{path}: the bank's meta has an invalid bank_format {fmt!r}")
         if fmt > BANK_FORMAT:
             raise ValueError(f'{path} uses bank format {fmt}, newer than this code ({BANK_FORMAT}); update it')
-        return LatentBank(arrays.pop('latents'), labels, meta=meta, **arrays)
+        try:
+            return LatentBank(arrays.pop('latents'), labels, meta=meta, **arrays)
+        except ValueError as err:
+            raise FileFormatError(f'{path}: {_first_line(err)}') from None
     return _authors_bank(path, arrays)
 
 
@@ -442,7 +495,26 @@ def _authors_bank(path, arrays):
     dropped = int(rows - keep.sum())
     flat = {name: value[keep] for name, value in flat.items()}
     meta = dict(source='external', source_file=os.path.basename(os.fspath(path)), dropped_zero_rows=dropped)
-    return LatentBank(flat.pop('latents'), flat.pop('labels', None), meta=meta, **flat)
+    try:
+        return LatentBank(flat.pop('latents'), flat.pop('labels', None), meta=meta, **flat)
+    except ValueError as err:
+        raise FileFormatError(f'{path}: {_first_line(err)}') from None
+
+
+def _read_meta(path, array):
+    """The JSON object of a bank's ``meta`` array (a 0-d string)."""
+    if array.ndim != 0 or array.dtype.kind != 'U':
+        raise FileFormatError(f"{path}: the bank's 'meta' must be one JSON string, got a {array.dtype} array of "
+                              f'shape {array.shape}')
+    try:
+        meta = json.loads(str(array[()]))
+    except ValueError as err:
+        raise FileFormatError(f"{path}: the bank's 'meta' is not valid JSON ({_first_line(err)})") from None
+    if not isinstance(meta, dict):
+        raise FileFormatError(f"{path}: the bank's 'meta' must be a JSON object, got a JSON {type(meta).__name__}")
+    if not isinstance(meta.get('versions', {}), dict) or not isinstance(meta.get('extras', {}), dict):
+        raise FileFormatError(f"{path}: the bank's 'meta' has 'versions' or 'extras' that are not JSON objects")
+    return meta
 
 
 def concatenate(banks, meta=None):

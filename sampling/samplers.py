@@ -487,6 +487,8 @@ def _load_bank(path, G, network_sha256):
         bank = latent_utils.load_bank(path, c_dim=G.c_dim)
     except FileNotFoundError:
         raise SamplerSpecError(f'latent bank not found: {path}') from None
+    except latent_utils.FileFormatError as err:
+        raise SamplerSpecError(f'latent bank {err}') from None
     except (OSError, ValueError) as err:
         raise SamplerSpecError(f'cannot read latent bank {path}: {str(err).splitlines()[0]}') from None
     try:

@@ -79,3 +79,26 @@ def _batch_labels(G, c, start, stop, device):
     if c.shape[0] == 1:
         return c.expand(stop - start, -1)
     return c[start:stop]
+
+
+def load_projected_w(path, num_ws, w_dim):
+    """The ``w`` array [N, num_ws, w_dim] of a projector's ``.npz`` (NVlabs' projected_w.npz), as float32.
+
+    Raises :class:`sampling.latents.FileFormatError` (one line naming the file) for anything else: not a
+    readable ``.npz``, no ``w``, another shape, or values that are not finite (they would render black images).
+    """
+    from sampling.latents import FileFormatError, read_npz
+
+    arrays = read_npz(path, what='projected-W file')
+    if 'w' not in arrays:
+        raise FileFormatError(f"{path} has no array 'w' (it has: {', '.join(sorted(arrays)) or 'nothing'}); "
+                              f"save the W vectors as numpy.savez(path, w=ws)")
+    ws = arrays['w']
+    if ws.dtype.kind not in 'fiu' or ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim) or len(ws) == 0:
+        raise FileFormatError(f'{path}: w is a {ws.dtype} array of shape {list(ws.shape)}, expected numbers of '
+                              f'shape [N >= 1, {num_ws}, {w_dim}] for this network')
+    ws = ws.astype(np.float32)
+    if not np.isfinite(ws).all():
+        bad = int((~np.isfinite(ws)).any(axis=(1, 2)).sum())
+        raise FileFormatError(f'{path}: {bad} of the {len(ws)} W vectors hold NaN or infinite values')
+    return ws
