@@ -43,9 +43,15 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
     Returns a dict with keys ``G``, ``D``, ``G_ema``, ``training_set_kwargs`` and ``augment_pipe``
     (missing entries are None). With ``allow_code=False`` (the default) nothing in the file is
     executed; objects that cannot be rebuilt safely are refused, except the augmentation pipeline,
-    which sampling does not need and which is dropped with a warning.
+    which sampling does not need and which is dropped with a warning. A ``torch.save`` file is read as an
+    NVAE checkpoint (training/nvae_checkpoint.py, also safe): G_ema is its decoder, the other entries None.
     """
     name = getattr(f, 'name', None) or 'the network pickle'
+    from training import nvae_checkpoint
+    if nvae_checkpoint.is_torch_checkpoint(f):  # A torch.save file: NVAE's checkpoint.pt.
+        if force_fp16:
+            raise NetworkLoadError(f'{name} is an NVAE checkpoint: --force-fp16 applies to StyleGAN networks only')
+        return _load_nvae_checkpoint(f, name)
     token = _max_network_bytes.set(_network_bytes_budget(f))
     try:
         return _load_network_pkl(f, name, allow_code, force_fp16)
@@ -119,6 +125,16 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
         raise NetworkLoadError(f'{network} has no {key} network')
     net = net.eval().requires_grad_(False)
     return net.to(device) if device is not None else net
+
+
+def _load_nvae_checkpoint(f, name):
+    """An NVAE checkpoint as a snapshot whose G_ema is the decoder (training.nvae_checkpoint; nothing runs)."""
+    from training import nvae_checkpoint
+    try:
+        G, _info = nvae_checkpoint.load_nvae_checkpoint(f, name)
+    except nvae_checkpoint.CheckpointError as err:
+        raise NetworkLoadError(str(err)) from None
+    return dict(G=None, D=None, G_ema=G, training_set_kwargs=None, augment_pipe=None)
 
 
 def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None, extra=None):
@@ -251,6 +267,8 @@ _SG3_CLASSES = frozenset(['FullyConnectedLayer', 'MappingNetwork', 'SynthesisInp
                           'SynthesisNetwork', 'Generator'])
 _BIGGAN_CLASSES = frozenset(['SNLinear', 'SNConv2d', 'ClassEmbedding', 'TruncatedBatchNorm', 'GenBlock', 'SelfAttention',
                              'LayerList', 'GeneratorTrunk', 'Generator'])  # Our training/networks_biggan.py.
+_NVAE_CLASSES = frozenset(['Conv2D', 'BatchNorm', 'Linear', 'Activation', 'Chain', 'ConvBNSwish', 'InvertedResidual',
+                           'SqueezeExcitation', 'Cell', 'DecCombinerCell', 'NVAEGenerator'])
 _MODULE_ATTRS = frozenset(['training'])  # nn.Module bookkeeping that is not part of the architecture.
 
 
@@ -269,6 +287,8 @@ def _source_kind(obj):
         return 'progan'
     if classes == _BIGGAN_CLASSES:
         return 'biggan'
+    if classes == _NVAE_CLASSES:
+        return 'nvae'
     return None
 
 
@@ -303,13 +323,13 @@ def _rebuild_network(obj, name, key):
                                f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
     rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',),
-                   'progan': ('Generator',), 'biggan': ('Generator',)}.get(kind, ())
+                   'progan': ('Generator',), 'biggan': ('Generator',), 'nvae': ('NVAEGenerator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
 
     expected_class = _ROLE_CLASSES.get(key)
-    if expected_class is not None and obj.class_name != expected_class:
+    if expected_class is not None and obj.class_name not in (expected_class, *_OTHER_GENERATORS.get(key, ())):
         raise NetworkLoadError(f'{where} is a {obj.class_name}, not a {expected_class}; the file is damaged or '
                                'its networks are swapped')
 
@@ -325,8 +345,10 @@ def _rebuild_network(obj, name, key):
         from training import networks_progan as module
     elif kind == 'sg3':
         from training import networks_stylegan3 as module
-    else:
+    elif kind == 'biggan':
         from training import networks_biggan as module
+    else:
+        from training import networks_nvae as module
     cls = getattr(module, obj.class_name)
     _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
@@ -505,6 +527,23 @@ def _network_bytes_budget(f):
 
 
 _I, _F = safe_pickle.Int, safe_pickle.Float
+
+
+class _NVAEArch:
+    """NVAE's decoder cell table: None, or {cell type: [1..8 'mconv_e*k*g*' op names]} for its four cell types."""
+
+    def check(self, value):
+        from training import networks_nvae
+        if value is None:
+            return True
+        return (isinstance(value, dict) and set(value) == set(networks_nvae.DECODER_CELL_TYPES)
+                and all(isinstance(ops, (list, tuple)) and 1 <= len(ops) <= 8
+                        and all(self._sane(networks_nvae.parse_mbconv_op(op)) for op in ops) for ops in value.values()))
+
+    @staticmethod
+    def _sane(op):  # expansion, kernel, groups
+        return op is not None and 1 <= op[0] <= 16 and 1 <= op[1] <= 15 and 0 <= op[2] <= 4096
+
 _ACTIVATIONS = safe_pickle.OneOf(('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish'))
 # Generous bounds: the largest published networks use 1024 px, 512-1024 channels, 8 mapping layers, 14
 # synthesis layers and filters of 6 taps; anything far beyond is a damaged or hostile file.
@@ -535,6 +574,12 @@ _NETWORK_ARGUMENT_RULES = {
     'channel_width': _I(1, 4096), 'attention_layer_position': _I(0, 64), 'class_embed_dim': _I(1, 16384, none=True),
     'n_stats': _I(2, 1001), 'eps': _F(1e-12, 1), 'stats_blend': safe_pickle.OneOf(('port', 'linear')),
     'layers': None,  # Set below: a list of (upsample, in_mult, out_mult).
+    # NVAE's decoder (training/networks_nvae.py).
+    'num_latent_scales': _I(1, 8), 'num_groups_per_scale': _I(1, 64), 'ada_groups': safe_pickle.BOOL,
+    'min_groups_per_scale': _I(1, 64), 'num_latent_per_group': _I(1, 1024), 'num_channels_dec': _I(1, 4096),
+    'num_preprocess_blocks': _I(1, 8), 'num_postprocess_blocks': _I(1, 8), 'num_postprocess_cells': _I(1, 16),
+    'num_cell_per_cond_dec': _I(1, 16), 'use_se': safe_pickle.BOOL, 'input_size': _I(4, 8192),
+    'crop': _I(1, 8192, none=True), 'arch': _NVAEArch(),
 }
 
 
@@ -589,7 +634,9 @@ def _check_network_size(net, where):
 
 
 _ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
-# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's, BigGAN's).
+_OTHER_GENERATORS = {'G': ('NVAEGenerator',), 'G_ema': ('NVAEGenerator',)}  # Generators of other names.
+# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's, BigGAN's,
+# NVAE's).
 _GENERATOR_ATTRS = ('z_dim', 'c_dim', 'img_resolution', 'img_channels')
 
 
