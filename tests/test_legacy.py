@@ -522,8 +522,12 @@ def test_bad_input(tmp_path, kind, allow_code):
 
 
 def test_force_fp16(tmp_path):
-    G, D, G_ema = _make_nets('ada', 0)
-    G_ema = networks.Generator(**dict(G_ema.init_kwargs, synthesis_kwargs=dict(channel_base=128, channel_max=16)))
+    # Seeded: the float16 error bound below holds for these weights, not for whatever the global generator holds
+    # after other tests.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G, D, G_ema = _make_nets('ada', 0)
+        G_ema = networks.Generator(**dict(G_ema.init_kwargs, synthesis_kwargs=dict(channel_base=128, channel_max=16)))
     G_ema = _perturb_(G_ema, seed=3).eval()
     path = tmp_path / 'snap.pkl'
     legacy.save_network_pkl(path, G=G, D=D, G_ema=G_ema)
