@@ -134,7 +134,7 @@ POLARITY_MODELS = {
 
 DEMO_MODELS = {
     'embedded': Model('the embedded class-conditional MNIST StyleGAN2 (pretrained/mnist32-stylegan2.pkl), the '
-                      'shipped MNIST classifier as feature detector and attribute (digit) classifier; exact '
+                      'shipped MNIST classifier as feature detector and attribute (digit) classifier; top-30 '
                       'style-space volumes', Bank(space='style', top_k=30), default_network='embedded'),
 }
 
