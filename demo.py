@@ -2,7 +2,7 @@
 
 Writes OUTDIR/samplers.png (one labelled row of --num-images samples per sampler, all from --seed) and
 OUTDIR/summary.json, and prints what each row is with one number: the share of --num-scored samples that the
-MNIST classifier calls a digit. Details and settings: sampling/first_run.py. Without --network it uses the
+MNIST classifier calls a digit. Details and settings: demos/first_run.py. Without --network it uses the
 embedded network and its precomputed volume bank (pretrained/mnist32-volumes.npz); another network needs a
 bank of its own (compute_volume_scalars.py). The metrics of the README table take 10 minutes: demo_samplers.py.
 
@@ -20,8 +20,10 @@ import time
 import click
 import torch
 
+from demos import comparison as demo
+from demos import first_run
 from metrics.mnist_classifier import DEFAULT_CLASSIFIER
-from sampling import cli, demo, first_run
+from sampling import cli
 
 
 class _Failure(Exception):

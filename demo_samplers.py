@@ -3,7 +3,7 @@
 Rows: random (psi 1), truncation psi 0.7, hubness (k=5, threshold --hub-threshold, in W), MaGNET rho=1,
 polarity rho=-1 / +1 and polarity rho=-m / +m with m = --mild-rho (the polarity rows resample a bank of
 --bank-num latents whose style-space Jacobian singular values are computed first, under --outdir, and reused
-by later runs). Details: sampling/demo.py.
+by later runs). Details: demos/comparison.py.
 
 The figure (--figure) has one labelled row of --num-images samples per sampler. The table gives, for each
 sampler, FID, precision and recall against the real images (--data) with --num-metrics samples, computed by
@@ -30,9 +30,10 @@ import sys
 import click
 import torch
 
+from demos import comparison as demo
 from metrics import evaluation
 from metrics.evaluation import EvaluationError
-from sampling import cli, demo
+from sampling import cli
 
 
 class _Failure(Exception):

@@ -104,7 +104,8 @@ def main():
 def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path, rho_start, rho_stop, frames, num,
         cols, top_k, truncation_psi, strip):
     """Polarity rho sweep: the same resampling seed for every rho (a frame = generate_magnet.py --rho R --seed S)."""
-    from sampling import first_run, magnet_sampler, video
+    from demos import first_run
+    from sampling import magnet_sampler, video
     if bank_path is None:
         if network_pkl is not None:
             raise click.UsageError('--bank is needed with --network (the shipped bank is for the embedded network)')

@@ -53,7 +53,8 @@ def _parse_floats(ctx, param, value):
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
 def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, cols, seed, scale, out, device,
          allow_pickle_code):
-    from sampling import first_run, magnet_sampler, montage
+    from demos import first_run
+    from sampling import magnet_sampler, montage
     from sampling.images import save_png
     from sampling.latents import file_sha256
     if bank_path is None:
