@@ -149,4 +149,4 @@ def format_summary(summary, network_label):
               'few dozen bank latents on this network.']
     return '\n'.join(lines)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ _LABEL_STREAM = 1
 # Rows of z skipped per draw when a batch starts at a later index (bounds the memory of the skip).
 _SKIP_CHUNK = 1 << 20
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Seeds -> latents and labels.
 
 def _check_seed(seed):
@@ -150,7 +150,7 @@ def random_labels(seed, num, c_dim, start=0):
     rs = np.random.RandomState([_check_seed(seed), _LABEL_STREAM])
     return one_hot(rs.randint(c_dim, size=start + num)[start:], c_dim)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Files.
 
 def file_sha256(path, chunk_size=1 << 20):
@@ -250,7 +250,7 @@ def make_meta(command=None, network_sha256=None, space=None, k=None, count_self=
         extras=extras,
     )
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 class LatentBank:
     """Latents with their labels, per-latent arrays and metadata; see the module docstring for the file format.
@@ -577,4 +577,4 @@ def check_compatible(meta_or_bank, network_sha256=None, z_dim=None, c_dim=None):
             raise ValueError(f'the latent bank has {name} = {have}, but the network has {name} = {want}; '
                              f'use a bank made for this network')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The docs match the tree: README "Layout" and docs/architecture.md name every package and script, and every
-docs/*.md that the code cites exists."""
+"""The docs match the tree: README "Layout" and docs/architecture.md name every package and script, every
+docs/*.md that the code cites exists, and the .py files share one section-rule style."""
 
 import os
 import re
@@ -46,3 +46,20 @@ def test_cited_docs_exist():
     assert 'nvlabs-compat.md' in cited
     missing = sorted(name for name in cited if not os.path.isfile(os.path.join(REPO_ROOT, 'docs', name)))
     assert not missing, f'cited but missing: {missing}'
+
+
+SECTION_RULE = '# ' + '-' * 76
+
+
+def test_one_section_rule_style():
+    others = []
+    for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith('.') and d != '__pycache__']
+        for name in filenames:
+            if name.endswith('.py'):
+                path = os.path.join(dirpath, name)
+                with open(path, encoding='utf-8') as f:
+                    for number, line in enumerate(f, 1):
+                        if re.match(r'\s*#\s*[-=]{10,}\s*$', line) and line.rstrip('\n') != SECTION_RULE:
+                            others.append(f'{os.path.relpath(path, REPO_ROOT)}:{number}')
+    assert not others, f'section rules other than "{SECTION_RULE[:12]}...": {others[:10]}'

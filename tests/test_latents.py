@@ -10,7 +10,7 @@ import pytest
 from sampling import latents as L
 from sampling.latents import LatentBank
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Seeds.
 
 def test_z_from_seeds_matches_generate_py_convention():
@@ -71,7 +71,7 @@ def test_one_hot():
     with pytest.raises(ValueError, match='class'):
         L.one_hot([3], 3)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Files.
 
 def test_file_sha256(tmp_path):
@@ -282,4 +282,4 @@ def test_select_and_concatenate():
         L.concatenate([a, LatentBank(np.zeros([2, 4], dtype=np.float32))])
     assert L.concatenate([a, other], meta={'merged': True}).meta == {'merged': True}
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
