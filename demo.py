@@ -35,7 +35,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
     """Everything after option parsing; raises _Failure (or demo.DemoError) for bad input."""
     start = time.perf_counter()
     from metrics import mnist_classifier
-    from sampling.latents import file_sha256
+    from sampling.latents import network_sha256 as sha256_of
 
     if not hub_threshold > 0:
         raise _Failure(f'--hub-threshold must be positive, got {hub_threshold:g}')
@@ -66,7 +66,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
         G = cli.load_generator(network, device)
     except click.ClickException as err:
         raise _Failure(err.message) from None
-    network_sha256 = file_sha256(network) if os.path.isfile(network) else None
+    network_sha256 = sha256_of(network)
 
     summary = first_run.run(G, network_sha256, bank, model, outdir, num_images=num_images, num_scored=num_scored,
                             seed=seed, hub_threshold=hub_threshold, rho=rho, top_k=top_k, scale=scale, device=device,

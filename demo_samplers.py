@@ -50,7 +50,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     """Everything after option parsing; raises _Failure (or EvaluationError) for bad input."""
     from metrics import mnist_classifier
     from sampling.images import save_png
-    from sampling.latents import file_sha256
+    from sampling.latents import network_sha256 as sha256_of
 
     _check_threshold(hub_threshold)
     try:
@@ -69,7 +69,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     if not skip_metrics:
         detectors = evaluation.parse_detectors(detector)
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_code=False)
-    network_sha256 = file_sha256(network) if os.path.isfile(network) else None
+    network_sha256 = sha256_of(network)
     dataset = None
     if not skip_metrics:
         dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None, network=network)

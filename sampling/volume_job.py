@@ -87,7 +87,7 @@ class VolumeJob:
         NVlabs API (``z_dim``, ``c_dim``, ``mapping``, ``synthesis``), on the device to compute on, in eval
         mode. It is cast to ``dtype``.
     network_sha256 : str
-        :func:`sampling.latents.file_sha256` of the network file; recorded so that a bank is never used
+        :func:`sampling.latents.network_sha256` of the network; recorded so that a bank is never used
         with another network.
     num : int
         Latents, or latents per class when ``class_idx='all'``.
