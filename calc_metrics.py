@@ -130,8 +130,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                         'with published ones')
 
     network_sha256 = None
-    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.exists(network):
-        from sampling.cli import network_sha256 as sha256_of
+    if any(t.name in ('polarity', 'bank') for t in spec.terms):
+        from sampling.latents import network_sha256 as sha256_of
         network_sha256 = sha256_of(network)
     try:
         sampler = samplers.build(spec, G, device=device, label_pool=evaluation.label_pool(dataset, G, rank),

@@ -61,10 +61,6 @@ def _parse_class(ctx, param, value):
         raise click.BadParameter(str(err)) from None
 
 
-def _network_sha256(network):
-    return cli.network_sha256(network)
-
-
 def _load_embedder(path, device, dtype):
     try:
         return volume_job.load_embedder(path, device, volume_job.DTYPES[dtype]), latents.file_sha256(path)
@@ -107,7 +103,7 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
     embed_fn, embedder_sha256 = _load_embedder(embedder, device, dtype) if embedder else (None, None)
     try:
         job = volume_job.VolumeJob(
-            G, _network_sha256(network_pkl), num, seed=seed, space=space, method=method, top_k=top_k,
+            G, latents.network_sha256(network_pkl), num, seed=seed, space=space, method=method, top_k=top_k,
             class_idx=class_idx, dtype=dtype, resize=resize, embedder=embed_fn, embedder_sha256=embedder_sha256,
             num_projections=num_projections, projection_seed=projection_seed, chunk_size=chunk_size,
             batch_size=batch_size, vmap_chunk=vmap_chunk)

@@ -2,7 +2,7 @@
 
 Writes OUTDIR/samplers.png (one labelled row of --num-images samples per sampler, all from --seed) and
 OUTDIR/summary.json, and prints what each row is with one number: the share of --num-scored samples that the
-MNIST classifier calls a digit. Details and settings: sampling/first_run.py. Without --network it uses the
+MNIST classifier calls a digit. Details and settings: demos/first_run.py. Without --network it uses the
 embedded network and its precomputed volume bank (pretrained/mnist32-volumes.npz); another network needs a
 bank of its own (compute_volume_scalars.py). The metrics of the README table take 10 minutes: demo_samplers.py.
 
@@ -20,8 +20,10 @@ import time
 import click
 import torch
 
+from demos import comparison as demo
+from demos import first_run
 from metrics.mnist_classifier import DEFAULT_CLASSIFIER
-from sampling import cli, demo, first_run
+from sampling import cli
 
 
 class _Failure(Exception):
@@ -33,7 +35,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
     """Everything after option parsing; raises _Failure (or demo.DemoError) for bad input."""
     start = time.perf_counter()
     from metrics import mnist_classifier
-    from sampling.latents import file_sha256
+    from sampling.latents import network_sha256 as sha256_of
 
     if not hub_threshold > 0:
         raise _Failure(f'--hub-threshold must be positive, got {hub_threshold:g}')
@@ -64,7 +66,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
         G = cli.load_generator(network, device)
     except click.ClickException as err:
         raise _Failure(err.message) from None
-    network_sha256 = file_sha256(network) if os.path.isfile(network) else None
+    network_sha256 = sha256_of(network)
 
     summary = first_run.run(G, network_sha256, bank, model, outdir, num_images=num_images, num_scored=num_scored,
                             seed=seed, hub_threshold=hub_threshold, rho=rho, top_k=top_k, scale=scale, device=device,

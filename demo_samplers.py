@@ -3,7 +3,7 @@
 Rows: random (psi 1), truncation psi 0.7, hubness (k=5, threshold --hub-threshold, in W), MaGNET rho=1,
 polarity rho=-1 / +1 and polarity rho=-m / +m with m = --mild-rho (the polarity rows resample a bank of
 --bank-num latents whose style-space Jacobian singular values are computed first, under --outdir, and reused
-by later runs). Details: sampling/demo.py.
+by later runs). Details: demos/comparison.py.
 
 The figure (--figure) has one labelled row of --num-images samples per sampler. The table gives, for each
 sampler, FID, precision and recall against the real images (--data) with --num-metrics samples, computed by
@@ -30,9 +30,10 @@ import sys
 import click
 import torch
 
+from demos import comparison as demo
 from metrics import evaluation
 from metrics.evaluation import EvaluationError
-from sampling import cli, demo
+from sampling import cli
 
 
 class _Failure(Exception):
@@ -49,7 +50,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     """Everything after option parsing; raises _Failure (or EvaluationError) for bad input."""
     from metrics import mnist_classifier
     from sampling.images import save_png
-    from sampling.latents import file_sha256
+    from sampling.latents import network_sha256 as sha256_of
 
     _check_threshold(hub_threshold)
     try:
@@ -68,7 +69,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     if not skip_metrics:
         detectors = evaluation.parse_detectors(detector)
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_code=False)
-    network_sha256 = file_sha256(network) if os.path.isfile(network) else None
+    network_sha256 = sha256_of(network)
     dataset = None
     if not skip_metrics:
         dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None, network=network)

@@ -45,7 +45,7 @@ import click
 
 from sampling import cli, hub_sampler
 from sampling.chunks import ChunkStore, resolve_shard
-from sampling.latents import make_meta
+from sampling.latents import make_meta, network_sha256
 from sampling.synthesis import has_mapping
 
 _DEFAULT_MAX_BATCHES = 1000
@@ -53,11 +53,6 @@ _DEFAULT_MAX_BATCHES = 1000
 
 def _parse_class(text):
     return cli.parse_class(text, keywords=('random',))
-
-
-def _network_sha256(network):
-    """SHA-256 of the network file's bytes (a URL is read through the download cache)."""
-    return cli.network_sha256(network)
 
 
 def _check_class(G, class_idx):
@@ -136,7 +131,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     if space is None and not has_mapping(G):
         search.space = 'z'  # No W to score in (BigGAN and other generators without a mapping network).
     space = search.space
-    sha256 = _network_sha256(network_pkl)
+    sha256 = network_sha256(network_pkl)
 
     # Everything that defines the outputs; a re-run into the same --outdir must agree on all of it.
     config = dict(search.settings(), network_sha256=sha256, z_dim=G.z_dim, c_dim=G.c_dim, num=num,

@@ -39,10 +39,6 @@ from sampling import cli, images, latents, magnet_sampler
 from sampling.synthesis import synthesize
 
 
-def _network_sha256(network):
-    return cli.network_sha256(network)
-
-
 def _write_selection(outdir, z, c, bank_index, summary):
     bank = latents.LatentBank(z, c, meta=summary, bank_index=bank_index)
     bank.save(os.path.join(outdir, 'selection.npz'))
@@ -80,7 +76,7 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
     if G.c_dim == 0 and class_idx is not None:
         click.echo('warning: --class is ignored for an unconditional network', err=True)
         class_idx = None
-    network_sha256 = _network_sha256(network_pkl)
+    network_sha256 = latents.network_sha256(network_pkl)
     try:
         bank_files = latents.bank_files(bank_path)
         bank = magnet_sampler.load_bank(bank_path, c_dim=G.c_dim)

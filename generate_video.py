@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sampling import cli
+from sampling.latents import network_sha256
 
 _DEFAULT_DIR = os.path.join('out', 'videos')
 
@@ -52,12 +53,6 @@ def _setup(network_pkl, device, allow_pickle_code):
         torch.set_num_threads(1)  # Small images: intra-op threads mostly wait on each other.
     network_pkl = cli.network_or_default(network_pkl)
     return network_pkl, cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
-
-
-def _network_sha256(network_pkl):
-    import dnnlib
-    from sampling.latents import file_sha256
-    return file_sha256(dnnlib.util.open_url(network_pkl, return_filename=True, verbose=False))
 
 
 def _write(out, frames, total, fps, strip=None):
@@ -104,7 +99,8 @@ def main():
 def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path, rho_start, rho_stop, frames, num,
         cols, top_k, truncation_psi, strip):
     """Polarity rho sweep: the same resampling seed for every rho (a frame = generate_magnet.py --rho R --seed S)."""
-    from sampling import first_run, magnet_sampler, video
+    from demos import first_run
+    from sampling import magnet_sampler, video
     if bank_path is None:
         if network_pkl is not None:
             raise click.UsageError('--bank is needed with --network (the shipped bank is for the embedded network)')
@@ -112,7 +108,7 @@ def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path
     network_pkl, G = _setup(network_pkl, device, allow_pickle_code)
     try:
         bank = magnet_sampler.load_bank(bank_path)
-        for warning in magnet_sampler.check_bank(bank, _network_sha256(network_pkl), G.z_dim, G.c_dim):
+        for warning in magnet_sampler.check_bank(bank, network_sha256(network_pkl), G.z_dim, G.c_dim):
             click.echo(f'warning: {warning}', err=True)
         rhos = video.sweep_values(rho_start, rho_stop, frames)
         frame_iter = video.rho_sweep_frames(G, bank, rhos, num, seed=seed, top_k=top_k, truncation_psi=truncation_psi,
@@ -175,7 +171,7 @@ def lerp(network_pkl, out, fps, scale, seed, device, allow_pickle_code, hubs_pat
     try:
         if hubs_path is not None:
             bank = latents.LatentBank.load(hubs_path)
-            latents.check_compatible(bank, network_sha256=_network_sha256(network_pkl), z_dim=G.z_dim,
+            latents.check_compatible(bank, network_sha256=network_sha256(network_pkl), z_dim=G.z_dim,
                                      c_dim=G.c_dim if bank.c_dim else None)
             if len(bank) < need:
                 raise ValueError(f'{hubs_path} holds {len(bank)} hubs; --paths {paths} x --keys {keys} need {need}')

@@ -53,9 +53,10 @@ def _parse_floats(ctx, param, value):
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
 def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, cols, seed, scale, out, device,
          allow_pickle_code):
-    from sampling import first_run, magnet_sampler, montage
+    from demos import first_run
+    from sampling import magnet_sampler, montage
     from sampling.images import save_png
-    from sampling.latents import file_sha256
+    from sampling.latents import network_sha256
     if bank_path is None:
         if network_pkl is not None:
             raise click.UsageError('--bank is needed with --network (the shipped bank is for the embedded network)')
@@ -65,10 +66,9 @@ def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, col
         torch.set_num_threads(1)  # Small batches: intra-op threads mostly wait on each other.
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
-    import dnnlib
     try:
         bank = magnet_sampler.load_bank(bank_path)
-        sha = file_sha256(dnnlib.util.open_url(network_pkl, return_filename=True, verbose=False))
+        sha = network_sha256(network_pkl)
         for warning in magnet_sampler.check_bank(bank, sha, G.z_dim, G.c_dim):
             click.echo(f'warning: {warning}', err=True)
         num = rows * cols

@@ -20,6 +20,7 @@ import os
 import click
 import numpy as np
 
+from classifier_training import mnist as mnist_training
 from metrics import mnist_classifier
 from sampling import cli
 from sampling.cli import resolve_device
@@ -77,13 +78,13 @@ def main(data, out, seed, num_val, epochs, batch_size, lr, max_shift, outlier_we
     if not num_val < len(images):
         raise click.BadParameter(f'{num_val} validation images leave none to train on ({len(images)} in {data})',
                                  param_hint='--num-val')
-    train_idx, val_idx = mnist_classifier.split_train_val(len(images), num_val, seed)
+    train_idx, val_idx = mnist_training.split_train_val(len(images), num_val, seed)
     click.echo(f'{len(train_idx)} training and {len(val_idx)} validation images of {images.shape[1:]} from {data}')
 
     def report(epoch, loss, val_accuracy):
         click.echo(f'epoch {epoch:3d}/{epochs}  loss {loss:.4f}  val accuracy {val_accuracy:.4f}')
 
-    model, history = mnist_classifier.train_classifier(
+    model, history = mnist_training.train_classifier(
         images[train_idx], labels[train_idx], images[val_idx], labels[val_idx], epochs=epochs, batch_size=batch_size,
         lr=lr, max_shift=max_shift, outlier_weight=outlier_weight, seed=seed, device=device, progress=report)
     mnist_classifier.export_torchscript(model, out)
@@ -91,7 +92,7 @@ def main(data, out, seed, num_val, epochs, batch_size, lr, max_shift, outlier_we
                + json.dumps(dict(val_accuracy=history[-1]['val_accuracy'], num_val=len(val_idx), seed=seed)))
 
     if fixture is not None:
-        chosen = mnist_classifier.balanced_subset(labels, val_idx, fixture_per_class)
+        chosen = mnist_training.balanced_subset(labels, val_idx, fixture_per_class)
         write_fixture(fixture, images, labels, chosen, seed)
         click.echo(f'Wrote {len(chosen)} held-out validation digits to {fixture}')
 

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sampling import hubness  # noqa: E402
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def make_points(num, dim, seed=0, chunk=8192):
     """Standard normal float32 points, drawn in chunks so that no float64 copy of X ever exists."""
@@ -129,7 +129,7 @@ def set_threads(threads):
     except ImportError:
         pass
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def bench_size(num, dim, k, repeats, rate):
     x = make_points(num, dim)
@@ -199,7 +199,7 @@ def bench_memory(num, dim, k, threads):
     print(f'  an N x N float32 distance matrix alone would take {naive / gib:.0f} GiB, {naive / added:.0f}x that '
           f'({elapsed:.0f} s for the run)')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # GPU: ours against one full N x N float16 matrix.
 
 def full_matrix_counts(x, k, dtype=torch.float16, row_chunk=4096):
@@ -295,7 +295,7 @@ def warm_up_gpu(dim, k, device, num=4096):
     full_matrix_counts(x, k)
     torch.cuda.synchronize(device)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--quick', is_flag=True, help='Only N = 10,000, and no memory run.')

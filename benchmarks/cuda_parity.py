@@ -44,7 +44,7 @@ from sampling.images import to_uint8  # noqa: E402
 from sampling.latents import random_labels  # noqa: E402
 from training.networks_stylegan2 import Generator  # noqa: E402
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def small_generator(seed=0, num_fp16_res=0):
     """A seeded 32 px, 1-channel StyleGAN2 with non-zero biases and noise strengths (so every path matters)."""
@@ -76,7 +76,7 @@ def errors(ref, other):
     return float(diff.abs().max()), float(diff.norm() / ref.norm().clamp(min=1e-300))
 
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The checks. Each returns a list of (name, passed, message).
 
 def check_generators(device):
@@ -184,7 +184,7 @@ def check_classifier(device):
                     f'rel {rel_sigma:.2e} (tol: rel <= 1e-4)'))
     return results
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @click.command()
 @click.option('--device', type=str, default='cuda', show_default=True, help='Device compared with the CPU.')

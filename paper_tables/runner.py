@@ -17,7 +17,7 @@ import time
 
 import dnnlib
 from paper_tables.tables import metric_names
-from sampling.latents import file_sha256
+from sampling.latents import file_sha256, network_sha256
 
 EMBEDDED = 'embedded'
 
@@ -200,10 +200,6 @@ def data_sha256(path):
     return digest.hexdigest()
 
 
-def _network_sha256(network):
-    return file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
-
-
 def _compare(direction, value, baseline):
     if value is None or baseline is None or not (math.isfinite(value) and math.isfinite(baseline)):
         return None
@@ -220,7 +216,7 @@ def build(table, steps, skipped, setup, rows):
     for key in sorted(used):
         network, data = setup['networks'][key], setup['datasets'].get(key)
         models[key] = dict(description=table.models[key].description, network=network,
-                           network_sha256=_network_sha256(network), data=data,
+                           network_sha256=network_sha256(network), data=data,
                            data_sha256=data_sha256(data) if data is not None else None,
                            bank_command=bank_commands.get(key))
 

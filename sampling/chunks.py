@@ -22,7 +22,7 @@ _MANIFEST = 'chunks.json'
 _CHUNK_RE = re.compile(r'^chunk-(\d+)\.npz$')
 _STORE_FORMAT = 2  # 2: every chunk records its job and index (format 1 stores are still read).
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Shards.
 
 def parse_shard(text):
@@ -73,7 +73,7 @@ def chunks_for_shard(num_chunks, shard_index, shard_count):
         raise ValueError(f'need 0 <= shard_index < shard_count, got {shard_index}/{shard_count}')
     return list(range(shard_index, num_chunks, shard_count))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def _normalise(config):
     return json.loads(json.dumps(config, sort_keys=True))
@@ -431,4 +431,4 @@ class ChunkStore:
         return concatenate([self.read(i) for i in range(self.num_chunks)],
                            meta=self.config if meta is None else meta)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

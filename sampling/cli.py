@@ -18,6 +18,8 @@ import tempfile
 import click
 import torch
 
+from sampling.latents import network_sha256  # noqa: F401 (re-exported for the scripts)
+
 # The small network this repository trains and ships (see README); scripts use it without --network.
 DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'pretrained', 'mnist32-stylegan2.pkl')
@@ -168,19 +170,6 @@ def parse_class(text, keywords=()):
         raise click.BadParameter(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
     except ValueError as err:  # A name shared by several classes.
         raise click.BadParameter(str(err)) from None
-
-
-def network_sha256(network):
-    """SHA-256 identifying a network: the pickle's bytes, or a BigGAN checkpoint's pytorch_model.bin (a URL is read
-    through the download cache)."""
-    from sampling.latents import file_sha256
-    from training import load_biggan
-    if load_biggan.is_checkpoint_path(network):
-        return file_sha256(load_biggan.checkpoint_files(network)[0])
-    if os.path.isfile(network):
-        return file_sha256(network)
-    import dnnlib
-    return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
 
 
 def resolve_device(name):

@@ -17,7 +17,7 @@ from sampling.latents import atomic_write
 # Scatter points drawn at most (a sample of every batch's first latents).
 _MAX_SCATTER = 5000
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Correlation of the score with ||z||, pooled over batches without keeping every latent.
 
 def score_norm_moments(s, r):
@@ -50,7 +50,7 @@ def correlation(moments):
     denom = math.sqrt(moments['m2_s'] * moments['m2_r'])
     return moments['c_sr'] / denom if denom > 0 else math.nan
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def build_report(result, search):
     """JSON-ready summary of a :class:`~sampling.hub_sampler.HubResult` of `search` (a HubSearch)."""
@@ -92,7 +92,7 @@ def save_report(report, image, json_path, png_path):
     with atomic_write(png_path) as f:
         f.write(buffer.getvalue())
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Plots.
 
 class _Axes:
@@ -205,4 +205,4 @@ def draw_report(report, result, size=(400, 320)):
             draw.rectangle([px - 1, py - 1, px + 1, py + 1], fill=colour)
     return image
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ _WARN_AFTER = 10
 # Largest number of scoring batches of one search (the chunk store's size): batch seeds stay addressable.
 MAX_BATCHES = 1_000_000
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class HubSearch:
@@ -210,7 +210,7 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     return LatentBank(z[keep], c[keep], meta=meta, hub_score=scores[keep],
                       seeds=np.full([keep.size], seed, dtype=np.int64), indices=keep, **arrays)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class HubResult:
@@ -323,7 +323,7 @@ def shard_batches(search, num, shard_index, shard_count, max_batches=None):
         max_batches = -(-num // search.top)
     return chunks_for_shard(max_batches, shard_index, shard_count)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def image_names(num):
     """File names of the hub images, in hub order."""
@@ -422,4 +422,4 @@ def _same_bank(path, bank):
         print(f'warning: {str(err).splitlines()[0]}; writing it again', file=sys.stderr)
         return False
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ _MARGIN = 4
 
 _UNIT_ROUNDOFF_F32 = 2.0 ** -24
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def _as_tensor(x):
     if isinstance(x, torch.Tensor):
@@ -86,7 +86,7 @@ def _full_float32_matmul():
     finally:
         torch.set_float32_matmul_precision(old)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # float32 candidate search.
 
 class _Augmented:
@@ -314,7 +314,7 @@ def _candidates_faiss(x, width):
     key, pos = key.sort(dim=1, stable=True)
     return key[:, :width].contiguous(), idx.gather(1, pos)[:, :width].contiguous(), sq_norms
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Exact decision of the k-th boundary.
 
 def _norm_bounds(sq_norms32, dim):
@@ -410,7 +410,7 @@ def _decide(x, norms, rows, cand_dist, cand_index, k, chunk=8192):
             result[hard] = _exact_rows(x, rows[hard].to(x.device), k).to(result.device)
     return result
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
     """Exact k-NN index sets (self excluded) of x[rows] (default: all rows): LongTensor [R, k], unordered."""
@@ -625,7 +625,7 @@ def k_occurrence_distributed(x, k, count_self=False, group=None, block_size=None
     counts = counts.cpu()
     return _drop_late_twins(x, k, counts + 1) if count_self else counts
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def hubness_stats(counts, k, hub_size=2.0, threshold=None, inclusive=False):
     """Hubness diagnostics of a k-occurrence vector (definitions of the hubness literature).
@@ -684,4 +684,4 @@ def hubness_stats(counts, k, hub_size=2.0, threshold=None, inclusive=False):
         stats.update(hub_ratio=float(above.mean()), num_above_threshold=int(above.sum()))
     return stats
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

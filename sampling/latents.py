@@ -54,7 +54,7 @@ _LABEL_STREAM = 1
 # Rows of z skipped per draw when a batch starts at a later index (bounds the memory of the skip).
 _SKIP_CHUNK = 1 << 20
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Seeds -> latents and labels.
 
 def _check_seed(seed):
@@ -150,7 +150,7 @@ def random_labels(seed, num, c_dim, start=0):
     rs = np.random.RandomState([_check_seed(seed), _LABEL_STREAM])
     return one_hot(rs.randint(c_dim, size=start + num)[start:], c_dim)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Files.
 
 def file_sha256(path, chunk_size=1 << 20):
@@ -160,6 +160,18 @@ def file_sha256(path, chunk_size=1 << 20):
         for block in iter(lambda: f.read(chunk_size), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def network_sha256(network):
+    """The SHA-256 that identifies a network in bank metadata: of a pickle's bytes (a URL is read through the
+    download cache), or of a BigGAN checkpoint's weights file (a checkpoint folder's pytorch_model.bin)."""
+    import dnnlib
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        return file_sha256(load_biggan.checkpoint_files(network)[0])
+    if os.path.isfile(network):
+        return file_sha256(network)
+    return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
 
 
 class FileFormatError(ValueError):
@@ -228,7 +240,7 @@ def make_meta(command=None, network_sha256=None, space=None, k=None, count_self=
     command : str, optional
         The producing command line (default: this process's ``sys.argv``, shell-quoted).
     network_sha256 : str, optional
-        :func:`file_sha256` of the network pickle.
+        :func:`network_sha256` of the network.
     space, k, count_self : optional
         Scoring settings (e.g. 'w', 5, True for the hubness authors' convention).
     z_dim, c_dim : int, optional
@@ -250,7 +262,7 @@ def make_meta(command=None, network_sha256=None, space=None, k=None, count_self=
         extras=extras,
     )
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 class LatentBank:
     """Latents with their labels, per-latent arrays and metadata; see the module docstring for the file format.
@@ -553,7 +565,7 @@ def check_compatible(meta_or_bank, network_sha256=None, z_dim=None, c_dim=None):
     ----------
     meta_or_bank : LatentBank or dict
     network_sha256 : str, optional
-        :func:`file_sha256` of the network about to be used. Banks that recorded no hash (e.g. the MaGNET
+        :func:`network_sha256` of the network about to be used. Banks that recorded no hash (e.g. the MaGNET
         authors' files) cannot be checked on it and pass.
     z_dim, c_dim : int, optional
         The network's dimensions.
@@ -577,4 +589,4 @@ def check_compatible(meta_or_bank, network_sha256=None, z_dim=None, c_dim=None):
             raise ValueError(f'the latent bank has {name} = {have}, but the network has {name} = {want}; '
                              f'use a bank made for this network')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

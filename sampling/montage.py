@@ -106,4 +106,4 @@ def make_montage(G, groups, rows, cols, kind_labels=('naive', 'MaGNET rho=1'), s
         draw.text((6, y), label, fill=black, font=font, anchor='lm')
     return np.asarray(image)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

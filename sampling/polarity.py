@@ -30,7 +30,7 @@ import torch
 
 from . import volume
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Weights.
 
 
@@ -102,7 +102,7 @@ def effective_sample_size(log_w):
     p = _probabilities(log_w)
     return float(1.0 / np.sum(p * p))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Resampling a bank of candidates.
 
 
@@ -227,7 +227,7 @@ def resample_per_class(log_w, labels, counts, seed=0, replace=True):
         out.append(members[draw(log_w[members], per_class[k], rng)])
     return np.concatenate(out) if out else np.zeros([0], dtype=np.int64)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Exact-uniform variant.
 
 
@@ -286,7 +286,7 @@ def log_weights_uniform(svds, latents, rho=1, top_k=None, eps=0.0, prior='normal
         raise ValueError('some candidates inside the domain have a zero or invalid singular value: drop them or set eps > 0')
     return log_w
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Online rejection.
 
 
@@ -361,7 +361,7 @@ class RejectionSampler:
                 return torch.cat(kept)[:num]
         raise ValueError(f'the candidates ran out after {total} of {num} acceptances')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Mixtures.
 
 
@@ -444,4 +444,4 @@ class Mixture:
             source = source[order]
         return z, source
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

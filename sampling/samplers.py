@@ -72,7 +72,7 @@ __all__ = ['SamplerSpecError', 'Term', 'Spec', 'parse', 'build', 'Sampler', 'der
 
 _MAX_SEED = 2 ** 32
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Parsing.
 
 class SamplerSpecError(ValueError):
@@ -381,7 +381,7 @@ def parse(text):
         parser.fail(f'a single sampler cannot have weight {terms[0].weight}; use a mixture or drop the weight')
     return Spec(terms=terms, psi=psi, text=text)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Sources: draw(num, seed) -> (z float32 [num, z_dim], c float32 [num, c_dim]).
 
 def derive_seed(seed, index):
@@ -579,7 +579,7 @@ class MixtureSource:
                 cs.append(c)
         return np.concatenate(zs), np.concatenate(cs)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 class Sampler:
     """A built sampler: ``sample(num, seed) -> (z, c, psi)``.
@@ -689,4 +689,4 @@ def build(spec, G, device=None, label_pool=None, network_sha256=None, progress=F
         source = sources[0]
     return Sampler(spec, source, G.z_dim, G.c_dim)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

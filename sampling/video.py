@@ -63,7 +63,7 @@ def render(G, z=None, c=None, ws=None, truncation_psi=1, noise_mode='const', bat
     return np.concatenate([to_uint8(img) for img in synthesize(G, z=z, c=c, ws=ws, truncation_psi=truncation_psi,
                                                                noise_mode=noise_mode, batch_size=batch_size)])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Sweeps.
 
 
@@ -146,7 +146,7 @@ def interpolation_frames(G, ws, paths, steps, translate=(0, 0), rotate=0, scale=
         if moving:
             set_input_transform(G)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Encoding.
 
 
@@ -216,4 +216,4 @@ def frame_strip(frames, num=5):
         parts += [frames[i], gap]
     return np.concatenate(parts[:-1], axis=0)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

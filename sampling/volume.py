@@ -32,7 +32,7 @@ import torch.nn.functional as F
 METHODS = ('exact', 'projected', 'lowrank')
 SPACES = ('pixel', 'style', 'feature')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Batched Jacobian products.
 
 
@@ -88,7 +88,7 @@ def _svdvals_rows(A):
     eig = torch.linalg.eigvalsh((gram + gram.mT) / 2)
     return eig.clamp(min=0).sqrt().flip(-1)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The fixed projection of the authors' estimator.
 
 
@@ -132,7 +132,7 @@ def projection_matrix(out_dim, num_projections=128, seed=0, dtype=torch.float32,
         raise ValueError(f'num_projections must be in [1, {out_dim}] (the output size), got {num_projections}')
     return _projection_cpu(int(out_dim), int(num_projections), int(seed)).to(device=device, dtype=dtype)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The three estimators.
 
 
@@ -331,7 +331,7 @@ def jacobian_singular_values(f, z, method='exact', top_k=None, num_projections=1
         svals = svals[:, :top_k]
     return svals
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Log-volume and the top-K rule.
 
 
@@ -383,7 +383,7 @@ def check_top_k(top_k, z_dim, normalizes_z=True):
                          f'StyleGAN2 or 10 for StyleGAN3 as in the MaGNET/polarity papers.')
     return K
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Spaces of an NVlabs-style generator.
 
 
@@ -526,4 +526,4 @@ def _whole_generator_fn(G, space, labels, truncation_psi, noise_mode, resize, em
     f.normalizes_z = bool(getattr(G, 'normalizes_z', False))
     return f
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

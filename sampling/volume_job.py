@@ -31,7 +31,7 @@ DTYPES = {'float32': torch.float32, 'float64': torch.float64}
 BANK_NAME = 'volumes.npz'
 CHUNK_DIR = 'chunks'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Embedders (feature space).
 
 
@@ -52,7 +52,7 @@ def load_embedder(path, device, dtype=torch.float32):
         return lambda x: module(x, return_features=True)
     return module
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The job.
 
 
@@ -87,7 +87,7 @@ class VolumeJob:
         NVlabs API (``z_dim``, ``c_dim``, ``mapping``, ``synthesis``), on the device to compute on, in eval
         mode. It is cast to ``dtype``.
     network_sha256 : str
-        :func:`sampling.latents.file_sha256` of the network file; recorded so that a bank is never used
+        :func:`sampling.latents.network_sha256` of the network; recorded so that a bank is never used
         with another network.
     num : int
         Latents, or latents per class when ``class_idx='all'``.
@@ -288,4 +288,4 @@ class VolumeJob:
         bank.save(os.path.join(outdir, BANK_NAME))
         return bank
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def build_report(bank, top_k=None, rhos=DEFAULT_RHOS, bins=NUM_BINS, max_scatter
 def _stat(fn, values):
     return float(fn(values)) if len(values) else None
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The figure.
 
 
@@ -183,7 +183,7 @@ def draw_report(report, size=(400, 320)):
 def _class_colour(label):
     return _CLASS_COLOURS[int(label)] if 0 <= int(label) < len(_CLASS_COLOURS) else (120, 120, 120)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 
 def write_beside(bank, bank_path, top_k=None):

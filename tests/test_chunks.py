@@ -11,7 +11,7 @@ from sampling.latents import LatentBank
 BATCH, Z_DIM, NUM_CHUNKS, SEED0 = 6, 4, 7, 1000
 CONFIG = dict(network_sha256='ab' * 32, k=5, batch=BATCH)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Shards.
 
 def test_parse_shard():
@@ -55,7 +55,7 @@ def test_chunks_for_shard_partition(num_chunks, count):
     with pytest.raises(ValueError):
         C.chunks_for_shard(num_chunks, count, count)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # A toy job: chunk i is batch seed SEED0 + i, with a made-up per-latent score.
 
 def _compute(index):
@@ -144,4 +144,4 @@ def test_pending_and_empty_chunks(tmp_path):
     assert store.pending() == [0, 2] and store.pending([1, 2]) == [2]
     assert len(store.read(1)) == 0
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _sha256(path):
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 
 def test_pixel_bank_layout_and_values(nets, tmp_path):

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 import demo
 import legacy
+from demos import first_run
+from demos.comparison import LABEL_WIDTH
 from metrics import mnist_classifier
-from sampling import cli, first_run, latents, volume_job
-from sampling.demo import LABEL_WIDTH
+from sampling import cli, latents, volume_job
 
 NUM_IMAGES, NUM_SCORED, SCALE = 3, 24, 2
 

@@ -13,8 +13,8 @@ from helpers import tiny_generator
 
 import demo_samplers
 import legacy
+from demos import comparison as demo
 from metrics.mnist_classifier import MNISTClassifier, export_torchscript
-from sampling import demo
 
 NUM_IMAGES, SCALE, SEED = 4, 2, 7
 SAMPLERS = ['random (psi 1)', 'truncation psi 0.7', 'hubness k=5 t=8', 'MaGNET rho=1', 'polarity rho=-1 K=6',

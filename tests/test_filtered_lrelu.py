@@ -19,7 +19,7 @@ TOL = 1e-6
 
 
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Float64 reference.
 
 def _np(t):
@@ -92,7 +92,7 @@ def sg3_padding(in_size, out_size, k, up, down, up_taps, down_taps):
         pads += [lo, total - lo]
     return pads
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Helpers.
 
 def _randn(*shape, seed=0, scale=1.0, requires_grad=False):
@@ -122,7 +122,7 @@ def _close(actual, expected, tol=TOL):
     scale = max(1.0, np.max(np.abs(expected)))
     assert err <= tol * scale, f'max abs error {err:.3g} (scale {scale:.3g})'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Cases: (input h, w), op kwargs. Sizes are small but the configurations are SG3's.
 
 CASES = {
@@ -156,7 +156,7 @@ def _case(name, requires_grad=False, batch=2, channels=3):
     b = _randn(channels, seed=2, requires_grad=requires_grad) if use_bias else None
     return x, b, kwargs
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', list(CASES))
 def test_matches_reference(name):
@@ -248,4 +248,4 @@ def test_bad_padding_rejected():
     with pytest.raises(ValueError):
         filtered_lrelu.filtered_lrelu(x, padding=[1, 2, 3])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def brute_k_occurrence(x, k, count_self):
     np.fill_diagonal(d, -1.0 if count_self else np.inf)
     return np.bincount(np.argsort(d, axis=1, kind='stable')[:, :k].ravel(), minlength=len(x))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def test_outputs_scores_and_images(tiny, reference):
     G = tiny['G']
@@ -336,4 +336,4 @@ def test_killed_process_resumes(tiny, tmp_path):
     _assert_same_arrays(_bank(killed), _bank(tmp_path / 'fresh'))
     assert len(_bank(killed)) == 30
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

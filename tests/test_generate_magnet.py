@@ -65,7 +65,7 @@ def _expected_images(G, z, c, psi=1):
 def _authors_bank(path, svds, z, labels):
     np.savez(path, svds=svds.astype(np.float32), latents=z.astype(np.float32), labels=labels)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 
 def test_our_bank_images_and_selection(setup, tmp_path):

@@ -32,7 +32,7 @@ def G():
 def G_cond():
     return tiny_generator(seed=1, c_dim=3)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Independent references.
 
 def brute_k_occurrence(x, k, count_self):
@@ -47,7 +47,7 @@ def brute_k_occurrence(x, k, count_self):
 def regenerate_batch(seed, num, z_dim):
     return np.random.RandomState(seed).randn(num, z_dim)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Selection rules.
 
 def test_select_threshold_top_quantile():
@@ -81,7 +81,7 @@ def test_search_settings_are_checked():
     with pytest.raises(ValueError, match='2\\*\\*32'):
         hs.HubSearch(seed=2 ** 32 - 1).batch_seed(1)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Scoring.
 
 @pytest.mark.parametrize('space, count_self, threshold', [('w', True, 12), ('z', False, 20)])
@@ -134,7 +134,7 @@ def test_pooled_correlation_equals_direct():
     assert correlation(pooled) == pytest.approx(np.corrcoef(s, r)[0, 1], abs=1e-12)
     assert math.isnan(correlation(score_norm_moments([1, 1, 1], [0.0, 1.0, 2.0])))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Driver.
 
 def _fake_chunk(batch, count):
@@ -193,7 +193,7 @@ def test_shard_batches_rule():
     with pytest.raises(ValueError, match='max_batches'):
         hs.shard_batches(hs.HubSearch(batch_size=100, quantile=0.9), 50, 0, 2)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Images and report.
 
 def test_write_images_resumes_with_identical_files(G, tmp_path):
@@ -260,4 +260,4 @@ def test_ticks_are_round_and_inside():
     ticks = _ticks(2.13, 6.9)
     assert ticks[0] >= 2.13 and ticks[-1] <= 6.9 and 3 <= len(ticks) <= 10
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from scipy.spatial.distance import cdist
 from sampling import hubness as H
 from sampling.hubness import hubness_stats, k_nearest_neighbors, k_occurrence
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Independent float64 reference: full distance matrix by differences, rows ranked by (distance, index).
 
 def reference_neighbors(x, k, count_self=False):
@@ -30,7 +30,7 @@ def reference_neighbors(x, k, count_self=False):
 def reference_counts(x, k, count_self=False):
     return np.bincount(reference_neighbors(x, k, count_self).ravel(), minlength=len(x))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('num,dim,k', [(7, 2, 1), (7, 2, 6), (50, 3, 5), (257, 128, 3), (300, 64, 10),
                                        (1000, 600, 5), (3000, 24, 7)])
@@ -136,7 +136,7 @@ def test_input_types_and_layouts():
     ints = np.random.RandomState(5).randint(-50, 50, size=(200, 8))
     assert np.array_equal(k_occurrence(ints, 4).numpy(), reference_counts(ints, 4))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Ties and float32 rounding.
 
 def test_identical_points_smaller_index_wins():
@@ -187,7 +187,7 @@ def test_k_nearest_neighbors_sets():
     got = np.sort(k_nearest_neighbors(x, 6, block_size=128).numpy(), axis=1)
     assert np.array_equal(got, np.sort(reference_neighbors(x, 6), axis=1))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def test_bad_input():
     x = np.random.RandomState(12).randn(10, 3)
@@ -265,7 +265,7 @@ def test_distributed_torchrun_matches_single_process(tmp_path):
         assert np.array_equal(out['authors'], k_occurrence(x, 4, count_self=True).numpy())
         assert bool(out['mismatch_detected'])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def test_hubness_stats_hand_example():
     stats = hubness_stats(np.array([0, 0, 3, 1]), k=1, threshold=3)
@@ -300,4 +300,4 @@ def test_hubness_stats_on_scores():
     assert hubness_stats(np.full(10, 5), 5)['skewness'] == 0.0
     assert hubness_stats(np.full(10, 5), 5)['robinhood'] == 0.0
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from sampling import latents as L
 from sampling.latents import LatentBank
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Seeds.
 
 def test_z_from_seeds_matches_generate_py_convention():
@@ -71,7 +71,7 @@ def test_one_hot():
     with pytest.raises(ValueError, match='class'):
         L.one_hot([3], 3)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Files.
 
 def test_file_sha256(tmp_path):
@@ -79,6 +79,42 @@ def test_file_sha256(tmp_path):
     path = tmp_path / 'net.pkl'
     path.write_bytes(data)
     assert L.file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_network_sha256_of_a_file_a_url_and_a_checkpoint_folder(tmp_path, monkeypatch):
+    from helpers import LocalHTTPServer, Reply
+
+    from dnnlib import util
+    from sampling import cli
+    for var in ('http_proxy', 'https_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    monkeypatch.setattr(util, '_dnnlib_cache_dir', None)
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    pickle_bytes, weights = b'network pickle bytes ' * 1000, b'BigGAN weights ' * 500
+    expected_pickle, expected_weights = hashlib.sha256(pickle_bytes).hexdigest(), hashlib.sha256(weights).hexdigest()
+
+    path = tmp_path / 'net.pkl'
+    path.write_bytes(pickle_bytes)
+    assert L.network_sha256(str(path)) == expected_pickle
+
+    # A BigGAN checkpoint folder is identified by its weights, not by its config.
+    folder = tmp_path / 'biggan-deep-128'
+    folder.mkdir()
+    (folder / 'pytorch_model.bin').write_bytes(weights)
+    (folder / 'config.json').write_text('{"output_dim": 128}')
+    assert L.network_sha256(str(folder)) == expected_weights
+    assert L.network_sha256(str(folder / 'pytorch_model.bin')) == expected_weights
+
+    server = LocalHTTPServer()
+    try:
+        server.routes['/net.pkl'] = [Reply(pickle_bytes)]
+        assert L.network_sha256(server.url('/net.pkl')) == expected_pickle
+        assert L.network_sha256(server.url('/net.pkl')) == expected_pickle  # The second read comes from the cache.
+        assert server.hits['/net.pkl'] == 1
+    finally:
+        server.close()
+    assert cli.network_sha256 is L.network_sha256  # The scripts' name is the same helper.
 
 
 def _bank(num=6, z_dim=4, c_dim=0, seed=0):
@@ -282,4 +318,4 @@ def test_select_and_concatenate():
         L.concatenate([a, LatentBank(np.zeros([2, 4], dtype=np.float32))])
     assert L.concatenate([a, other], meta={'merged': True}).meta == {'merged': True}
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

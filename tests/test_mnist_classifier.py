@@ -1,4 +1,7 @@
-"""Tests of metrics/mnist_classifier.py, the shipped pretrained/mnist_classifier.pt and train_classifier.py."""
+"""Tests of metrics/mnist_classifier.py, the shipped pretrained/mnist_classifier.pt and train_classifier.py.
+
+The training helpers of classifier_training/mnist.py: tests/test_classifier_training.py.
+"""
 
 import json
 import os
@@ -12,6 +15,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from helpers import REPO_ROOT
 
+from classifier_training import mnist as mnist_training
 from metrics import mnist_classifier as mc
 
 HELDOUT_DIGITS = os.path.join(REPO_ROOT, 'tests', 'data', 'mnist_val200.npz')
@@ -72,7 +76,7 @@ def test_antialiased_resize_matches_interpolate(size):
 
 def test_heldout_digits_come_from_the_validation_split(heldout):
     # The accuracy test below is honest only if these digits were not trained on.
-    _train_idx, val_idx = mc.split_train_val(MNIST_SIZE, 500, int(heldout['split_seed']))
+    _train_idx, val_idx = mnist_training.split_train_val(MNIST_SIZE, 500, int(heldout['split_seed']))
     assert set(heldout['indices'].tolist()) <= set(val_idx.tolist())
     assert heldout['images'].dtype == np.uint8 and heldout['images'].shape == (200, 1, 32, 32)
     assert np.bincount(heldout['labels'], minlength=10).tolist() == [20] * 10
@@ -282,43 +286,6 @@ def test_digit_report_label_agreement_of_a_conditional_generator(classifier, hel
     assert 'label_agreement' not in mc.digit_report(DigitBankGenerator(heldout['images']), classifier, num=8)
 
 # ----------------------------------------------------------------------------
-# Training helpers.
-
-
-def test_split_train_val():
-    train, val = mc.split_train_val(100, 10, seed=3)
-    assert len(val) == 10 and len(train) == 90
-    assert sorted(np.concatenate([train, val]).tolist()) == list(range(100))
-    again_train, again_val = mc.split_train_val(100, 10, seed=3)
-    assert np.array_equal(again_val, val) and np.array_equal(again_train, train)
-    assert not np.array_equal(mc.split_train_val(100, 10, seed=4)[1], val)
-    with pytest.raises(ValueError):
-        mc.split_train_val(10, 10, seed=0)
-
-
-def test_make_outliers():
-    rng = np.random.RandomState(0)
-    digits = torch.from_numpy((rng.rand(300, 1, 16, 24) > 0.8).astype(np.float32) * 255)
-    labels = torch.from_numpy(rng.randint(0, 10, size=300))
-    outliers = mc.make_outliers(digits, labels, torch.Generator().manual_seed(0))
-    assert outliers.shape == digits.shape and outliers.dtype == torch.float32
-    assert outliers.min() >= 0 and outliers.max() <= 255
-    assert not any(torch.equal(outliers[i], digits[i]) for i in range(len(digits)))
-    again = mc.make_outliers(digits, labels, torch.Generator().manual_seed(0))
-    assert torch.equal(outliers, again)
-    # Permutations of the digit's own pixels keep its histogram: some outliers must be such.
-    same_pixels = [torch.equal(outliers[i].flatten().sort().values, digits[i].flatten().sort().values)
-                   for i in range(len(digits))]
-    assert 0 < sum(same_pixels) < len(digits)
-    # Constant images are among them too.
-    assert any(bool((outliers[i] == outliers[i].flatten()[0]).all()) for i in range(len(digits)))
-
-
-def test_balanced_subset():
-    labels = np.array([0, 1, 0, 1, 2, 0, 2, 1])
-    assert mc.balanced_subset(labels, [7, 0, 2, 5, 3, 4], per_class=2).tolist() == [0, 2, 3, 4, 7]
-
-# ----------------------------------------------------------------------------
 # Command lines.
 
 
@@ -346,7 +313,7 @@ def test_train_classifier_cli(sklearn_digits_zip, tmp_path):
     assert net(x).shape == (3, 128) and net.probabilities(x).shape == (3, 10)
     assert [name for name in os.listdir(tmp_path) if name.endswith('.tmp')] == []
     with np.load(fixture) as data:
-        val = set(mc.split_train_val(240, 40, seed=5)[1].tolist())
+        val = set(mnist_training.split_train_val(240, 40, seed=5)[1].tolist())
         assert set(data['indices'].tolist()) <= val and int(data['split_seed']) == 5
         assert np.bincount(data['labels']).max() <= 2
 

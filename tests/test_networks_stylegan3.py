@@ -20,7 +20,7 @@ from training import networks_stylegan3 as n3
 WS_ATOL = 1e-5
 IMG_ATOL = 1e-4
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Fixture network and its per-seed outputs (computed once: CPU forwards are the slow part).
 
 @pytest.fixture(scope='module')
@@ -60,7 +60,7 @@ def per_seed(G, fixture):
         out['img_psi1_from_ws'][seed] = G.synthesis(ws, noise_mode='const')[0]
     return out
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Structure.
 
 def test_fixture_state_names_shapes_and_order(fixture):
@@ -173,7 +173,7 @@ def test_1024_config_r_layer_table():
         assert layer.padding == ([11, 10, 11, 10] if layer.up_factor == 2 else [-2, -5, -2, -5]) or idx == 13, name
     assert syn.L13_1024_64.padding == [-9, -10, -9, -10]
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Numerics against NVlabs' outputs.
 
 def test_seeds_to_z_convention(fixture):
@@ -231,7 +231,7 @@ def test_images_batched_match_nvlabs(G, fixture):
     for key, out in [('img_uint8_psi1', img_psi1), ('img_uint8_psi07', img_psi07)]:
         assert np.abs(_to_uint8(out).astype(np.int16) - fixture[f'ref/{key}'].astype(np.int16)).max() <= 1
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Input transform and pickling.
 
 def test_input_transform_translates_image(G, per_seed):
@@ -263,7 +263,7 @@ def test_plain_pickle_round_trip(G, per_seed):
     img = net(_z(0, G.z_dim), None, noise_mode='const')
     assert torch.equal(img[0], per_seed['img_psi1'][0])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Construction, EMAs and kwargs on small networks.
 
 def _small_generator(**kwargs):
@@ -369,7 +369,7 @@ def test_synthesis_kwargs():
     with pytest.raises(AssertionError):
         net.synthesis(ws[:, 1:])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Building blocks against independent float64 references.
 
 def test_modulated_conv2d_matches_float64_reference():
@@ -427,4 +427,4 @@ def test_design_lowpass_filter_radial():
     ref /= ref.sum()
     np.testing.assert_allclose(f.numpy(), ref, atol=1e-7, rtol=0)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ FILTER_TOL = 1e-6
 
 
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Float64 references.
 
 def _np(t):
@@ -146,7 +146,7 @@ def ref_bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=No
     y = func(x, 0.2 if alpha is None else alpha) * (def_gain if gain is None else gain)
     return y if clamp is None else np.clip(y, -clamp, clamp)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Helpers.
 
 def _randn(*shape, seed=0, dtype=torch.float64, requires_grad=False):
@@ -172,7 +172,7 @@ def _close(actual, expected, tol=1e-10):
 
 F4 = upfirdn2d.setup_filter([1, 3, 3, 1])  # The networks' default resample_filter (4x4).
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # setup_filter
 
 def test_setup_filter_default_resample_filter():
@@ -221,7 +221,7 @@ def test_setup_filter_flip_gain_normalize():
     f = upfirdn2d.setup_filter(raw2d, flip_filter=True)
     _close(f, raw2d[::-1, ::-1] / 12, tol=1e-7)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # upfirdn2d
 
 UPFIRDN_CASES = [
@@ -266,7 +266,7 @@ def test_upfirdn2d_float32_and_float16():
     assert y16.dtype == torch.float16
     _close(y16, expected, tol=5e-3)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # upsample2d / downsample2d / filter2d: the documented padding formulas.
 
 RESAMPLE_FILTERS = [F4, _rand_filter(4, 4, seed=12), _rand_filter(12, seed=13), _rand_filter(3, 5, seed=14),
@@ -319,7 +319,7 @@ def test_resampling_sizes_and_constant_images():
     assert filt.shape == x.shape
     _close(filt[..., 1:-1, 1:-1], np.full((1, 1, 6, 4), 0.75))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # conv2d_resample
 
 CONV_CASES = [
@@ -389,7 +389,7 @@ def test_conv2d_resample_low_precision(dtype, tol, k, up, down, padding, groups,
     assert y.dtype == dtype
     _close(y, ref_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_filter), tol=tol)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # bias_act
 
 ACT_NAMES = list(REF_ACTS)
@@ -454,7 +454,7 @@ def test_bias_act_low_precision(dtype, tol):
     assert y.dtype == dtype
     _close(y, ref_bias_act(x, b, act='lrelu', clamp=256), tol=tol)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # fma
 
 @pytest.mark.parametrize('sa, sb, sc', [((2, 3, 4, 5), (2, 3, 1, 1), (2, 3, 4, 5)),
@@ -469,7 +469,7 @@ def test_fma(sa, sb, sc):
     y32 = fma.fma(a.float(), b.float(), c.float())
     assert y32.dtype == torch.float32
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # conv2d_gradfix / grid_sample_gradfix
 
 @pytest.mark.parametrize('enabled', [False, True])
@@ -524,4 +524,4 @@ def test_grid_sample_gradfix(enabled, monkeypatch):
     assert torch.autograd.gradcheck(grid_sample_gradfix.grid_sample, (x, grid))
     assert grid_sample_gradfix.grid_sample(x.float(), grid.float()).dtype == torch.float32
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from sampling import polarity, volume
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The folded sheet.
 
 S1, S2, T, SCALE = 1.0, 4.0, 1.0, 1.5
@@ -45,7 +45,7 @@ def test_sheet_volume(candidates):
     expected = np.where(z[:, 0].numpy() < 0, SCALE ** 2 * S1 * T, SCALE ** 2 * S2 * T)
     np.testing.assert_allclose(np.exp(volume.log_volume(svds)), expected, rtol=1e-5)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Exact-uniform variant and polarity on the sheet.
 
 
@@ -111,7 +111,7 @@ def test_rejection_sampler_on_the_sheet(candidates):
     assert low.num_exceeded == int(np.sum(z[:100, 0].numpy() < 0))
     assert low.max_log_ratio == pytest.approx(1.0, abs=1e-5)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Weights.
 
 
@@ -151,7 +151,7 @@ def test_effective_sample_size():
     assert polarity.effective_sample_size(np.append(log_w + 5000.0, -np.inf)) == pytest.approx(
         w.sum() ** 2 / (w ** 2).sum(), rel=1e-9)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Resampling semantics.
 
 
@@ -243,7 +243,7 @@ def test_per_class_resampling():
     with pytest.raises(ValueError):
         polarity.resample_per_class(log_w, ids, [1, 2])
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Mixtures.
 
 
@@ -287,4 +287,4 @@ def test_mixture():
     zt, _ = polarity.Mixture([(0.5, lambda n, rng: torch.zeros([n, 2])), (0.5, lambda n, rng: torch.ones([n, 2]))]).sample(5)
     assert isinstance(zt, torch.Tensor) and zt.shape == (5, 2) and float(zt.sum()) == 4.0
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

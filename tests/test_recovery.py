@@ -26,7 +26,7 @@ import legacy
 from sampling import chunks as C
 from sampling.latents import LatentBank
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The chunk store alone: a toy job whose chunk i is drawn from seed 1000 + i.
 
 NUM_CHUNKS, CONFIG = 5, dict(job='toy', seed=1000)
@@ -114,7 +114,7 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
         sleeper.kill()
         sleeper.wait()
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Claims.
 
 def _write_claim(store, index, **record):
@@ -174,7 +174,7 @@ def test_two_identical_runs_share_the_chunks(tmp_path):
     assert sorted(computed[0] + computed[1]) == list(range(NUM_CHUNKS))   # Each chunk computed exactly once.
     assert C.ChunkStore(out, NUM_CHUNKS, CONFIG).merge().equals(_uninterrupted(tmp_path))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The scripts.
 
 @pytest.fixture(scope='module')

@@ -101,7 +101,7 @@ def test_array_template_refuses_non_arrays_and_offset_ranges(tiny_pkl, tmp_path)
                                      SLURM_ARRAY_TASK_MIN='3')
     assert code == 2 and '--array=0-' in err and lines == []
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # A real SLURM run: a private single-node cluster, a 3-task array with one task killed and resubmitted.
 # It needs Debian's slurm-wlm and root; .ci/run installs the package and sets REQUIRE_SLURM_TESTS=1, under
 # which anything missing is a failure, not a skip.

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from sampling import volume
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Small networks.
 
 
@@ -67,7 +67,7 @@ def reference_svals(g, z):
 def relerr(a, b):
     return float(((a.to(torch.float64) - b) / b).abs().max())
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # 'exact'
 
 
@@ -159,7 +159,7 @@ def test_check_top_k():
     with pytest.raises(ValueError):
         volume.check_top_k(513, 512, normalizes_z=False)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Spaces.
 
 
@@ -214,7 +214,7 @@ def test_conditional_labels():
     other = volume.jacobian_singular_values(volume.make_space_fn(G, 'pixel', c=torch.eye(3)[[2]]), z)
     assert not torch.allclose(one, other)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # 'projected'
 
 
@@ -245,7 +245,7 @@ def test_projected_matches_projected_float64_jacobian():
     with pytest.raises(ValueError):
         volume.projection_matrix(48, 49)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # 'lowrank'
 
 
@@ -301,7 +301,7 @@ def test_lowrank_on_nonlinear_generator_and_exact_fallback():
     with pytest.raises(ValueError):
         volume.jacobian_singular_values(f, z, method='lowrank', top_k=9, block_size=4, num_iters=1)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # log_volume
 
 
@@ -323,4 +323,4 @@ def test_log_volume():
     with pytest.raises(ValueError):
         volume.log_volume(s, top_k=10)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A class decorated with :func:`persistent_class` pickles its instances as a call 
 :func:`_reconstruct_persistent_obj` with a meta dict holding the full source text of the class's
 module, the class name and the instance state. Unpickling executes that source in a fresh module,
 so a snapshot keeps working after the code that wrote it has changed. This is the format of
-NVlabs' network pickles; see docs/nvlabs-compat.md section 1 in the shared documentation.
+NVlabs' network pickles; see docs/nvlabs-compat.md section 1.
 
 Executing embedded source runs code from the file: ``legacy.load_network_pkl`` only does so when the
 user opts in, and otherwise rebuilds known classes without ``exec``.

@@ -68,7 +68,7 @@ def groups_per_scale(num_latent_scales, num_groups_per_scale, ada_groups, min_gr
 def soft_clamp(x):
     return SOFT_CLAMP * torch.tanh(x / SOFT_CLAMP)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # Layers. Every class is persistent, so our own pickles of the generator re-load safely (legacy.py).
 
 
@@ -293,7 +293,7 @@ _LAYERS = {
 def _build_layer(kind, kwargs):
     return _LAYERS[kind](dict(kwargs))
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 
 @persistence.persistent_class

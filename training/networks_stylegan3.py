@@ -23,7 +23,7 @@ import torch
 from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_gradfix, filtered_lrelu
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @misc.profiled_function
 def modulated_conv2d(x, w, s, demodulate=True, padding=0, input_gain=None):
@@ -78,7 +78,7 @@ def modulated_conv2d(x, w, s, demodulate=True, padding=0, input_gain=None):
     x = x.reshape(batch_size, -1, *x.shape[2:])
     return x
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def design_lowpass_filter(numtaps, cutoff, width, fs, radial=False):
     """Kaiser-windowed low-pass FIR filter, designed in float64 and returned as float32.
@@ -105,7 +105,7 @@ def design_lowpass_filter(numtaps, cutoff, width, fs, radial=False):
     f = f / np.sum(f)
     return torch.as_tensor(f, dtype=torch.float32)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class FullyConnectedLayer(torch.nn.Module):
@@ -158,7 +158,7 @@ class FullyConnectedLayer(torch.nn.Module):
     def extra_repr(self):
         return f'{self.in_features}->{self.out_features}, activation={self.activation}'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class MappingNetwork(torch.nn.Module):
@@ -223,7 +223,7 @@ class MappingNetwork(torch.nn.Module):
     def extra_repr(self):
         return f'z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class SynthesisInput(torch.nn.Module):
@@ -316,7 +316,7 @@ class SynthesisInput(torch.nn.Module):
     def extra_repr(self):
         return f'channels={self.channels}, size={self.size.tolist()}, sampling_rate={self.sampling_rate:g}, bandwidth={self.bandwidth:g}'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class SynthesisLayer(torch.nn.Module):
@@ -451,7 +451,7 @@ class SynthesisLayer(torch.nn.Module):
             f'rate {self.in_sampling_rate}->{self.out_sampling_rate} via {self.tmp_sampling_rate}, '
             f'cutoff {self.in_cutoff:g}->{self.out_cutoff:g}, torgb={self.is_torgb}, fp16={bool(self.use_fp16)}')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class SynthesisNetwork(torch.nn.Module):
@@ -552,7 +552,7 @@ class SynthesisNetwork(torch.nn.Module):
     def extra_repr(self):
         return f'num_ws={self.num_ws}, img_resolution={self.img_resolution}, num_layers={self.num_layers}, num_critical={self.num_critical}'
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 @persistence.persistent_class
 class Generator(torch.nn.Module):
@@ -589,4 +589,4 @@ class Generator(torch.nn.Module):
         img = self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
         return img
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

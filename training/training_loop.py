@@ -45,7 +45,7 @@ import torch
 
 import dnnlib
 import legacy
-from sampling import images as image_utils
+from torch_utils import images as image_utils
 from training.dataset import open_dataset
 
 # ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from . import bias_act, upfirdn2d
 
 _SQRT2 = np.sqrt(2)  # Default gain of the leaky ReLU, as in bias_act's 'lrelu'.
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def _parse_padding(padding):
     """Return padding as four ints [x0, x1, y0, y1] (before/after, x then y)."""
@@ -49,7 +49,7 @@ def _as_filter(f, x):
         return torch.ones([1, 1], dtype=torch.float32, device=x.device)
     return f
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 
 def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=_SQRT2, slope=0.2, clamp=None,
                    flip_filter=False, impl='cuda'):
@@ -120,4 +120,4 @@ def filtered_lrelu(x, fu=None, fd=None, b=None, up=1, down=1, padding=0, gain=_S
     assert x.shape[2:] == (out_h, out_w), f'filtered_lrelu: got {tuple(x.shape[2:])}, expected {(out_h, out_w)}'
     return x
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

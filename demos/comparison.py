@@ -92,7 +92,7 @@ def build_samplers(rows, G, device, network_sha256=None, label_pool=None, progre
             raise DemoError(f'{row.label}: {err}') from None
     return out
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The volume bank.
 
 
@@ -121,7 +121,7 @@ def volume_bank(G, network_sha256, outdir, num, seed=0, method='exact', batch_si
         raise DemoError(f'volume bank in {outdir}: {str(err).splitlines()[0]}') from None
     return os.path.join(outdir, volume_job.BANK_NAME)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The figure.
 
 
@@ -167,7 +167,7 @@ def make_figure(G, samplers, num_images, seed, scale=2):
         draw.text((6, y), label, fill=0 if channels == 1 else (0, 0, 0), font=font, anchor='lm')
     return np.asarray(image)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
 # The table.
 
 
@@ -227,4 +227,4 @@ def write_json(path, payload):
         json.dump(payload, f, indent=2, allow_nan=True)
         f.write('\n')
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------

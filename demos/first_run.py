@@ -1,7 +1,7 @@
 """The first run: what each sampler does to a network, as one figure and one number per sampler, in seconds.
 
 Five samplers of :mod:`sampling.samplers`, all from one base seed, one figure row each
-(:func:`sampling.demo.make_figure`):
+(:func:`demos.comparison.make_figure`):
 
 * ``random`` -- z ~ N(0, I), the network as trained;
 * ``trunc:PSI`` -- the same latents, w pulled toward the average w;
@@ -28,16 +28,16 @@ import os
 import time
 
 import dnnlib
-from sampling import demo
+from demos import comparison
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED_BANK = os.path.join(REPO_ROOT, 'pretrained', 'mnist32-volumes.npz')
 
-HUB_K = demo.HUB_K
+HUB_K = comparison.HUB_K
 HUB_THRESHOLD = 20      # Not the authors' 50: see the module docstring.
 POLARITY_RHO = 0.5      # |rho| of the two polarity rows.
 POLARITY_TOP_K = 30     # The polarity authors' K for StyleGAN2.
-TRUNCATION_PSI = demo.TRUNCATION_PSI
+TRUNCATION_PSI = comparison.TRUNCATION_PSI
 DIGIT_THRESHOLD = 0.9
 SYNTH_BATCH = 16        # Images per forward pass: on a CPU, small batches of 32 px images run fastest.
 FIGURE_NAME = 'samplers.png'
@@ -56,7 +56,7 @@ class Row:
 def comparison_rows(bank_path, hub_threshold=HUB_THRESHOLD, rho=POLARITY_RHO, top_k=POLARITY_TOP_K,
                     psi=TRUNCATION_PSI):
     """The samplers of the first run, in figure order (see the module docstring)."""
-    t, r, bank = f'{float(hub_threshold):g}', f'{abs(float(rho)):g}', demo.quote(bank_path)
+    t, r, bank = f'{float(hub_threshold):g}', f'{abs(float(rho)):g}', comparison.quote(bank_path)
     return [
         Row('random (psi 1)', 'random', 'z ~ N(0, I): the network as trained'),
         Row(f'truncation psi {psi:g}', f'trunc:{psi:g}',
@@ -73,7 +73,7 @@ def comparison_rows(bank_path, hub_threshold=HUB_THRESHOLD, rho=POLARITY_RHO, to
 def digit_share(G, sampler, num, seed, classifier, threshold=DIGIT_THRESHOLD):
     """Share of ``num`` samples of ``sampler`` that ``classifier`` gives a top class probability >= threshold."""
     from metrics.mnist_classifier import digit_report
-    images = demo.sample_images(G, sampler, num, seed, batch_size=SYNTH_BATCH).transpose(0, 3, 1, 2)
+    images = comparison.sample_images(G, sampler, num, seed, batch_size=SYNTH_BATCH).transpose(0, 3, 1, 2)
     return digit_report(images, classifier=classifier, threshold=threshold)['confident_fraction']
 
 
@@ -83,7 +83,7 @@ def run(G, network_sha256, bank_path, classifier, outdir, num_images=10, num_sco
 
     ``classifier`` (anything with ``probabilities``) may be None: the rows then have no digit share.
     ``progress(message)`` is called before each step. Returns the summary (also the JSON file's content).
-    Raises :class:`sampling.demo.DemoError` for a bank or setting that cannot be used.
+    Raises :class:`demos.comparison.DemoError` for a bank or setting that cannot be used.
     """
     from sampling.images import save_png
     say = progress or (lambda message: None)
@@ -91,15 +91,15 @@ def run(G, network_sha256, bank_path, classifier, outdir, num_images=10, num_sco
     top_k = min(int(top_k), int(G.z_dim) - 1)
     rows = comparison_rows(bank_path, hub_threshold, rho, top_k)
     try:
-        samplers = demo.build_samplers([demo.Row(row.label, row.spec) for row in rows], G, device,
+        samplers = comparison.build_samplers([comparison.Row(row.label, row.spec) for row in rows], G, device,
                                        network_sha256=network_sha256)
     except ValueError as err:  # E.g. a top_k above the bank's number of singular values.
-        raise demo.DemoError(f'{bank_path}: {str(err).splitlines()[0]}') from None
+        raise comparison.DemoError(f'{bank_path}: {str(err).splitlines()[0]}') from None
     say(f'Figure: {len(rows)} samplers x {num_images} images')
     try:
-        figure = demo.make_figure(G, samplers, num_images, seed, scale=scale)
+        figure = comparison.make_figure(G, samplers, num_images, seed, scale=scale)
     except ValueError as err:
-        raise demo.DemoError(str(err).splitlines()[0]) from None
+        raise comparison.DemoError(str(err).splitlines()[0]) from None
     os.makedirs(outdir, exist_ok=True)
     figure_path = os.path.join(outdir, FIGURE_NAME)
     save_png(figure_path, figure)
@@ -149,4 +149,4 @@ def format_summary(summary, network_label):
               'few dozen bank latents on this network.']
     return '\n'.join(lines)
 
-#----------------------------------------------------------------------------
+# ----------------------------------------------------------------------------
