@@ -287,14 +287,77 @@ def _rebuild_network(obj, name, key):
         from training import networks_stylegan3 as module
     cls = getattr(module, obj.class_name)
     try:
-        # Built on the meta device: arguments from the file allocate nothing until they are verified.
-        with torch.device('meta'):
+        # Built on the CPU with random initialisers replaced by zeros, under an allocation budget set by the
+        # file's own tensors: arguments from the file cannot make us allocate much more than the file holds.
+        # (Building on the meta device would allocate nothing, but meta tensors run torch's Python reference
+        # kernels, whose first call imports torch._dynamo: about a second of every script start.)
+        with _BoundedConstruction(_pickled_bytes(obj), where):
             net = cls(*init_args, **init_kwargs)
+    except NetworkLoadError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
     _verify_and_copy(net, obj, key, where)
     return net
+
+
+_SIZED_FACTORIES = {torch.randn: torch.zeros, torch.rand: torch.zeros, torch.empty: torch.zeros,
+                    torch.zeros: torch.zeros, torch.ones: torch.ones, torch.full: torch.full}
+
+
+def _pickled_bytes(obj):
+    """Bytes of every tensor in a pickled persistent object and its submodules."""
+    total = 0
+    for module in _walk(obj):
+        for kind in ('_parameters', '_buffers'):
+            for tensor in dict(module.state.get(kind, {})).values():
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class _BoundedConstruction(torch.overrides.TorchFunctionMode):
+    """Run a network constructor cheaply and within a memory budget.
+
+    Random initialisers become zeros (their values are replaced by the pickled tensors anyway); every
+    size-taking factory is checked against the budget before it allocates, and every other new tensor is
+    counted after. Exceeding the budget raises NetworkLoadError.
+    """
+
+    def __init__(self, pickled_bytes, where):
+        super().__init__()
+        # The constructor holds each parameter once or twice (e.g. randn(...) / lr_multiplier) plus small buffers.
+        self.budget = 4 * pickled_bytes + (64 << 20)
+        self.used = 0
+        self.where = where
+
+    def _charge(self, nbytes):
+        self.used += nbytes
+        if self.used > self.budget:
+            raise NetworkLoadError(f'{self.where}: its constructor arguments ask for more than '
+                                   f'{self.budget >> 20} MiB, far more than the file\'s own tensors; refusing to '
+                                   'load (pass --allow-pickle-code to run the pickle\'s own code)')
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        factory = _SIZED_FACTORIES.get(func)
+        if factory is not None:
+            kwargs.pop('generator', None)
+            if func is torch.full:
+                size, rest = args[0] if args else kwargs.pop('size'), args[1:]
+            else:
+                size, rest = (args[0] if len(args) == 1 and not isinstance(args[0], int) else args), ()
+                if not args:
+                    size = kwargs.pop('size')
+            numel = int(np.prod([int(n) for n in size], dtype=np.float64)) if len(size) else 1
+            dtype = kwargs.get('dtype') or torch.get_default_dtype()
+            self._charge(numel * torch.empty((), dtype=dtype).element_size())
+            return factory(size, *rest, **kwargs)
+        result = func(*args, **kwargs)
+        if isinstance(result, torch.Tensor) and not any(result is arg for arg in args):
+            self._charge(result.numel() * result.element_size())
+        return result
 
 
 def _sg2_compat(obj):
