@@ -26,6 +26,7 @@ from sampling.synthesis import set_input_transform, synthesize
 
 
 @click.command(help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--seeds', type=cli.parse_range, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')

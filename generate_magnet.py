@@ -51,6 +51,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', 'bank_path', type=click.Path(exists=True, dir_okay=False), required=True, help='Volume bank (.npz)')
 @click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')

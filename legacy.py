@@ -785,7 +785,14 @@ def _tf_discriminator_source(name):
 # Command line: python legacy.py --source in.pkl --dest out.pkl
 
 
+def _apply_threads(ctx, param, value):
+    from torch_utils.threads import set_threads
+    set_threads(value)
+
+
 @click.command()
+@click.option('--threads', type=click.IntRange(min=1), expose_value=False, callback=_apply_threads,
+              help='CPU threads for torch and BLAS  [default: one per idle core, from the load average]')
 @click.option('--source', help='Network pickle to convert (TF-era StyleGAN2, StyleGAN2-ADA or StyleGAN3): path or URL',
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')

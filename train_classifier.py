@@ -21,7 +21,7 @@ import click
 import numpy as np
 
 from metrics import mnist_classifier
-from sampling.cli import resolve_device
+from sampling.cli import resolve_device, threads_option
 from sampling.latents import atomic_write
 from training.dataset import DatasetError, ImageFolderDataset
 
@@ -44,6 +44,7 @@ def write_fixture(path, images, labels, indices, seed):
 
 
 @click.command(help=__doc__)
+@threads_option
 @click.option('--data', required=True, metavar='ZIP|DIR', help='Labelled digits (dataset_tool.py --source mnist)')
 @click.option('--out', required=True, metavar='PT', help='Where to write the TorchScript classifier')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True,
