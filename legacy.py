@@ -29,7 +29,7 @@ class NetworkLoadError(Exception):
     """A network pickle could not be loaded; the message is one line saying why and what to do."""
 
 
-def load_network_pkl(f, allow_code=False, force_fp16=False):
+def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
     """Load a network snapshot from the open binary file ``f``.
 
     Returns a dict with keys ``G``, ``D``, ``G_ema``, ``training_set_kwargs`` and ``augment_pipe``
@@ -47,7 +47,7 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
         raise NetworkLoadError(f'{name} does not contain a network snapshot: expected a dict with G_ema '
                                f'(or a TF-era (G, D, Gs) tuple), found {type(data).__name__}')
     if not allow_code:
-        data = _rebuild_snapshot(data, name)
+        data = _rebuild_snapshot(data, name, _only)
 
     if data.get('G_ema') is None:
         found = ', '.join(keys_found) if keys_found else 'none'
@@ -75,7 +75,9 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
     """
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
-            net = load_network_pkl(f, allow_code=allow_code)[key]
+            # Only the network asked for (and G_ema, which every snapshot must have) is rebuilt: the others would
+            # be built and verified for nothing.
+            net = load_network_pkl(f, allow_code=allow_code, _only={key, 'G_ema'})[key]
     except FileNotFoundError:
         raise NetworkLoadError(f'network pickle not found: {network}') from None
     except IsADirectoryError:
@@ -237,11 +239,13 @@ def _source_kind(obj):
     return None
 
 
-def _rebuild_snapshot(data, name):
+def _rebuild_snapshot(data, name, only=None):
     out = {}
     for key, value in data.items():
         if isinstance(value, _PickledPersistent):
-            if key == 'augment_pipe':
+            if only is not None and key not in only:
+                value = None  # Not asked for: dropped unbuilt (nothing from it runs).
+            elif key == 'augment_pipe':
                 warnings.warn(f'{name}: dropped the augmentation pipeline ({value.class_name}); sampling does not '
                               'use it. Pass --allow-pickle-code (allow_code=True) to load it.', stacklevel=3)
                 value = None
@@ -287,7 +291,7 @@ def _rebuild_network(obj, name, key):
         from training import networks_stylegan3 as module
     cls = getattr(module, obj.class_name)
     try:
-        # Built on the CPU with random initialisers replaced by zeros, under an allocation budget set by the
+        # Built on the CPU without random initialisation, under an allocation budget set by the
         # file's own tensors: arguments from the file cannot make us allocate much more than the file holds.
         # (Building on the meta device would allocate nothing, but meta tensors run torch's Python reference
         # kernels, whose first call imports torch._dynamo: about a second of every script start.)
@@ -302,7 +306,9 @@ def _rebuild_network(obj, name, key):
     return net
 
 
-_SIZED_FACTORIES = {torch.randn: torch.zeros, torch.rand: torch.zeros, torch.empty: torch.zeros,
+# Random initialisers become torch.empty: their values are replaced by the pickled tensors, and untouched pages
+# cost nothing.
+_SIZED_FACTORIES = {torch.randn: torch.empty, torch.rand: torch.empty, torch.empty: torch.empty,
                     torch.zeros: torch.zeros, torch.ones: torch.ones, torch.full: torch.full}
 
 
@@ -320,7 +326,7 @@ def _pickled_bytes(obj):
 class _BoundedConstruction(torch.overrides.TorchFunctionMode):
     """Run a network constructor cheaply and within a memory budget.
 
-    Random initialisers become zeros (their values are replaced by the pickled tensors anyway); every
+    Random initialisers become torch.empty (their values are replaced by the pickled tensors anyway); every
     size-taking factory is checked against the budget before it allocates, and every other new tensor is
     counted after. Exceeding the budget raises NetworkLoadError.
     """

@@ -182,6 +182,7 @@ def bench_memory(num, dim, k, threads):
           f'peak during it {peak / gib:.2f} GiB: ours added at most {added / gib:.2f} GiB')
     print(f'  an N x N float32 distance matrix alone would take {naive / gib:.0f} GiB, {naive / added:.0f}x that '
           f'({elapsed:.0f} s for the run)')
+    return dict(num=num, added_gib=added / gib, naive_gib=naive / gib, seconds=elapsed)
 
 #----------------------------------------------------------------------------
 # GPU: ours against one full N x N float16 matrix.
@@ -325,12 +326,11 @@ def main(quick, sizes, dim, k, repeats, threads, memory_n, device, cpu_baselines
     print(f'measured matrix-multiply rate (8192 x 512 @ 512 x 8192, float32): torch.mm {rates["torch"]:.1f} GFLOP/s, '
           f'numpy {rates["numpy"]:.1f} GFLOP/s')
     results = [bench_size(num, dim, k, repeats, rate) for num in sizes]
-    if not quick and memory_n:
-        bench_memory(memory_n, dim, k, threads)
+    memory = bench_memory(memory_n, dim, k, threads) if not quick and memory_n else None
     if json_path:
         import json
         with open(json_path, 'w') as f:
-            json.dump(dict(threads=threads, rates=rates, sizes=results), f, indent=1)
+            json.dump(dict(threads=threads, rates=rates, sizes=results, memory=memory), f, indent=1)
 
 
 def main_gpu(sizes, dim, k, repeats, threads, device, cpu_baselines):

@@ -122,7 +122,8 @@ def run_in_subprocess(method, num, dim, device):
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--quick', is_flag=True, help='Small run: 3000 samples each')
 @click.option('--worker', type=click.Choice(METHODS), default=None, hidden=True)
-def main(num, dim, device, quick, worker):
+@click.option('--json', 'json_path', type=click.Path(dir_okay=False), help='Also write the results here')
+def main(num, dim, device, quick, worker, json_path):
     """Compare precision/recall implementations: time, peak memory, agreement."""
     if quick:
         num = min(num, 3000)
@@ -144,6 +145,9 @@ def main(num, dim, device, quick, worker):
           f"memory x{eff['extra_rss_mib'] / max(ours['extra_rss_mib'], 1e-9):.2f}")
     print(f"efficient error vs full metric: precision {eff['precision'] - ours['precision']:+.4f}, "
           f"recall {eff['recall'] - ours['recall']:+.4f} (absolute)")
+    if json_path:
+        with open(json_path, 'w') as f:
+            json.dump(dict(num=num, dim=dim, device=device, identical=same, **res), f, indent=1)
 
 
 if __name__ == '__main__':
