@@ -21,7 +21,9 @@ Examples:
 \b
 Metrics: fid50k_full kid50k_full pr50k3_full is50k ppl2_wend fid50k kid50k pr50k3 ppl_zfull ppl_wfull ppl_zend
 ppl_wend, and sizes: fid{N}k[_full] kid{N}k[_full] pr{N}k{K}[_full] is{N}k ppl2_wend_{N}k (N thousand; a plain
-count also works: fid500_full, pr500_3_full), epr{N}k{K}[_full] (hubness-aware efficient P/R, an estimate).
+count also works: fid500_full, pr500_3_full), epr{N}k{K}[_full] (hubness-aware efficient P/R, an estimate),
+attr{N}k (attribute histogram, entropy, KL to uniform and to the real images, majority share, under the
+classifier --detector attribute=PATH; real images from --data when given).
 
 \b
 Sampler specs (--sampler; all seeded by --seed, latents chosen at psi 1):
@@ -81,6 +83,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                  fid_stats, allow_pickle_code, cache, workers):
     """Everything after option parsing; raises EvaluationError for bad input."""
     metrics = evaluation.parse_metrics(metrics)
+    if out is not None:   # Refused now rather than after the metrics are computed.
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
     try:
         spec = samplers.parse(sampler_spec)
     except samplers.SamplerSpecError as err:
@@ -104,7 +108,10 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         _note(rank, f'Loading network from "{network}"...')
     G, training_set_kwargs = evaluation.load_snapshot(network, device, allow_pickle_code)
 
-    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror)
+    dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror, network=network)
+    if any(metric_main.metric_kind(m) == 'attr' for m in metrics) and 'attribute' not in detectors:
+        raise EvaluationError('attribute metrics need a classifier with class outputs: pass --detector '
+                              'attribute=PATH (a TorchScript file), e.g. pretrained/mnist_classifier.pt')
     needs_data = [m for m in metrics if metric_main.metric_kind(m) in ('kid', 'pr')
                   or (metric_main.metric_kind(m) == 'fid' and reference is None)]
     if needs_data and dataset_kwargs is None:
@@ -116,16 +123,16 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
         if verbose:
             _note(rank, f'Dataset: {dataset.name}, {len(dataset)} images of {dataset.resolution}x{dataset.resolution}')
 
-    for role in sorted({role for m in metrics for role in metric_main.detector_roles(m)}):
+    for role in sorted({role for m in metrics for role in metric_main.detector_roles(m)} - {'attribute'}):
         url = detectors.get(role, metric_utils.DETECTOR_URLS[role])
         if not metric_utils.is_nvlabs_detector(url):
             _note(rank, f'note: the {role} detector is {url}, not NVlabs\' {role}: the numbers are not comparable '
                         'with published ones')
 
     network_sha256 = None
-    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.isfile(network):
-        from sampling.latents import file_sha256
-        network_sha256 = file_sha256(network)
+    if any(t.name in ('polarity', 'bank') for t in spec.terms) and os.path.exists(network):
+        from sampling.cli import network_sha256 as sha256_of
+        network_sha256 = sha256_of(network)
     try:
         sampler = samplers.build(spec, G, device=device, label_pool=evaluation.label_pool(dataset, G, rank),
                                  network_sha256=network_sha256, progress=(verbose and rank == 0))
@@ -161,7 +168,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
             metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network, jsonl_file=out)
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
 @click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')

@@ -24,6 +24,10 @@ killed run re-run with the same arguments resumes. --shard i/n (default: from SL
 SLURM_ARRAY_TASK_COUNT) computes every n-th chunk; when all shards are done, the same command with
 --merge writes volumes.npz, identical to that of a single run (see docs/slurm.md).
 
+Beside the bank go volumes_report.png and .json (sampling/volume_report.py): the log-volume histogram, the
+effective sample size against rho (pick a rho that keeps enough latents in play), log-volume against ||z||
+and per class.
+
 Examples:
 
 \b
@@ -52,14 +56,13 @@ def _parse_shard(text):
 
 def _parse_class(ctx, param, value):
     try:
-        return volume_job.parse_class(value)
+        return volume_job.parse_class(cli.parse_class(value, keywords=('all',)))
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
 
 
 def _network_sha256(network):
-    import dnnlib
-    return latents.file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
+    return cli.network_sha256(network)
 
 
 def _load_embedder(path, device, dtype):
@@ -87,7 +90,7 @@ def _load_embedder(path, device, dtype):
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where volumes.npz and chunks/ go')
 @click.option('--resize', type=click.IntRange(min=1), help='Pixel space: resize images to this size first')
 @click.option('--embedder', type=click.Path(exists=True, dir_okay=False), help='Feature space: TorchScript embedding network')
-@click.option('--class', 'class_idx', callback=_parse_class, metavar='INT|all', help="Class of a conditional network, or 'all' (default: random classes)")
+@click.option('--class', 'class_idx', callback=_parse_class, metavar='INT|NAME|all', help="Class of a conditional network (index or ImageNet name), or 'all' (default: random classes)")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--dtype', type=click.Choice(sorted(volume_job.DTYPES)), default='float32', show_default=True, help='Precision of the network (StyleGAN2/3 compute in float32 whatever this says)')
 @click.option('--shard', metavar='i/n', help='Compute shard i of n (default: from the SLURM array variables, else 0/1)')
@@ -112,7 +115,7 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
         if job.output_dtype != dtype:
             click.echo(f'warning: --dtype {dtype} requested, but the network computes in {job.output_dtype} '
                        f'(StyleGAN casts z and w to float32 inside); the values have {job.output_dtype} precision', err=True)
-        os.makedirs(outdir, exist_ok=True)
+        cli.prepare_outdir(outdir)
         if not merge:
             done = job.run(outdir, shard=shard, progress=True)
             click.echo(f'Shard {shard[0]}/{shard[1]}: computed {len(done)} chunk(s) of {job.num_chunks}', err=True)
@@ -122,8 +125,20 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
         bank = job.merge(outdir, command=cli.command_line())
     except ValueError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f'Wrote {len(bank)} latents with their top-{job.top_k} singular values to '
-               f'{os.path.join(outdir, volume_job.BANK_NAME)}')
+    bank_path = os.path.join(outdir, volume_job.BANK_NAME)
+    click.echo(f'Wrote {len(bank)} latents with their top-{job.top_k} singular values to {bank_path}')
+    _write_report(bank, bank_path)
+
+
+def _write_report(bank, bank_path):
+    """The bank's plots and their data (log-volume histogram, ESS vs rho, log-volume vs ||z||, per class)."""
+    from sampling import volume_report
+    try:
+        json_path, png_path = volume_report.write_beside(bank, bank_path)
+    except ValueError as err:
+        click.echo(f'warning: no report: {err}', err=True)
+        return
+    click.echo(f'Wrote its report (pick rho by the effective sample size) to {png_path} and {json_path}')
 
 
 if __name__ == '__main__':

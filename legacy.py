@@ -4,13 +4,17 @@
 G_ema, training_set_kwargs, augment_pipe) *without executing code from the file*: a restricted
 unpickler admits only the globals a network pickle needs, and every persistent network object is
 rebuilt as an instance of this repository's own class from its pickled constructor arguments, then
-checked against the pickled state (names, shapes and plain attributes must all agree) before the
-weights are copied in. ``allow_code=True`` instead runs the module source embedded in the pickle,
-as NVlabs' own loader does; both give the same images.
+checked against the pickled state (names, shapes and plain attributes must all agree; floats up to
+rounding, since numpy 1.x and 2.x can differ in the last bit) before the pickled weights, buffers and
+attribute values are adopted. ``allow_code=True`` instead runs the module source embedded in the pickle,
+as NVlabs' own loader does; both give the same images. TF-era (G, D, Gs) tuples are converted:
+StyleGAN2's below, ProGAN's by ``training/convert_progan.py`` (never running code, whatever allow_code says).
 """
 
+import contextvars
 import copy
 import io
+import os
 import pickle
 import re
 import warnings
@@ -20,13 +24,17 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import persistence
+from torch_utils import persistence, safe_pickle
+from training import convert_progan
 
 # ----------------------------------------------------------------------------
 
 
 class NetworkLoadError(Exception):
     """A network pickle could not be loaded; the message is one line saying why and what to do."""
+
+    def __init__(self, message):
+        super().__init__(safe_pickle.one_line(message))  # Messages may quote names and values from the file.
 
 
 def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
@@ -35,19 +43,39 @@ def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
     Returns a dict with keys ``G``, ``D``, ``G_ema``, ``training_set_kwargs`` and ``augment_pipe``
     (missing entries are None). With ``allow_code=False`` (the default) nothing in the file is
     executed; objects that cannot be rebuilt safely are refused, except the augmentation pipeline,
-    which sampling does not need and which is dropped with a warning.
+    which sampling does not need and which is dropped with a warning. A ``torch.save`` file is read as an
+    NVAE checkpoint (training/nvae_checkpoint.py, also safe): G_ema is its decoder, the other entries None.
     """
     name = getattr(f, 'name', None) or 'the network pickle'
+    from training import nvae_checkpoint
+    if nvae_checkpoint.is_torch_checkpoint(f):  # A torch.save file: NVAE's checkpoint.pt.
+        if force_fp16:
+            raise NetworkLoadError(f'{name} is an NVAE checkpoint: --force-fp16 applies to StyleGAN networks only')
+        return _load_nvae_checkpoint(f, name)
+    token = _max_network_bytes.set(_network_bytes_budget(f))
+    try:
+        return _load_network_pkl(f, name, allow_code, force_fp16, _only)
+    finally:
+        _max_network_bytes.reset(token)
+
+
+def _load_network_pkl(f, name, allow_code, force_fp16, only=None):
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
     if isinstance(data, tuple) and len(data) == 3 and all(isinstance(net, _TFNetworkStub) for net in data):
         data = _convert_tf_pickle(data, name)
+    if convert_progan.is_progan_pickle(data):
+        try:
+            data = convert_progan.convert_progan_pickle(data, name)
+        except convert_progan.ConversionError as err:
+            raise NetworkLoadError(str(err)) from None
+        warnings.warn(f'{name}: the ProGAN critic (D_paper) is not converted; D is None', stacklevel=2)
     if not isinstance(data, dict):
         raise NetworkLoadError(f'{name} does not contain a network snapshot: expected a dict with G_ema '
                                f'(or a TF-era (G, D, Gs) tuple), found {type(data).__name__}')
     if not allow_code:
-        data = _rebuild_snapshot(data, name, _only)
+        data = _rebuild_snapshot(data, name, only)
 
     if data.get('G_ema') is None:
         found = ', '.join(keys_found) if keys_found else 'none'
@@ -62,6 +90,10 @@ def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
                                'not a dict')
     if not (data['augment_pipe'] is None or isinstance(data['augment_pipe'], torch.nn.Module)):
         raise NetworkLoadError(f'{name}: augment_pipe is not a module')
+    _check_roles(data, name)
+    for key in ('G', 'D', 'G_ema'):
+        if data[key] is not None:
+            _check_network_tensors(data[key], f'{name}: {key}')
 
     if force_fp16:
         data = _force_fp16(data)
@@ -71,8 +103,15 @@ def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
 def load_network(network, allow_code=False, device=None, key='G_ema'):
     """Open ``network`` (a path or URL, via dnnlib.util.open_url) and return the module under ``key``.
 
-    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded).
+    The module is in eval mode, without gradients, on ``device`` (default: where it was loaded). A folder or a
+    ``.bin`` file is read as a BigGAN-deep checkpoint of the PyTorch port (``training/load_biggan.py``).
     """
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        try:
+            return load_biggan.load_generator(network, device=device)
+        except load_biggan.CheckpointError as err:
+            raise NetworkLoadError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
             # Only the network asked for (and G_ema, which every snapshot must have) is rebuilt: the others would
@@ -90,13 +129,25 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
     return net.to(device) if device is not None else net
 
 
-def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None):
+def _load_nvae_checkpoint(f, name):
+    """An NVAE checkpoint as a snapshot whose G_ema is the decoder (training.nvae_checkpoint; nothing runs)."""
+    from training import nvae_checkpoint
+    try:
+        G, _info = nvae_checkpoint.load_nvae_checkpoint(f, name)
+    except nvae_checkpoint.CheckpointError as err:
+        raise NetworkLoadError(str(err)) from None
+    return dict(G=None, D=None, G_ema=G, training_set_kwargs=None, augment_pipe=None)
+
+
+def save_network_pkl(path, G=None, D=None, G_ema=None, training_set_kwargs=None, augment_pipe=None, extra=None):
     """Write a snapshot in NVlabs' layout (a plain pickle of a dict), atomically.
 
     Each network is deep-copied and stored in eval mode, without gradients, on the CPU, as NVlabs'
     training loop does; the pickle embeds the networks' module source, so NVlabs' loader reads it too.
+    ``extra`` adds plain entries (tensors, arrays, numbers, strings, containers), e.g. the trainer's
+    ``training_state``; NVlabs' code ignores keys it does not know.
     """
-    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs))
+    data = dict(training_set_kwargs=copy.deepcopy(training_set_kwargs), **(extra or {}))
     for key, module in (('G', G), ('D', D), ('G_ema', G_ema), ('augment_pipe', augment_pipe)):
         if module is not None:
             assert persistence.is_persistent(module), f'{key} must be an instance of a persistent class'
@@ -114,10 +165,18 @@ class _TFNetworkStub(dnnlib.EasyDict):
     """Stands in for dnnlib.tflib.network.Network: BUILD fills its __dict__ with the TF network state."""
 
 
+def _is_name_dict(value):
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
 class _PickledPersistent:
     """What safe mode makes of a persistent object: its meta dict, with no code run."""
 
     def __init__(self, meta):
+        if not isinstance(meta, dict) or not _is_name_dict(meta.get('state') or {}) or not all(
+                _is_name_dict(value) for key, value in (meta.get('state') or {}).items()
+                if key in ('_parameters', '_buffers', '_modules')):
+            raise safe_pickle.DamagedPickleError('a persistent object has no meta dict with a state dict')
         self.class_name = meta.get('class_name')
         self.module_src = meta.get('module_src')
         self.version = meta.get('version')
@@ -128,59 +187,36 @@ class _PickledPersistent:
         return f'<pickled {self.class_name}>'
 
 
-def _load_storage_from_bytes(b):
-    # torch's own _load_from_bytes runs an unrestricted torch.load; the nested storage needs none of that.
-    try:
-        return torch.load(io.BytesIO(b), weights_only=True)
-    except pickle.UnpicklingError:
-        raise _RefusedGlobal('non-tensor content inside a tensor storage') from None
-
-
-try:
-    from numpy._core import multiarray as _np_multiarray
-except ImportError:  # numpy < 2
-    from numpy.core import multiarray as _np_multiarray
-
-
 _SAFE_GLOBALS = {
-    ('collections', 'OrderedDict'): lambda: __import__('collections').OrderedDict,
-    ('dnnlib.util', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('dnnlib', 'EasyDict'): lambda: dnnlib.EasyDict,
-    ('torch._utils', '_rebuild_tensor_v2'): lambda: torch._utils._rebuild_tensor_v2,
-    ('torch._utils', '_rebuild_parameter'): lambda: torch._utils._rebuild_parameter,
-    ('torch._utils', '_rebuild_parameter_with_state'): lambda: torch._utils._rebuild_parameter_with_state,
-    ('torch.storage', '_load_from_bytes'): lambda: _load_storage_from_bytes,
-    ('dnnlib.tflib.network', 'Network'): lambda: _TFNetworkStub,
+    **safe_pickle.BASIC_GLOBALS,
+    **safe_pickle.TORCH_GLOBALS,
+    **safe_pickle.NUMPY_GLOBALS,
+    ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
+    ('dnnlib', 'EasyDict'): dnnlib.EasyDict,
+    ('torch_utils.persistence', '_reconstruct_persistent_obj'): _PickledPersistent,
+    ('dnnlib.tflib.network', 'Network'): _TFNetworkStub,
+    ('tfutil', 'Network'): convert_progan.TFNetworkState,  # ProGAN's TF release: state only, never run.
 }
-for _np_module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'scalar')] = lambda: _np_multiarray.scalar
-    _SAFE_GLOBALS[(_np_module, '_reconstruct')] = lambda: _np_multiarray._reconstruct
-for _np_module in ('numpy', 'numpy.core.multiarray', 'numpy._core.multiarray'):
-    _SAFE_GLOBALS[(_np_module, 'ndarray')] = lambda: np.ndarray
-    _SAFE_GLOBALS[(_np_module, 'dtype')] = lambda: np.dtype
-for _np_dtype in ('Float64DType', 'Float32DType', 'Int64DType', 'Int32DType', 'BoolDType', 'UInt8DType'):
-    _SAFE_GLOBALS[('numpy.dtypes', _np_dtype)] = (lambda n: lambda: getattr(np.dtypes, n))(_np_dtype)
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
-            return _PickledPersistent
-        factory = _SAFE_GLOBALS.get((module, name))
-        if factory is None:
-            raise _RefusedGlobal(f'{module}.{name}')
-        return factory()
 
 
 class _CodeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) == ('dnnlib.tflib.network', 'Network'):
             return _TFNetworkStub
-        return super().find_class(module, name)
+        if (module, name) == ('tfutil', 'Network'):  # ProGAN's TF release: converted, its source never run.
+            return convert_progan.TFNetworkState
+        if (module, name) == ('network', 'Network'):
+            raise safe_pickle.RefusedGlobalError('network.Network')
+        return super().find_class(_numpy_core_here(module), name)
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    pass
+def _numpy_core_here(module):
+    """numpy 2 pickles name numpy._core, numpy 1 pickles numpy.core: use whichever this numpy has."""
+    theirs, ours = ('numpy.core', 'numpy._core') if np.lib.NumpyVersion(np.__version__) >= '2.0.0' \
+        else ('numpy._core', 'numpy.core')
+    if module == theirs or module.startswith(theirs + '.'):
+        return ours + module[len(theirs):]
+    return module
 
 
 def _check_pickle_header(f, name):
@@ -199,12 +235,21 @@ def _check_pickle_header(f, name):
 
 def _unpickle(f, name, allow_code):
     _check_pickle_header(f, name)
-    unpickler = _CodeUnpickler(f) if allow_code else _SafeUnpickler(f)
     try:
-        return unpickler.load()
-    except _RefusedGlobal as err:
-        raise NetworkLoadError(f'refusing to load {name}: it references {err}, which safe loading does not allow; '
-                               'if you trust the file, pass --allow-pickle-code (allow_code=True)') from None
+        if not allow_code:
+            return safe_pickle.load(f, _SAFE_GLOBALS)
+        return _CodeUnpickler(f).load()
+    except safe_pickle.RefusedGlobalError as err:
+        if err.global_name == 'network.Network':
+            raise NetworkLoadError(f'refusing to load {name}: {convert_progan.THEANO_REFUSAL}') from None
+        raise NetworkLoadError(f'refusing to load {name}: {err}; if you trust the file, pass --allow-pickle-code '
+                               '(allow_code=True)') from None
+    except safe_pickle.TruncatedPickleError as err:
+        raise NetworkLoadError(f'{name} is truncated or damaged ({err}); download it again') from None
+    except safe_pickle.PickleLimitError as err:
+        raise NetworkLoadError(f'refusing to load {name}: {err}; the file is damaged or hostile') from None
+    except safe_pickle.UnsafePickleError as err:
+        raise NetworkLoadError(f'{name} is not a readable network pickle ({err})') from None
     except EOFError:
         raise NetworkLoadError(f'{name} is truncated or empty: download it again') from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -222,6 +267,10 @@ _SG2_CLASSES = frozenset(['FullyConnectedLayer', 'Conv2dLayer', 'MappingNetwork'
                           'MinibatchStdLayer', 'DiscriminatorEpilogue', 'Discriminator'])
 _SG3_CLASSES = frozenset(['FullyConnectedLayer', 'MappingNetwork', 'SynthesisInput', 'SynthesisLayer',
                           'SynthesisNetwork', 'Generator'])
+_BIGGAN_CLASSES = frozenset(['SNLinear', 'SNConv2d', 'ClassEmbedding', 'TruncatedBatchNorm', 'GenBlock', 'SelfAttention',
+                             'LayerList', 'GeneratorTrunk', 'Generator'])  # Our training/networks_biggan.py.
+_NVAE_CLASSES = frozenset(['Conv2D', 'BatchNorm', 'Linear', 'Activation', 'Chain', 'ConvBNSwish', 'InvertedResidual',
+                           'SqueezeExcitation', 'Cell', 'DecCombinerCell', 'NVAEGenerator'])
 _MODULE_ATTRS = frozenset(['training'])  # nn.Module bookkeeping that is not part of the architecture.
 
 
@@ -236,6 +285,12 @@ def _source_kind(obj):
         return 'sg2'
     if classes == _SG3_CLASSES:
         return 'sg3'
+    if classes == convert_progan.NETWORK_CLASSES:
+        return 'progan'
+    if classes == _BIGGAN_CLASSES:
+        return 'biggan'
+    if classes == _NVAE_CLASSES:
+        return 'nvae'
     return None
 
 
@@ -259,37 +314,47 @@ def _rebuild_snapshot(data, name, only=None):
 
 def _check_plain(value, where):
     """Refuse a persistent object hidden inside a plain value (it would stay an unverified stand-in)."""
-    if isinstance(value, _PickledPersistent):
-        raise NetworkLoadError(f'{where} contains a {value.class_name} object that safe loading cannot rebuild; '
-                               'pass --allow-pickle-code (allow_code=True) if you trust the file')
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_plain(item, where)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_plain(item, where)
+    for item in safe_pickle.iter_unique(value):  # By identity: shared references are visited once.
+        if isinstance(item, _PickledPersistent):
+            raise NetworkLoadError(f'{where} contains a {item.class_name} object that safe loading cannot rebuild; '
+                                   'pass --allow-pickle-code (allow_code=True) if you trust the file')
 
 
 def _rebuild_network(obj, name, key):
     where = f'{name}: {key}'
     if obj.version != persistence._version or obj.type != 'class':
-        raise NetworkLoadError(f'{where}: unsupported persistence format (version {obj.version!r}); '
-                               'this loader reads version 6')
+        raise NetworkLoadError(f'{where}: unsupported persistence format: this loader reads version '
+                               f'{persistence._version} (type class), the file has version {obj.version!r} (type {obj.type!r})')
     kind = _source_kind(obj)
-    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',)}.get(kind, ())
+    rebuildable = {'sg2': ('Generator', 'Discriminator'), 'sg3': ('Generator',),
+                   'progan': ('Generator',), 'biggan': ('Generator',), 'nvae': ('NVAEGenerator',)}.get(kind, ())
     if obj.class_name not in rebuildable:
         raise NetworkLoadError(f'{where} is a {obj.class_name} from a network file that safe loading does not '
                                'recognise; pass --allow-pickle-code (allow_code=True) if you trust the file')
 
+    expected_class = _ROLE_CLASSES.get(key)
+    if expected_class is not None and obj.class_name not in (expected_class, *_OTHER_GENERATORS.get(key, ())):
+        raise NetworkLoadError(f'{where} is a {obj.class_name}, not a {expected_class}; the file is damaged or '
+                               'its networks are swapped')
+
     state = obj.state
-    init_args = tuple(state.get('_init_args', ()))
-    init_kwargs = dict(state.get('_init_kwargs', {}))
+    init_args, init_kwargs = state.get('_init_args', ()), state.get('_init_kwargs', {})
+    if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
+        raise NetworkLoadError(f'{where}: the pickled constructor arguments are not a tuple and a dict')
+    init_args, init_kwargs = tuple(init_args), dict(init_kwargs)
     if kind == 'sg2':
         from training import networks_stylegan2 as module
         init_kwargs.setdefault('compat', _sg2_compat(obj))
-    else:
+    elif kind == 'progan':
+        from training import networks_progan as module
+    elif kind == 'sg3':
         from training import networks_stylegan3 as module
+    elif kind == 'biggan':
+        from training import networks_biggan as module
+    else:
+        from training import networks_nvae as module
     cls = getattr(module, obj.class_name)
+    _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
         # Built on the CPU without random initialisation, under an allocation budget set by the
         # file's own tensors: arguments from the file cannot make us allocate much more than the file holds.
@@ -302,6 +367,7 @@ def _rebuild_network(obj, name, key):
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
+    _check_network_size(net, where)
     _verify_and_copy(net, obj, key, where)
     return net
 
@@ -377,10 +443,17 @@ def _sg2_compat(obj):
 
 
 def _walk(obj):
-    yield obj
-    for child in obj.state.get('_modules', {}).values():
-        if isinstance(child, _PickledPersistent):
-            yield from _walk(child)
+    """Every persistent object under ``obj``, each once (a pickle may share submodules exponentially)."""
+    seen, todo = set(), [obj]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        modules = item.state.get('_modules', {}) if isinstance(item.state, dict) else {}
+        if isinstance(modules, dict):
+            todo.extend(reversed([child for child in modules.values() if isinstance(child, _PickledPersistent)]))
 
 
 def _plain_attrs(state):
@@ -388,7 +461,12 @@ def _plain_attrs(state):
 
 
 def _verify_and_copy(net, obj, path, where):
-    """Check that ``net`` has exactly the pickled architecture, then adopt the pickled tensors as its own."""
+    """Check that ``net`` has exactly the pickled architecture, then adopt the pickled tensors as its own.
+
+    Parameters and buffers (including buffers __init__ derives, such as StyleGAN3's filters) are data: only
+    their names, shapes and dtypes are checked. Plain attributes must equal ours (floats within rounding,
+    see _values_equal), and the module then carries the pickled values, exactly as code mode would.
+    """
     def fail(message):
         raise NetworkLoadError(f'{where}: the pickled network differs from ours at {path}: {message}; '
                                'refusing to load (pass --allow-pickle-code to run the pickle\'s own code)')
@@ -427,6 +505,9 @@ def _verify_and_copy(net, obj, path, where):
     for key, value in ours_attrs.items():
         if not _values_equal(value, theirs_attrs[key]):
             fail(f'attribute {key} = {theirs_attrs[key]!r}, ours {value!r}')
+    # Within rounding is the same architecture; the module keeps the pickled values, as unpickling with
+    # allow_code=True does, so both modes compute the same on any numpy (filters already came from the file).
+    net.__dict__.update(theirs_attrs)
 
     theirs_modules = dict(state.get('_modules', {}))
     if set(net._modules) != set(theirs_modules):
@@ -440,21 +521,217 @@ def _verify_and_copy(net, obj, path, where):
     net.training = bool(state.get('training', False))
 
 
+# Floats recomputed in __init__ (StyleGAN3's cutoffs, widths, gains) differ by an ulp between numpy 1.x, which
+# wrote every published pickle, and numpy 2.x; a real change of architecture is many orders of magnitude larger.
+_FLOAT_RTOL = 1e-9
+
+
+def _number_kind(dtype):
+    """'b' (bool), 'i' (any integer), 'f' (real float) or None: what must agree between ours and the pickle's."""
+    kind = np.dtype(dtype).kind
+    return {'b': 'b', 'i': 'i', 'u': 'i', 'f': 'f'}.get(kind)
+
+
+def _as_number(x):
+    """A 0-d numpy array for Python and numpy numbers (bool, int, float), else None."""
+    if isinstance(x, (bool, int, float, np.bool_, np.integer, np.floating)):
+        return np.asarray(x)
+    return None
+
+
+def _floats_close(a, b):
+    """Equal up to rounding: rtol 1e-9 for float64, a few ulps of the coarser type when either is float32/16."""
+    eps = max(np.finfo(a.dtype).eps, np.finfo(b.dtype).eps)
+    rtol = max(_FLOAT_RTOL, 4 * eps) if eps > np.finfo(np.float64).eps else _FLOAT_RTOL
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return bool(np.all(np.isclose(a, b, rtol=rtol, atol=0, equal_nan=True)))
+
+
 def _values_equal(a, b):
+    """Same value for the architecture: exact for structure, ints, strings; floats within rounding.
+
+    Numbers compare by kind (bool, integer, float) and value, so a Python float and a numpy float64 (or a
+    numpy 1.x and 2.x scalar) with the same value agree; an int never equals a float, nor a scalar an array.
+    """
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.shape(a) == np.shape(b) and bool(np.all(np.asarray(a) == np.asarray(b)))
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape:
+            return False
+        kind = _number_kind(a.dtype)
+        if kind is None or kind != _number_kind(b.dtype):
+            return False
+        return _floats_close(a, b) if kind == 'f' else bool(np.array_equal(a, b))
+    number_a, number_b = _as_number(a), _as_number(b)
+    if number_a is not None or number_b is not None:
+        if number_a is None or number_b is None:
+            return False
+        kind = _number_kind(number_a.dtype)
+        if kind != _number_kind(number_b.dtype):
+            return False
+        return _floats_close(number_a, number_b) if kind == 'f' else bool(number_a == number_b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_values_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_values_equal(a[k], b[k]) for k in a)
     if a is None or b is None or isinstance(a, str) or isinstance(b, str):
         return a == b and type(a) is type(b)
+    return False
+
+# ----------------------------------------------------------------------------
+# Bounds on what a file may make us build: argument ranges, network size, tensor layout, roles.
+
+_max_network_bytes = contextvars.ContextVar('legacy_max_network_bytes', default=None)
+_NETWORK_BYTES_SLACK = 1 << 20  # Buffers derived at construction (e.g. resampling filters) are not in the file.
+
+
+def _network_bytes_budget(f):
+    """A network's parameters and buffers all come from the file, so together they cannot exceed its size."""
     try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001
-        return False
+        if isinstance(f, io.BytesIO):
+            return len(f.getbuffer()) + _NETWORK_BYTES_SLACK
+        return os.fstat(f.fileno()).st_size + _NETWORK_BYTES_SLACK
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+_I, _F = safe_pickle.Int, safe_pickle.Float
+
+
+class _NVAEArch:
+    """NVAE's decoder cell table: None, or {cell type: [1..8 'mconv_e*k*g*' op names]} for its four cell types."""
+
+    def check(self, value):
+        from training import networks_nvae
+        if value is None:
+            return True
+        return (isinstance(value, dict) and set(value) == set(networks_nvae.DECODER_CELL_TYPES)
+                and all(isinstance(ops, (list, tuple)) and 1 <= len(ops) <= 8
+                        and all(self._sane(networks_nvae.parse_mbconv_op(op)) for op in ops) for ops in value.values()))
+
+    @staticmethod
+    def _sane(op):  # expansion, kernel, groups
+        return op is not None and 1 <= op[0] <= 16 and 1 <= op[1] <= 15 and 0 <= op[2] <= 4096
+
+_ACTIVATIONS = safe_pickle.OneOf(('linear', 'relu', 'lrelu', 'tanh', 'sigmoid', 'elu', 'selu', 'softplus', 'swish'))
+# Generous bounds: the largest published networks use 1024 px, 512-1024 channels, 8 mapping layers, 14
+# synthesis layers and filters of 6 taps; anything far beyond is a damaged or hostile file.
+_NETWORK_ARGUMENT_RULES = {
+    'z_dim': _I(0, 16384), 'c_dim': _I(0, 100_000), 'w_dim': _I(1, 16384), 'num_ws': _I(1, 256, none=True),
+    'img_resolution': _I(4, 8192), 'img_channels': _I(1, 16),
+    'mapping_kwargs': safe_pickle.NESTED, 'synthesis_kwargs': safe_pickle.NESTED,
+    'block_kwargs': safe_pickle.NESTED, 'epilogue_kwargs': safe_pickle.NESTED, 'layer_kwargs': safe_pickle.NESTED,
+    'num_layers': _I(0, 64), 'embed_features': _I(1, 16384, none=True), 'layer_features': _I(1, 16384, none=True),
+    'activation': _ACTIVATIONS, 'lr_multiplier': _F(1e-6, 1e3), 'w_avg_beta': _F(0, 1, none=True),
+    'channel_base': _I(1, 1 << 22), 'channel_max': _I(1, 16384), 'num_fp16_res': _I(0, 16),
+    'conv_clamp': _F(0, 1e6, none=True), 'architecture': safe_pickle.OneOf(('orig', 'skip', 'resnet')),
+    'resample_filter': safe_pickle.Numbers(16), 'use_noise': safe_pickle.BOOL,
+    'fp16_channels_last': safe_pickle.BOOL, 'channels_last': safe_pickle.BOOL, 'kernel_size': _I(1, 15),
+    'fused_modconv_default': safe_pickle.OneOf((True, False, 'inference_only')),
+    'compat': safe_pickle.OneOf(('ada', 'sg3')), 'cmap_dim': _I(1, 16384, none=True), 'freeze_layers': _I(0, 64),
+    'mbstd_group_size': _I(1, 1024, none=True), 'mbstd_num_channels': _I(0, 64),
+    # StyleGAN3 synthesis and layers.
+    'num_critical': _I(0, 64), 'first_cutoff': _F(1e-3, 1e4), 'first_stopband': _F(1e-3, 1e4),
+    'last_stopband_rel': _F(1e-3, 100), 'margin_size': _I(0, 1024), 'output_scale': _F(-1e6, 1e6),
+    'conv_kernel': _I(1, 15), 'filter_size': _I(1, 64), 'lrelu_upsampling': _I(1, 16),
+    'use_radial_filters': safe_pickle.BOOL, 'magnitude_ema_beta': _F(0, 1),
+    # ProGAN.
+    'fmap_base': _I(1, 1 << 22), 'fmap_decay': _F(0, 16), 'fmap_max': _I(1, 16384),
+    'normalize_latents': safe_pickle.BOOL, 'use_wscale': safe_pickle.BOOL, 'use_pixelnorm': safe_pickle.BOOL,
+    'use_leakyrelu': safe_pickle.BOOL, 'fused_scale': safe_pickle.BOOL, 'pixelnorm_epsilon': _F(0, 1),
+    # BigGAN-deep (training/networks_biggan.py).
+    'channel_width': _I(1, 4096), 'attention_layer_position': _I(0, 64), 'class_embed_dim': _I(1, 16384, none=True),
+    'n_stats': _I(2, 1001), 'eps': _F(1e-12, 1), 'stats_blend': safe_pickle.OneOf(('port', 'linear')),
+    'layers': None,  # Set below: a list of (upsample, in_mult, out_mult).
+    # NVAE's decoder (training/networks_nvae.py).
+    'num_latent_scales': _I(1, 8), 'num_groups_per_scale': _I(1, 64), 'ada_groups': safe_pickle.BOOL,
+    'min_groups_per_scale': _I(1, 64), 'num_latent_per_group': _I(1, 1024), 'num_channels_dec': _I(1, 4096),
+    'num_preprocess_blocks': _I(1, 8), 'num_postprocess_blocks': _I(1, 8), 'num_postprocess_cells': _I(1, 16),
+    'num_cell_per_cond_dec': _I(1, 16), 'use_se': safe_pickle.BOOL, 'input_size': _I(4, 8192),
+    'crop': _I(1, 8192, none=True), 'arch': _NVAEArch(),
+}
+
+
+class _BigGANLayers:
+    """BigGAN's ``layers``: None, or at most 64 (upsample, in_mult, out_mult) triples of a bool and two multipliers."""
+
+    def check(self, value):
+        if value is None:
+            return True
+        return (isinstance(value, (list, tuple)) and len(value) <= 64
+                and all(isinstance(layer, (list, tuple)) and len(layer) == 3 and safe_pickle.BOOL.check(layer[0])
+                        and _I(1, 64).check(layer[1]) and _I(1, 64).check(layer[2]) for layer in value))
+
+
+_NETWORK_ARGUMENT_RULES['layers'] = _BigGANLayers()
+
+
+def _check_network_arguments(cls, init_args, init_kwargs, where):
+    """Refuse absurd constructor arguments (e.g. 10^6 layers, a 20,000-tap filter) before building anything."""
+    import inspect
+    orig_init = next(klass.__init__ for klass in cls.__mro__ if not persistence.is_persistent(klass))
+    try:
+        bound = inspect.signature(orig_init).bind(None, *init_args, **init_kwargs)
+    except TypeError as err:
+        raise NetworkLoadError(f'{where}: the pickled arguments do not fit our {cls.__name__} ({err})') from None
+    arguments = {}
+    for param_name, value in list(bound.arguments.items())[1:]:  # [0] is self.
+        kind = inspect.signature(orig_init).parameters[param_name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise NetworkLoadError(f'{where}: our {cls.__name__} takes no further positional arguments')
+        else:
+            arguments[param_name] = value
+    try:
+        safe_pickle.check_arguments(arguments, _NETWORK_ARGUMENT_RULES, where)
+    except safe_pickle.ArgumentRangeError as err:
+        raise NetworkLoadError(str(err)) from None
+
+
+def _check_network_size(net, where):
+    """Refuse a network (built on the meta device) whose parameters and buffers exceed what the file can hold."""
+    limit = _max_network_bytes.get()
+    if limit is None:
+        return
+    total = safe_pickle.module_bytes(net)
+    if total > limit:
+        raise NetworkLoadError(f'{where}: its arguments describe a network of {total / 2**20:,.1f} MiB, more than '
+                               f'the whole file ({(limit - _NETWORK_BYTES_SLACK) / 2**20:,.1f} MiB) could hold; the '
+                               'file is damaged or hostile')
+
+
+_ROLE_CLASSES = {'G': 'Generator', 'G_ema': 'Generator', 'D': 'Discriminator'}
+_OTHER_GENERATORS = {'G': ('NVAEGenerator',), 'G_ema': ('NVAEGenerator',)}  # Generators of other names.
+# The common generator face (sampling/synthesis.py); W and a mapping are StyleGAN's only (not ProGAN's, BigGAN's,
+# NVAE's).
+_GENERATOR_ATTRS = ('z_dim', 'c_dim', 'img_resolution', 'img_channels')
+
+
+def _check_roles(data, name):
+    """G and G_ema must be generators (what sampling calls), in either mode; a swapped D fails here, not later."""
+    for key in ('G', 'G_ema'):
+        net = data[key]
+        if net is not None and not all(hasattr(net, attr) for attr in _GENERATOR_ATTRS):
+            raise NetworkLoadError(f'{name}: {key} is a {type(net).__name__}, not a generator (it lacks '
+                                   f'{", ".join(a for a in _GENERATOR_ATTRS if not hasattr(net, a))})')
+
+
+def _check_network_tensors(net, where):
+    """Every parameter and buffer: a dense CPU/CUDA tensor of a dtype networks use, inside its storage."""
+    for tensor_name, tensor in [*net.named_parameters(), *net.named_buffers()]:
+        what = f'{where}: tensor {tensor_name}'
+        if tensor.device.type not in ('cpu', 'cuda'):
+            raise NetworkLoadError(f'{what} is on device {tensor.device.type}; the file holds no data for it')
+        if tensor.dtype not in safe_pickle.TENSOR_DTYPES:
+            raise NetworkLoadError(f'{what} has dtype {tensor.dtype}, which no network of ours uses')
+        storage = tensor.untyped_storage()
+        try:
+            safe_pickle.check_tensor_layout(storage.nbytes() // tensor.element_size(), tensor.storage_offset(),
+                                            tuple(tensor.shape), tuple(tensor.stride()), what)
+        except safe_pickle.UnsafePickleError as err:
+            raise NetworkLoadError(f'{err}; the file is damaged or hostile') from None
 
 # ----------------------------------------------------------------------------
 
@@ -465,6 +742,8 @@ def _force_fp16(data):
         old = data[key]
         if old is None or not hasattr(old, 'init_kwargs'):
             continue
+        if _defined_classes(getattr(old, '_orig_module_src', '')) == convert_progan.NETWORK_CLASSES:
+            raise NetworkLoadError('--force-fp16 applies to StyleGAN networks only; ProGAN runs in float32')
         kwargs = copy.deepcopy(old.init_kwargs)
         fp16 = dict(num_fp16_res=4, conv_clamp=256)
         if key != 'D' and 'synthesis_kwargs' in kwargs:
@@ -480,7 +759,7 @@ def _force_fp16(data):
 # ----------------------------------------------------------------------------
 
 
-# TF-era (TensorFlow 1.x) StyleGAN2 pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
+# TF-era (TensorFlow 1.x) StyleGAN2 and StyleGAN2-ADA pickles: a (G, D, Gs) tuple of dnnlib.tflib Network states.
 #
 # Each state holds `version`, `static_kwargs` (the network's constructor arguments), `components`
 # (nested states, e.g. mapping and synthesis) and `variables` (name, ndarray) pairs. We rebuild our
@@ -493,9 +772,21 @@ _TF_MIN_VERSION = 4  # The tflib Network state version of StyleGAN2 and later.
 _TF_IGNORED_KWARGS = frozenset(['truncation_psi', 'truncation_cutoff', 'style_mixing_prob', 'structure',
                                 'conditioning', 'fused_modconv'])
 
-# Build functions of StyleGAN1 / ProGAN and of the StyleGAN1-like networks in the StyleGAN2 repo.
-_TF_STYLEGAN1_FUNCS = frozenset(['G_style', 'G_synthesis', 'G_paper', 'D_basic', 'D_paper',
-                                 'G_synthesis_stylegan_revised', 'D_stylegan'])
+# TF flavours by their build functions. StyleGAN2 (NVlabs' stylegan2 repository) and StyleGAN2-ADA (its TF
+# repository) convert alike; their variables share names and layouts. StyleGAN1 shares G_mapping and
+# G_synthesis with StyleGAN2-ADA, so it is told apart by its G (G_style) and D (D_basic); ProGAN by
+# G_paper/D_paper (its pickles name another Network class, tfutil.Network, and do not reach this code).
+_TF_CONVERTIBLE_FUNCS = {
+    'G':         {'G_main'},
+    'mapping':   {'G_mapping'},
+    'synthesis': {'G_synthesis_stylegan2', 'G_synthesis'},  # StyleGAN2, StyleGAN2-ADA
+    'D':         {'D_stylegan2', 'D_main'},                 # StyleGAN2, StyleGAN2-ADA
+}
+_TF_UNSUPPORTED_FUNCS = {
+    'G_style': 'StyleGAN1', 'D_basic': 'StyleGAN1', 'G_paper': 'ProGAN', 'D_paper': 'ProGAN',
+    'G_synthesis_stylegan_revised': 'StyleGAN2 config A (StyleGAN1-like)',
+    'D_stylegan': 'StyleGAN2 config A (StyleGAN1-like)',
+}
 
 # How a TF variable becomes one of our tensors: (TF shape from our shape, TF array -> our array).
 # TF stores dense weights [in, out] and conv weights [kh, kw, in, out]. Our upsampling layers use
@@ -614,19 +905,27 @@ def _tf_subnetworks(tf_net):
 
 
 def _check_tf_network(tf_net, where, need_synthesis):
-    """Refuse TF networks that are not StyleGAN2 before reading their arguments."""
-    unsupported = f'{where}: StyleGAN1/ProGAN TF pickles are not supported; only TF StyleGAN2 (G_main, D_stylegan2) ' \
-                  'pickles can be converted'
+    """Refuse TF networks that are not StyleGAN2 or StyleGAN2-ADA before reading their arguments."""
+    supported = 'only TF StyleGAN2 and StyleGAN2-ADA pickles can be converted'
+    role_of = {id(tf_net): 'G' if need_synthesis else 'D'}
+    for comp_name, component in dict(_tf_state(tf_net).get('components') or {}).items():
+        role_of[id(component)] = str(comp_name)
     for net in _tf_subnetworks(tf_net):
         func_name = str(_tf_state(net).get('build_func_name') or '').rsplit('.', 1)[-1]
-        if func_name in _TF_STYLEGAN1_FUNCS:
-            raise NetworkLoadError(f'{unsupported} (found {func_name})')
+        if func_name in _TF_UNSUPPORTED_FUNCS:
+            raise NetworkLoadError(f'{where}: {_TF_UNSUPPORTED_FUNCS[func_name]} TF pickles are not supported '
+                                   f'(found {func_name}); {supported}')
+        allowed = _TF_CONVERTIBLE_FUNCS.get(role_of.get(id(net)), set())
+        if func_name and func_name not in allowed:
+            raise NetworkLoadError(f'{where}: unknown TF network (build function {func_name}); {supported}')
         for var_name, _value in _tf_variable_pairs(net, where):
             if re.search(r'_lod\d*(/|$)', var_name):  # Progressive-growing ToRGB/FromRGB per level of detail.
-                raise NetworkLoadError(f'{unsupported} (found variable {var_name})')
+                raise NetworkLoadError(f'{where}: progressive-growing (StyleGAN1/ProGAN) TF pickles are not '
+                                       f'supported (found variable {var_name}); {supported}')
     components = _tf_state(tf_net).get('components') or {}
     if need_synthesis and 'synthesis' not in components:
-        raise NetworkLoadError(f'{unsupported} (the generator has no synthesis network)')
+        raise NetworkLoadError(f'{where}: the TF generator has no synthesis network, so it is not StyleGAN2 '
+                               f'(StyleGAN1/ProGAN?); {supported}')
 
     version = _tf_state(tf_net).get('version')
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
@@ -664,8 +963,13 @@ class _TFKwargs:
 
 
 def _build_from_tf_kwargs(cls, kwargs, where):
+    _check_network_arguments(cls, (), kwargs, where)
     try:
+        with torch.device('meta'):  # The size from the arguments, before any memory is taken.
+            _check_network_size(cls(**kwargs), where)
         net = cls(**kwargs)
+    except NetworkLoadError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure means the TF arguments describe no network of ours.
         message = str(err).splitlines()[0] if str(err) else ''
         raise NetworkLoadError(f'{where}: cannot build a StyleGAN2 {cls.__name__} from the TF network arguments '
@@ -799,7 +1103,8 @@ def _apply_threads(ctx, param, value):
 @click.command()
 @click.option('--threads', type=click.IntRange(min=1), expose_value=False, callback=_apply_threads,
               help='CPU threads for torch and BLAS  [default: one per idle core, from the load average]')
-@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2, StyleGAN2-ADA or StyleGAN3): path or URL',
+@click.option('--source', help='Network pickle to convert (TF-era StyleGAN2 or ProGAN, StyleGAN2-ADA, StyleGAN3): '
+              'path or URL',
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)

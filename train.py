@@ -8,7 +8,10 @@ classes back by about 120 kimg; the conditional one by 140. 11-18 seconds per ki
 cores (conditional or not), 1.1-1.2 on one H100. --aug (discriminator augmentation, off by default)
 did not improve the previous, unconditional embedded network.
 Each run gets a new numbered folder, <outdir>/00000-<dataset>-<desc>, with snapshots, image grids,
-stats.jsonl and log.txt.
+stats.jsonl and log.txt. Re-running a killed run with the same options continues it in its folder from
+its latest snapshot, exactly (optimiser state, image count, random generators and data order are in the
+snapshot; on CPU the result equals an uninterrupted run bit for bit); --new-run starts a new folder instead.
+A longer --kimg extends a finished run the same way.
 
 Examples:
 
@@ -22,7 +25,7 @@ Examples:
     python train.py --outdir training-runs --data datasets/mnist32.zip --cond=1 --mirror=1 --device cuda
 
 \b
-    # Resume (the image count continues from the snapshot's name):
+    # Start a new run from a snapshot (our snapshots continue exactly; NVlabs' ones count kimg from the name):
     python train.py --outdir training-runs --data datasets/mnist32.zip \\
         --resume training-runs/00000-mnist32-batch64-gamma1/network-snapshot-000100.pkl
 """
@@ -116,34 +119,34 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
     return c, desc
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @click.option('--outdir', required=True, metavar='DIR', help='Where to make the run folder')
 @click.option('--data', required=True, metavar='ZIP|DIR', help='Training data (from dataset_tool.py)')
 @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Number of GPUs (only 1)')
 @click.option('--batch', type=click.IntRange(min=1), default=64, show_default=True, help='Total batch size')
-@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=200, show_default=True,
+@click.option('--kimg', type=cli.FiniteFloat(min=0, min_open=True), default=200, show_default=True,
               help='Training length in thousands of real images')
-@click.option('--tick', type=click.FloatRange(min=0, min_open=True), default=4, show_default=True,
+@click.option('--tick', type=cli.FiniteFloat(min=0, min_open=True), default=4, show_default=True,
               help='Progress line every N kimg')
 @click.option('--snap', type=click.IntRange(min=1), default=10, show_default=True, help='Snapshot every N ticks')
 @click.option('--resume', type=click.Path(exists=True, dir_okay=False), metavar='PKL', help='Resume from a snapshot')
-@click.option('--resume-kimg', type=click.FloatRange(min=0), help='kimg already done at --resume [default: from its name]')
+@click.option('--resume-kimg', type=cli.FiniteFloat(min=0), help='kimg already done at --resume [default: from its training state, else from its name]')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Random seed')
 @click.option('--cond', type=bool, metavar='BOOL', default=False, show_default=True, help='Train a class-conditional model')
 @click.option('--mirror', type=bool, metavar='BOOL', default=False, show_default=True, help='Add x-flipped copies of the images')
-@click.option('--gamma', type=click.FloatRange(min=0), default=1, show_default=True, help='R1 regularisation weight')
+@click.option('--gamma', type=cli.FiniteFloat(min=0), default=1, show_default=True, help='R1 regularisation weight')
 @click.option('--cbase', type=click.IntRange(min=1), default=1024, show_default=True, help='Capacity multiplier')
 @click.option('--cmax', type=click.IntRange(min=1), default=64, show_default=True, help='Max. feature maps')
 @click.option('--map', 'map_layers', type=click.IntRange(min=1), default=2, show_default=True, help='Mapping layers')
 @click.option('--z-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Latent (Z) dimensionality')
 @click.option('--w-dim', type=click.IntRange(min=1), default=64, show_default=True, help='Intermediate latent (W) dimensionality')
-@click.option('--glr', type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True, help='G learning rate')
-@click.option('--dlr', type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True, help='D learning rate')
+@click.option('--glr', type=cli.FiniteFloat(min=0, min_open=True), default=0.001, show_default=True, help='G learning rate')
+@click.option('--dlr', type=cli.FiniteFloat(min=0, min_open=True), default=0.001, show_default=True, help='D learning rate')
 @click.option('--mbstd-group', type=click.IntRange(min=1), default=32, show_default=True,
               help='Minibatch standard deviation group size (capped at --batch)')
-@click.option('--ema', type=click.FloatRange(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
-@click.option('--style-mix', type=click.FloatRange(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
-@click.option('--pl-weight', type=click.FloatRange(min=0), default=0, show_default=True, help='Path-length regularisation weight')
+@click.option('--ema', type=cli.FiniteFloat(min=0), help='G_ema half-life in kimg [default: batch * 10/32]')
+@click.option('--style-mix', type=cli.FiniteFloat(min=0, max=1), default=0, show_default=True, help='Style mixing probability')
+@click.option('--pl-weight', type=cli.FiniteFloat(min=0), default=0, show_default=True, help='Path-length regularisation weight')
 @click.option('--aug', default='none', show_default=True, metavar='LIST',
               help="Differentiable augmentation of D's inputs: none, or a comma-separated subset of translation,cutout")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
@@ -151,10 +154,12 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
               'core, from the load average]; 1 is often fastest on a busy machine')
 @click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes [default: 0 on CPU, 3 on GPU]')
 @click.option('--desc', metavar='STR', help='Extra text for the run folder name')
+@click.option('--new-run', is_flag=True, help='Start a new run folder even where a run with the same options could '
+              'be continued')
 @click.option('--dry-run', is_flag=True, help='Print the training options and exit')
 def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed, cond, mirror, gamma, cbase, cmax,
          map_layers, z_dim, w_dim, mbstd_group, glr, dlr, ema, style_mix, pl_weight, aug, device, threads, workers, desc,
-         dry_run):
+         new_run, dry_run):
     if gpus != 1:
         raise click.BadParameter('this trainer runs on one device; use --gpus 1', param_hint='--gpus')
     device = cli.resolve_device(device)
@@ -168,13 +173,20 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
     if desc:
         run_desc += f'-{desc}'
     c.run_dir = next_run_dir(outdir, run_desc)
+    from training import training_loop
+    if resume is None and not new_run:
+        found = training_loop.find_resumable_run(outdir, run_desc, dict(c, run_dir=None))
+        if found is not None:
+            c.run_dir, c.resume_pkl = found
+            click.echo(f'Continuing {c.run_dir} from {os.path.basename(c.resume_pkl)} (same options; --new-run '
+                       f'starts a new folder instead)', err=True)
 
     click.echo(json.dumps(c, indent=2))
     if dry_run:
         click.echo('Dry run; exiting.')
         return
+    cli.prepare_outdir(outdir)
 
-    from training import training_loop
     try:
         training_loop.training_loop(**c)
     except (training_loop.ResumeError, DatasetError) as err:

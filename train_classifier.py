@@ -21,7 +21,8 @@ import click
 import numpy as np
 
 from metrics import mnist_classifier
-from sampling.cli import resolve_device, threads_option
+from sampling import cli
+from sampling.cli import resolve_device
 from sampling.latents import atomic_write
 from training.dataset import DatasetError, ImageFolderDataset
 
@@ -43,8 +44,8 @@ def write_fixture(path, images, labels, indices, seed):
                             split_seed=np.int64(seed))
 
 
-@click.command(help=__doc__)
-@threads_option
+@click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--data', required=True, metavar='ZIP|DIR', help='Labelled digits (dataset_tool.py --source mnist)')
 @click.option('--out', required=True, metavar='PT', help='Where to write the TorchScript classifier')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True,
@@ -52,11 +53,11 @@ def write_fixture(path, images, labels, indices, seed):
 @click.option('--num-val', type=click.IntRange(min=1), default=500, show_default=True, help='Validation images')
 @click.option('--epochs', type=click.IntRange(min=1), default=20, show_default=True)
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True)
-@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option('--lr', type=cli.FiniteFloat(min=0, min_open=True), default=1e-3, show_default=True,
               help='Initial learning rate (Adam, cosine decay)')
 @click.option('--max-shift', type=click.IntRange(min=0), default=2, show_default=True,
               help='Augmentation: random translation of up to this many pixels')
-@click.option('--outlier-weight', type=click.FloatRange(min=0), default=0.2, show_default=True,
+@click.option('--outlier-weight', type=cli.FiniteFloat(min=0), default=0.2, show_default=True,
               help='Weight of the loss that teaches uniform probabilities on non-digits (0: off)')
 @click.option('--fixture', metavar='NPZ', help='Also write held-out validation digits here')
 @click.option('--fixture-per-class', type=click.IntRange(min=1), default=20, show_default=True)
@@ -65,6 +66,10 @@ def main(data, out, seed, num_val, epochs, batch_size, lr, max_shift, outlier_we
          device):
     if not out.lower().endswith('.pt'):
         raise click.BadParameter(f'{out!r} does not end in .pt; the output is a TorchScript file', param_hint='--out')
+    # Before training: an output that cannot be written is refused now, not after the epochs.
+    cli.prepare_outdir(os.path.dirname(os.path.abspath(out)), option='--out')
+    if fixture is not None:
+        cli.prepare_outdir(os.path.dirname(os.path.abspath(fixture)), option='--fixture')
     device = resolve_device(device)
     try:
         images, labels = load_labelled_digits(data)

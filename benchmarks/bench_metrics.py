@@ -12,6 +12,14 @@ Usage (from the repository root):
     python benchmarks/bench_metrics.py                 # 20000 x 20000 features, d = 512
     python benchmarks/bench_metrics.py --dim 4096
     python benchmarks/bench_metrics.py --quick         # 3000 x 3000, d = 512
+    python benchmarks/bench_metrics.py --errors --num 5000 --data datasets/mnist32.zip
+
+``--errors`` measures instead how far the hubness-aware efficient P/R is from the full metric, in
+absolute and relative terms, for both hub conventions: on the synthetic features (three seeds) and,
+with ``--data``, on the MNIST classifier's features (``pretrained/mnist_classifier.pt``, the detector of
+the README's sampler table) of ``--num`` digits of the dataset (all of them, or the seeded subset NVlabs'
+``max_size`` keeps) against ``--num`` images of the
+embedded network (``pretrained/mnist32-stylegan2.pkl``, seeds 0.., uniform random classes, psi 1).
 """
 
 import json
@@ -26,7 +34,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics.efficient_precision_recall import efficient_precision_recall_from_features  # noqa: E402
+from metrics.efficient_precision_recall import (  # noqa: E402
+    efficient_precision_recall_from_features,
+    efficient_precision_recall_with_error,
+)
 from metrics.precision_recall import precision_recall_from_features  # noqa: E402
 
 METHODS = ('nvlabs', 'ours', 'efficient')
@@ -116,17 +127,69 @@ def run_in_subprocess(method, num, dim, device):
 # ----------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------
+# Error of the efficient metric against the full one.
+
+
+def mnist_classifier_features(data, num, network='pretrained/mnist32-stylegan2.pkl',
+                              detector='pretrained/mnist_classifier.pt', seed=0, batch_size=250):
+    """Classifier features of ``num`` digits of ``data`` (its max_size subset) and of ``num`` generated digits."""
+    import legacy
+    from metrics import metric_utils
+    from sampling.images import to_uint8
+    from sampling.latents import random_labels, z_from_seeds
+    from sampling.synthesis import synthesize
+    from training.dataset import ImageFolderDataset
+
+    dataset = ImageFolderDataset(data, max_size=num)
+    real = np.stack([dataset[i][0] for i in range(len(dataset))])
+    G = legacy.load_network(network)
+    z, c = z_from_seeds(range(seed, seed + num), G.z_dim), random_labels(seed, num, G.c_dim)
+    gen = np.concatenate([to_uint8(img).transpose(0, 3, 1, 2)
+                          for img in synthesize(G, z=z, c=c, noise_mode='const', batch_size=batch_size)])
+    net = metric_utils.get_feature_detector(detector)
+    with torch.no_grad():
+        return [torch.cat([metric_utils.run_detector(net, torch.from_numpy(images[i:i + batch_size]))
+                           for i in range(0, len(images), batch_size)]).numpy() for images in (real, gen)]
+
+
+def print_errors(name, real, gen):
+    for count_self, rule in ((True, "authors' (N_3 >= 3)"), (False, 'strict (N_3 > 3)')):
+        out = efficient_precision_recall_with_error(real, gen, count_self=count_self)
+        print(f"| {name} | {rule} | {out['num_real_hubs']} / {out['num_gen_hubs']} | "
+              f"{out['full_precision']:.3f} -> {out['precision']:.3f} | {out['precision_error']:+.3f} "
+              f"({100 * out['precision_rel_error']:+.1f} %) | {out['full_recall']:.3f} -> {out['recall']:.3f} | "
+              f"{out['recall_error']:+.3f} ({100 * out['recall_rel_error']:+.1f} %) |", flush=True)
+
+
+def run_errors(num, dim, data):
+    print('| features | hub rule | hubs real / gen | precision full -> efficient | error (relative) | '
+          'recall full -> efficient | error (relative) |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
+    for seed in range(3):
+        print_errors(f'synthetic {num} x {num}, d = {dim}, seed {seed}', *make_features(num, dim, seed=seed))
+    if data is not None:
+        print_errors(f'MNIST classifier, {num} real vs {num} generated', *mnist_classifier_features(data, num))
+
+# ----------------------------------------------------------------------------
+
+
 @click.command()
 @click.option('--num', type=click.IntRange(min=10), default=20000, show_default=True, help='Real and generated samples each')
 @click.option('--dim', type=click.IntRange(min=1), default=512, show_default=True, help='Feature dimension (VGG16: 4096)')
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--quick', is_flag=True, help='Small run: 3000 samples each')
+@click.option('--errors', is_flag=True, help='Measure the efficient metric\'s error instead (see the docstring)')
+@click.option('--data', metavar='ZIP', help='With --errors: MNIST dataset (dataset_tool.py output), classifier features')
 @click.option('--worker', type=click.Choice(METHODS), default=None, hidden=True)
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False), help='Also write the results here')
-def main(num, dim, device, quick, worker, json_path):
+def main(num, dim, device, quick, errors, data, worker, json_path):
     """Compare precision/recall implementations: time, peak memory, agreement."""
     if quick:
         num = min(num, 3000)
+    if errors:
+        run_errors(num, dim, data)
+        return
     if worker is not None:
         run_worker(worker, num, dim, device)
         return

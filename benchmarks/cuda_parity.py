@@ -11,6 +11,9 @@ Checks (TF32 is switched off for matmuls and cuDNN, so both devices compute in I
   (the worst single value is printed too: a leaky ReLU input within rounding of 0 that lands on the other side on
   the other device changes the Jacobian by a finite step; with weights perturbed by 1e-6 on the CPU such a flip moved
   the 30th singular value of one latent by 1e-3 relative, its 30 values by 2e-4);
+* an NVAE decoder (random weights in NVAE's layout, tests/nvae_writer.py, loaded through legacy.load_network):
+  images at temperature 0.8 relative error <= 1e-4, and after readjust_bn (3 train-mode passes) on each
+  device the re-estimated running statistics relative error <= 1e-4;
 * the embedded MNIST classifier (the metrics' feature network) on 500 generated images: class probabilities
   max abs error <= 1e-4, FID statistics (feature mean and covariance) relative error <= 1e-4.
 
@@ -132,6 +135,29 @@ def check_jacobians(device):
     return results
 
 
+def check_nvae(device):
+    import tempfile
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
+    import nvae_writer
+    from training import networks_nvae
+    with tempfile.TemporaryDirectory() as tmp:
+        path = nvae_writer.write_checkpoint(os.path.join(tmp, 'checkpoint.pt'), seed=1)
+        G, G_dev = legacy.load_network(path), legacy.load_network(path, device=device)
+    z = latents(16, G.z_dim, seed=4)
+    with torch.no_grad():
+        abs_err, rel_err = errors(G(z, None, truncation_psi=0.8), G_dev(z.to(device), None, truncation_psi=0.8))
+    results = [('NVAE decoder (small, NVAE layout), 16 images at t = 0.8', rel_err <= 1e-4,
+                f'max abs {abs_err:.2e}, rel {rel_err:.2e} (tol: rel <= 1e-4)')]
+    for net in (G, G_dev):
+        networks_nvae.readjust_bn(net, num_passes=3, batch_size=8, temperature=0.8, seed=0)
+    stats = lambda net: torch.cat([torch.cat([m.running_mean.cpu(), m.running_var.cpu()])
+                                   for m in networks_nvae.batch_norms(net)])
+    abs_err, rel_err = errors(stats(G), stats(G_dev))
+    results.append(('NVAE readjust_bn, 3 passes of 8: running statistics', rel_err <= 1e-4,
+                    f'max abs {abs_err:.2e}, rel {rel_err:.2e} (tol: rel <= 1e-4)'))
+    return results
+
+
 def check_classifier(device):
     G = embedded_generator()
     z, c = latents(500, G.z_dim, seed=3), torch.from_numpy(random_labels(3, 500, G.c_dim))
@@ -180,7 +206,7 @@ def main(device):
 
     passed, failed = 0, 0
     start = time.perf_counter()
-    for check in (check_generators, check_k_occurrence, check_jacobians, check_classifier):
+    for check in (check_generators, check_k_occurrence, check_jacobians, check_nvae, check_classifier):
         t0 = time.perf_counter()
         try:
             results = check(device)

@@ -76,12 +76,13 @@ def _current_umask():
 def atomic_write(path, mode='wb'):
     """Open a temporary file beside ``path``; on success it is flushed, synced and renamed onto ``path``.
 
-    An interrupted write leaves at most a hidden ``.<name>.*.tmp`` file, never a partial ``path``.
+    An interrupted write leaves at most a hidden ``.<name>.<host>-<pid>-*.tmp`` file, never a partial ``path``;
+    :func:`remove_stale_temp_files` removes those of writers that are gone.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.{_writer_tag()}-', suffix='.tmp')
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -95,6 +96,63 @@ def atomic_write(path, mode='wb'):
         raise
 
 
+def hostname():
+    """This machine's short host name, as written into temporary-file names and claims."""
+    import socket
+    return socket.gethostname().split('.')[0]
+
+
+def _writer_tag():
+    return f'{re.sub(r"[^A-Za-z0-9_]", "_", hostname())}-{os.getpid()}'
+
+
+_TEMP_RE = re.compile(r'^\..*\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$')
+
+
+def process_alive(pid):
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_temp_files(directory, max_age=24 * 3600):
+    """Remove the temporary files that killed :func:`atomic_write` calls left in `directory`.
+
+    A temporary file is stale when its writer (host and process id are in its name) was a process of this
+    machine that no longer runs, or, for other machines and unnamed writers, when it is older than `max_age`
+    seconds; files of live writers are left alone, so concurrent runs sharing a folder are safe. Returns the
+    names removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    me = re.sub(r'[^A-Za-z0-9_]', '_', hostname())
+    now = time.time()
+    for name in names:
+        if not (name.startswith('.') and name.endswith('.tmp')):
+            continue
+        path = os.path.join(directory, name)
+        match = _TEMP_RE.match(name)
+        try:
+            if match and match.group('host') == me:
+                stale = not process_alive(match.group('pid'))
+            else:
+                stale = now - os.stat(path).st_mtime > max_age
+            if stale and os.path.isfile(path):
+                os.remove(path)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
 
 # ----------------------------------------------------------------------------
 # Small utilities used by NVlabs-style scripts.

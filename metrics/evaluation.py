@@ -5,6 +5,7 @@ dataset kwargs, whose repr names the statistics cache), and the label pool sampl
 Bad input raises :class:`EvaluationError` with a one-line message.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -32,10 +33,10 @@ def parse_metrics(text):
 
 
 def parse_detectors(text):
-    """'X' (every role) or 'inception=X,vgg16=Y' -> {role: url}."""
+    """'X' (every role) or 'inception=X,vgg16=Y,attribute=Z' -> {role: url}."""
     if text is None:
         return {}
-    roles = ('inception', 'vgg16')
+    roles = ('inception', 'vgg16', 'attribute')
     parts = [part.strip() for part in text.split(',')]
     if all(part.split('=', 1)[0] in roles and '=' in part for part in parts):
         pairs = [part.split('=', 1) for part in parts]
@@ -48,13 +49,19 @@ def parse_detectors(text):
 
 
 def load_fid_stats(path):
+    from sampling.latents import FileFormatError, read_npz
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if 'mu' not in data or 'sigma' not in data:
-                raise EvaluationError(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data.files)}')
-            mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
-    except (OSError, ValueError) as err:
-        raise EvaluationError(f'--fid-stats {path}: cannot read it as an .npz file ({str(err).splitlines()[0]})') from None
+        data = read_npz(path, what='FID statistics file (an .npz with mu and sigma)')
+    except FileFormatError as err:
+        raise EvaluationError(f'--fid-stats {err}') from None
+    except OSError as err:
+        raise EvaluationError(f'--fid-stats {path}: cannot read it ({err.strerror or err})') from None
+    if 'mu' not in data or 'sigma' not in data:
+        raise EvaluationError(f'--fid-stats {path}: expected arrays mu and sigma, found {", ".join(data)}')
+    try:
+        mu, sigma = data['mu'].astype(np.float64), data['sigma'].astype(np.float64)
+    except (TypeError, ValueError):
+        raise EvaluationError(f'--fid-stats {path}: mu and sigma must be numeric arrays') from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise EvaluationError(f'--fid-stats {path}: mu must be [D] and sigma [D, D], got {list(mu.shape)} and '
                        f'{list(sigma.shape)}')
@@ -63,6 +70,12 @@ def load_fid_stats(path):
 
 def load_snapshot(network, device, allow_code):
     import legacy
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):  # A BigGAN checkpoint: a generator only, no training set recorded.
+        try:
+            return legacy.load_network(network, device=device), None
+        except legacy.NetworkLoadError as err:
+            raise EvaluationError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
             data = legacy.load_network_pkl(f, allow_code=allow_code)
@@ -76,13 +89,20 @@ def load_snapshot(network, device, allow_code):
     return G, data.get('training_set_kwargs')
 
 
-def dataset_kwargs(data, training_set_kwargs, G, mirror):
-    # NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
-    # kwargs names the dataset statistics cache, so theirs and ours find each other's files.
+def dataset_kwargs(data, training_set_kwargs, G, mirror, network=None):
+    """Dataset kwargs from --data, else from the snapshot's training_set_kwargs (as data: our class only).
+
+    NVlabs' keys in NVlabs' order (class_name, path, then resolution, use_labels, xflip): the repr of these
+    kwargs names the dataset statistics cache, so theirs and ours find each other's files.
+    """
+    from training.dataset import DATASET_CLASS_NAME, DatasetError, check_dataset_kwargs
     if data is not None:
-        kwargs = dnnlib.EasyDict(class_name='training.dataset.ImageFolderDataset', path=data)
+        kwargs = dnnlib.EasyDict(class_name=DATASET_CLASS_NAME, path=data)
     elif training_set_kwargs is not None:
-        kwargs = dnnlib.EasyDict(training_set_kwargs)
+        try:
+            kwargs = check_dataset_kwargs(training_set_kwargs, network or 'the network pickle')
+        except DatasetError as err:
+            raise EvaluationError(str(err)) from None
     else:
         return None
     kwargs.resolution = G.img_resolution
@@ -93,9 +113,14 @@ def dataset_kwargs(data, training_set_kwargs, G, mirror):
 
 
 def open_dataset(dataset_kwargs, G, from_pickle):
+    """Open the dataset (always training.dataset.ImageFolderDataset; nothing is imported by name)."""
     from training.dataset import DatasetError
+    from training.dataset import open_dataset as open_image_folder
+    if from_pickle and int(os.environ.get('RANK', '0')) == 0:
+        print(f'note: no --data given: reading the training set recorded in the network pickle, '
+              f'{dataset_kwargs.path}, as an image folder/zip', file=sys.stderr)
     try:
-        dataset = dnnlib.util.construct_class_by_name(**dataset_kwargs)
+        dataset = open_image_folder(**dataset_kwargs)
     except DatasetError as err:
         hint = ' (the dataset recorded in the network pickle; pass --data)' if from_pickle else ''
         raise EvaluationError(f'{err}{hint}') from None

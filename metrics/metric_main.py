@@ -28,8 +28,12 @@ Size grammar (S is ``{N}k`` for N thousand, or a plain count ``{N}``):
 * ``kid{S}_full``, ``kid{S}``: likewise (``_full``: up to 1,000,000 real images);
 * ``pr{N}k{K}_full``, ``pr{N}k{K}``, and with a plain count ``pr{N}_{K}_full``, ``pr{N}_{K}``: k = K;
 * ``epr{N}k{K}_full`` ... (same forms): hubness-aware *efficient* precision/recall (Liang et al. 2024), an
-  estimate of ``pr`` computed on the hubs only (k-occurrence > 3) -- not an NVlabs metric;
+  estimate of ``pr`` computed on the hubs only (the authors' rule: listed by at least 3 others among
+  their 3 nearest neighbours) -- not an NVlabs metric;
 * ``is{S}``;
+* ``attr{S}``: the attribute distribution of S generated images (:mod:`metrics.attribute_distribution`) under the
+  classifier given as ``--detector attribute=PATH`` (entropy, KL to uniform and to the real images, majority
+  share), not an NVlabs metric;
 * PPL: ``ppl2_{z|w}{end|full}`` (no crop) and ``ppl_{z|w}{end|full}`` (crop), optionally followed by
   ``_{S}`` for the number of pairs, e.g. ``ppl2_wend_1k``.
 
@@ -138,6 +142,26 @@ def inception_score(opts, name, num_gen, num_splits=10):
     return {f'{name}_mean': mean, f'{name}_std': std}
 
 
+def attribute_distribution(opts, name, num_gen):
+    from metrics import attribute_distribution as attr
+    detector_kwargs = dict(class_outputs=True)
+    gen = attr.predicted_classes(_gen_stats(opts, 'attribute', detector_kwargs, num_gen, capture_all=True).get_all())
+    num_classes = None
+    real = None
+    if opts.dataset_kwargs:
+        _full_dataset(opts, full=True)
+        real = attr.predicted_classes(_real_stats(opts, 'attribute', detector_kwargs, None,
+                                                  capture_all=True).get_all())
+    if opts.rank != 0:
+        return {f'{name}_{key}': float('nan') for key in ('entropy', 'kl_uniform', 'kl_real', 'bias', 'majority')}
+    num_classes = int(max(gen.max(), real.max() if real is not None else 0)) + 1
+    gen_counts = attr.histogram(gen, num_classes)
+    real_counts = attr.histogram(real, num_classes) if real is not None else None
+    results = {f'{name}_{key}': value for key, value in attr.summarize(gen_counts, real_counts).items()}
+    details = dict(histogram=gen_counts.tolist(), real_histogram=None if real_counts is None else real_counts.tolist())
+    return results, details
+
+
 def ppl(opts, name, num_samples, space, sampling, crop, epsilon=1e-4, batch_size=2):
     from metrics.perceptual_path_length import compute_ppl
     _full_dataset(opts, full=False)
@@ -181,6 +205,9 @@ def _parse(metric):
     m = re.fullmatch(rf'is{_SIZE}', metric)
     if m:
         return inception_score, dict(num_gen=_size(m.group(1), m.group(2))), ('inception',)
+    m = re.fullmatch(rf'attr{_SIZE}', metric)
+    if m:
+        return attribute_distribution, dict(num_gen=_size(m.group(1), m.group(2))), ('attribute',)
     m = re.fullmatch(rf'ppl(2?)_([zw])(end|full)(?:_{_SIZE})?', metric)
     if m:
         n = 50000 if m.group(4) is None else _size(m.group(4), m.group(5))
@@ -191,7 +218,8 @@ def _parse(metric):
 _NVLABS_METRICS = ['fid50k_full', 'kid50k_full', 'pr50k3_full', 'ppl2_wend', 'is50k', 'fid50k', 'kid50k', 'pr50k3',
                    'ppl_zfull', 'ppl_wfull', 'ppl_zend', 'ppl_wend']
 
-_GRAMMAR = 'fid{N}k[_full], kid{N}k[_full], pr{N}k{K}[_full], epr{N}k{K}[_full], is{N}k, ppl[2]_{z|w}{end|full}[_{N}k]'
+_GRAMMAR = ('fid{N}k[_full], kid{N}k[_full], pr{N}k{K}[_full], epr{N}k{K}[_full], is{N}k, attr{N}k, '
+            'ppl[2]_{z|w}{end|full}[_{N}k]')
 
 
 def is_valid_metric(metric):
@@ -214,12 +242,13 @@ def unknown_metric_message(metric):
 
 
 def metric_kind(metric):
-    """'fid', 'kid', 'pr' (also the efficient P/R), 'is' or 'ppl'."""
-    return {fid: 'fid', kid: 'kid', pr: 'pr', inception_score: 'is', ppl: 'ppl'}[_parse(metric)[0]]
+    """'fid', 'kid', 'pr' (also the efficient P/R), 'is', 'attr' or 'ppl'."""
+    return {fid: 'fid', kid: 'kid', pr: 'pr', inception_score: 'is', attribute_distribution: 'attr',
+            ppl: 'ppl'}[_parse(metric)[0]]
 
 
 def detector_roles(metric):
-    """Detector roles ('inception', 'vgg16') a metric uses."""
+    """Detector roles ('inception', 'vgg16', 'attribute') a metric uses."""
     return _parse(metric)[2]
 
 # ----------------------------------------------------------------------------
@@ -251,6 +280,9 @@ def calc_metric(metric, **kwargs):
 
     start = time.time()
     results = fn(opts, metric, **params)
+    details = None
+    if isinstance(results, tuple):  # (numbers, details such as a histogram) from the attribute metric.
+        results, details = results
     total_time = time.time() - start
 
     # Every rank reports rank 0's numbers.
@@ -265,9 +297,12 @@ def calc_metric(metric, **kwargs):
     detectors = {role: metric_utils.detector_url(opts, role) for role in roles}
     if metric.startswith('fid') and opts.fid_stats is not None:
         detectors['reference'] = 'fid_stats'
-    return dnnlib.EasyDict(results=dnnlib.EasyDict(results), metric=metric, total_time=total_time,
-                           total_time_str=dnnlib.util.format_time(total_time), num_gpus=opts.num_gpus,
-                           sampler=sampler, seed=opts.seed, detectors=detectors)
+    record = dnnlib.EasyDict(results=dnnlib.EasyDict(results), metric=metric, total_time=total_time,
+                             total_time_str=dnnlib.util.format_time(total_time), num_gpus=opts.num_gpus,
+                             sampler=sampler, seed=opts.seed, detectors=detectors)
+    if details is not None and opts.rank == 0:
+        record.details = details
+    return record
 
 
 def _append_line(path, line):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dnnlib import util
+from torch_utils import safe_pickle
 
 # ----------------------------------------------------------------------------
 
@@ -144,30 +145,25 @@ class FeatureStats:
         code on load.
         """
         with open(pkl_file, 'rb') as f:
-            state = _StatsUnpickler(f).load()
+            state = _load_stats_state(f)
         if not isinstance(state, dict) or 'num_items' not in state:
             raise ValueError(f'{pkl_file} is not a FeatureStats pickle')
         obj = cls(capture_all=state.get('capture_all', False), max_items=state.get('max_items'))
-        obj.__dict__.update(state)
+        obj.__dict__.update({key: value for key, value in state.items() if key in obj.__dict__})  # Known fields only.
         return obj
 
 # ----------------------------------------------------------------------------
 
 
-class _StatsUnpickler(pickle.Unpickler):
-    # numpy 2 writes numpy._core.*, numpy 1 numpy.core.*; NVlabs' EasyDict may appear in old files.
-    _allowed = {
-        ('numpy', 'ndarray'), ('numpy', 'dtype'),
-        ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-        ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-        ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-        ('collections', 'OrderedDict'), ('dnnlib.util', 'EasyDict'),
-    }
+# numpy 2 writes numpy._core.*, numpy 1 numpy.core.*; NVlabs' EasyDict may appear in old files.
+_STATS_GLOBALS = {**safe_pickle.BASIC_GLOBALS, **safe_pickle.NUMPY_GLOBALS, ('dnnlib.util', 'EasyDict'): util.EasyDict}
 
-    def find_class(self, module, name):
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f'FeatureStats pickle refers to {module}.{name}, which is not allowed')
-        return super().find_class(module, name)
+
+def _load_stats_state(f):
+    try:
+        return safe_pickle.load(f, _STATS_GLOBALS)  # Bounded: a tiny tampered cache cannot hang or exhaust memory.
+    except safe_pickle.UnsafePickleError as err:
+        raise pickle.UnpicklingError(f'FeatureStats pickle refused: {err}') from None
 
 # ----------------------------------------------------------------------------
 
@@ -260,8 +256,8 @@ def _load_pickled_detector(f, url, allow_pickle_code):
     else:
         # A module rebuilt by the safe loader would need a known architecture; detectors are not one.
         try:
-            detector = legacy._SafeUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
+            detector = safe_pickle.load(f, legacy._SAFE_GLOBALS)
+        except safe_pickle.UnsafePickleError as err:
             detector = err
         if not isinstance(detector, torch.nn.Module):
             raise DetectorError(f'{url} is a pickle whose code safe loading cannot rebuild; use the TorchScript '
@@ -319,8 +315,8 @@ def get_feature_detector(url, device='cpu', num_gpus=1, rank=0, verbose=False, a
 
 
 def _forward_arguments(detector):
-    """Names of the keyword arguments ``detector.forward`` accepts, or None if it accepts any."""
-    forward = detector.forward
+    """Names of the keyword arguments ``detector.forward`` (or a method) accepts, or None if it accepts any."""
+    forward = getattr(detector, 'forward', detector)
     schema = getattr(forward, 'schema', None)
     if schema is not None:  # TorchScript method.
         return {arg.name for arg in schema.arguments} - {'self'}
@@ -330,11 +326,12 @@ def _forward_arguments(detector):
     return {p.name for p in params}
 
 
-def run_detector(detector, images, **detector_kwargs):
+def run_detector(detector, images, class_outputs=False, **detector_kwargs):
     """Features of a batch of images: NVlabs' call convention, for NVlabs' and custom detectors.
 
     Grayscale images are repeated to three channels. Keyword arguments the detector's ``forward`` does not
-    accept are dropped, so a custom ``forward(images)`` works with every metric.
+    accept are dropped, so a custom ``forward(images)`` works with every metric. ``class_outputs=True`` calls
+    the detector's ``probabilities`` (else ``logits``) method when it has one: class scores of a classifier.
 
     Parameters
     ----------
@@ -347,10 +344,14 @@ def run_detector(detector, images, **detector_kwargs):
     """
     if images.shape[1] == 1:
         images = images.repeat([1, 3, 1, 1])
-    accepted = _forward_arguments(detector)
+    forward = detector
+    if class_outputs:  # A classifier's class scores rather than its features (the attribute metric).
+        forward = next((getattr(detector, name) for name in ('probabilities', 'logits') if hasattr(detector, name)),
+                       detector)
+    accepted = _forward_arguments(forward)
     if accepted is not None:
         detector_kwargs = {k: v for k, v in detector_kwargs.items() if k in accepted}
-    features = detector(images, **detector_kwargs)
+    features = forward(images, **detector_kwargs)
     if not isinstance(features, torch.Tensor) or features.ndim < 1 or features.shape[0] != images.shape[0]:
         shape = list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         raise DetectorError(f'the detector returned {shape} for {images.shape[0]} images; expected features [N, D]')
@@ -370,7 +371,8 @@ class MetricOptions(util.EasyDict):
     G_kwargs : dict, default={}
         Extra arguments of ``G(z, c, ...)`` (e.g. ``noise_mode``).
     dataset_kwargs : dict, default={}
-        ``dnnlib.util.construct_class_by_name`` arguments of the dataset (NVlabs' ``training_set_kwargs``).
+        The dataset in NVlabs' ``training_set_kwargs`` layout; only ``training.dataset.ImageFolderDataset``
+        and its options are admitted (``training.dataset.check_dataset_kwargs``), never another class_name.
     num_gpus, rank : int, default=1, 0
         ``torch.distributed`` world size and rank (one process: 1, 0).
     device : torch.device, default=cpu
@@ -412,15 +414,20 @@ class MetricOptions(util.EasyDict):
 
 
 def detector_url(opts, role):
-    """The detector used for ``role`` ('inception' or 'vgg16'): the user's override or NVlabs'."""
-    return opts.detectors.get(role) or DETECTOR_URLS[role]
+    """The detector used for ``role`` ('inception', 'vgg16', 'attribute'): the user's override or NVlabs'."""
+    url = opts.detectors.get(role) or DETECTOR_URLS.get(role)
+    if url is None:  # 'attribute': there is no default classifier.
+        raise DetectorError(f'the {role} metric needs a classifier: pass --detector {role}=PATH (a TorchScript '
+                            'module with class outputs)')
+    return url
 
 
 def make_dataset(opts):
     """The dataset described by ``opts.dataset_kwargs``."""
     if not opts.dataset_kwargs:
         raise ValueError('this metric needs a dataset: pass --data (the network pickle records none)')
-    return util.construct_class_by_name(**opts.dataset_kwargs)
+    from training.dataset import open_dataset
+    return open_dataset(**opts.dataset_kwargs)  # Our dataset class only: never imports a class_name from a file.
 
 
 def dataset_labels(dataset):

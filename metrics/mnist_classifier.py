@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from sampling import cli
+
 DEFAULT_CLASSIFIER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   'pretrained', 'mnist_classifier.pt')
 NUM_CLASSES = 10
@@ -448,9 +450,9 @@ def _load_dataset_images(path):
 @click.option('--data', metavar='ZIP|DIR', help='Report on the images of a dataset instead of a generator')
 @click.option('--num', type=click.IntRange(min=1), default=1000, show_default=True, help='Number of samples')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='First seed')
-@click.option('--trunc', 'truncation_psi', type=float, default=1, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
-@click.option('--threshold', type=click.FloatRange(0, 1), default=0.9, show_default=True,
+@click.option('--threshold', type=cli.FiniteFloat(0, 1), default=0.9, show_default=True,
               help='Top class probability of a confident digit')
 @click.option('--classifier', metavar='PT', default=DEFAULT_CLASSIFIER, show_default=True,
               help='TorchScript classifier')

@@ -5,7 +5,8 @@ are compared by an LPIPS distance; PPL is the mean of ``distance^2 / epsilon^2``
 dropping the pairs below the 1st and above the 99th percentile. As NVlabs' ``ppl2_wend`` and ``ppl_*``:
 
 * the path is a lerp of w = ``G.mapping(z, c)`` (space 'w') or a slerp of z (space 'z'); t = 0 ('end') or
-  uniform in [0, 1) ('full');
+  uniform in [0, 1) ('full'); a generator without a mapping network (ProGAN) has only the z path, through
+  ``G(z, c, truncation_psi, noise_mode='const')``;
 * every ``noise_const`` buffer of (a copy of) the generator is redrawn for each batch, and the images are
   synthesised with ``noise_mode='const', force_fp32=True``, so both images of a pair share their noise;
 * optionally cropped to rows [3c, 7c) and columns [2c, 6c), c = resolution / 8 (the face region);
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from metrics import metric_utils
+from sampling.synthesis import has_mapping, require_mapping
 
 # ----------------------------------------------------------------------------
 
@@ -86,14 +88,18 @@ def path_distances(G, detector, z0, z1, c, psi, epsilon, space, sampling, crop, 
     for buf in noise_buffers:
         buf.copy_(torch.randn(buf.shape, generator=gen).to(buf.device))
     cc = torch.cat([c, c])
-    if space == 'w':
-        w0, w1 = G.mapping(z=torch.cat([z0, z1]), c=cc, truncation_psi=psi).chunk(2)
-        wt0, wt1 = lerp(w0, w1, t), lerp(w0, w1, t + epsilon)
-        ws = torch.cat([wt0, wt1])
-    else:
+    if not has_mapping(G):  # A generator without W (ProGAN): slerp in z through the whole network.
         zt0, zt1 = slerp(z0, z1, t), slerp(z0, z1, t + epsilon)
-        ws = G.mapping(z=torch.cat([zt0, zt1]), c=cc, truncation_psi=psi)
-    img = G.synthesis(ws, noise_mode='const', force_fp32=True)
+        img = G(torch.cat([zt0, zt1]), cc, truncation_psi=psi, noise_mode='const')
+    else:
+        if space == 'w':
+            w0, w1 = G.mapping(z=torch.cat([z0, z1]), c=cc, truncation_psi=psi).chunk(2)
+            wt0, wt1 = lerp(w0, w1, t), lerp(w0, w1, t + epsilon)
+            ws = torch.cat([wt0, wt1])
+        else:
+            zt0, zt1 = slerp(z0, z1, t), slerp(z0, z1, t + epsilon)
+            ws = G.mapping(z=torch.cat([zt0, zt1]), c=cc, truncation_psi=psi)
+        img = G.synthesis(ws, noise_mode='const', force_fp32=True)
     if crop:
         assert img.shape[2] == img.shape[3]
         q = img.shape[2] // 8
@@ -120,6 +126,8 @@ def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size):
     """
     if space not in ('w', 'z') or sampling not in ('end', 'full'):
         raise ValueError(f"space must be 'w' or 'z' and sampling 'end' or 'full', got {space!r}, {sampling!r}")
+    if space == 'w':
+        require_mapping(opts.G, 'PPL in W')
     sampler = metric_utils.get_sampler(opts)
     z_all, c_all, psi = sampler.sample(2 * num_samples, opts.seed)
     psi = opts.G_kwargs.get('truncation_psi', psi)

@@ -1,9 +1,19 @@
-"""Helpers shared by the command-line scripts: option parsing, devices, loading networks."""
+"""Helpers shared by the command-line scripts: option parsing and checking, output folders, devices, networks.
 
+Every script reports bad input as ONE line (``Error: ...``) and a non-zero exit, never a traceback: option
+types here refuse what makes no sense (NaN, infinities, seeds outside [0, 2**32), huge seed ranges) while
+parsing, before anything is loaded or created; :func:`prepare_outdir` turns an unusable output folder into
+one line; and :class:`Command` turns a :class:`UserError` or an operating-system error (a full disk, a
+read-only file system) raised anywhere in a run into one line too.
+"""
+
+import errno
+import math
 import os
 import re
 import shlex
 import sys
+import tempfile
 
 import click
 import torch
@@ -13,8 +23,16 @@ DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                'pretrained', 'mnist32-stylegan2.pkl')
 
 
-def parse_range(text):
-    """'0,1,4-6' -> [0, 1, 4, 5, 6]. Ranges are inclusive."""
+SEED_LIMIT = 2 ** 32      # Seeds are numpy RandomState seeds: 32-bit unsigned.
+MAX_SEEDS = 1_000_000     # More seeds in one run is surely a typo (0-99999999999 would exhaust memory).
+
+
+class UserError(click.ClickException):
+    """Bad input or an unusable file or folder: printed as one line (``Error: ...``), exit status 1."""
+
+
+def parse_range(text, max_values=None):
+    """'0,1,4-6' -> [0, 1, 4, 5, 6]. Ranges are inclusive; more than `max_values` values are refused."""
     if isinstance(text, list):
         return text
     values = []
@@ -25,6 +43,9 @@ def parse_range(text):
             lo, hi = int(match.group(1)), int(match.group(2))
             if hi < lo:
                 raise click.BadParameter(f'range {part!r} ends before it starts')
+            if max_values is not None and len(values) + hi - lo + 1 > max_values:
+                raise click.BadParameter(f'range {part!r} has {hi - lo + 1:,} values; at most {max_values:,} '
+                                         f'in one run (split the range over several runs)')
             values.extend(range(lo, hi + 1))
         elif re.fullmatch(r'-?\d+', part):
             values.append(int(part))
@@ -33,17 +54,133 @@ def parse_range(text):
     return values
 
 
+def parse_seeds(text):
+    """Seeds for ``--seeds``: like :func:`parse_range`, each in [0, 2**32), at most :data:`MAX_SEEDS` of them."""
+    if isinstance(text, list):
+        return text
+    seeds = parse_range(text, max_values=MAX_SEEDS)
+    bad = [s for s in seeds if not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise click.BadParameter(f'seed {bad[0]} is outside 0..{SEED_LIMIT - 1} (numpy seeds are 32-bit unsigned)')
+    return seeds
+
+
 def parse_vec2(text):
-    """'0.1,-0.2' -> (0.1, -0.2)."""
+    """'0.1,-0.2' -> (0.1, -0.2); both finite."""
     if isinstance(text, tuple):
         return text
     parts = str(text).split(',')
     try:
         if len(parts) == 2:
-            return float(parts[0]), float(parts[1])
+            values = float(parts[0]), float(parts[1])
+            if all(math.isfinite(v) for v in values):
+                return values
     except ValueError:
         pass
-    raise click.BadParameter(f'{text!r} is not two comma-separated numbers (example: 0.1,-0.2)')
+    raise click.BadParameter(f'{text!r} is not two comma-separated finite numbers (example: 0.1,-0.2)')
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that refuses NaN and infinities (click's float and FloatRange accept them), optionally
+    within bounds: ``FiniteFloat(min=0, min_open=True)`` is a positive number."""
+
+    name = 'float'
+
+    def __init__(self, min=None, max=None, min_open=False, max_open=False):  # noqa: A002 (click's names)
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f'{value!r} is not a number', param, ctx)
+        if not math.isfinite(number):
+            self.fail(f'{value!r} is not a finite number', param, ctx)
+        low_bad = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        high_bad = self.max is not None and (number >= self.max if self.max_open else number > self.max)
+        if low_bad or high_bad:
+            self.fail(f'{number:g} is not in the range {self._describe()}', param, ctx)
+        return number
+
+    def _describe(self):
+        low = '' if self.min is None else f'{self.min:g} {"<" if self.min_open else "<="} '
+        high = '' if self.max is None else f' {"<" if self.max_open else "<="} {self.max:g}'
+        return f'{low}x{high}'
+
+    def get_metavar(self, param, ctx=None):
+        return 'FLOAT'
+
+
+def prepare_outdir(path, option='--outdir'):
+    """Create the output folder ``path`` if needed and make sure files can be written in it.
+
+    Also removes the temporary files that killed writes left there (see
+    :func:`dnnlib.util.remove_stale_temp_files`). Raises :class:`UserError` (one line) when the folder
+    cannot be created or written: a path component that is a regular file, no permission, a read-only or
+    full file system.
+    """
+    import dnnlib
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path, prefix='.write-test-'):
+            pass
+    except OSError as err:
+        raise UserError(f'{option} {path}: {_os_reason(err, creating_folder=True)}') from None
+    dnnlib.util.remove_stale_temp_files(path)
+    return path
+
+
+def _os_reason(err, creating_folder=False):
+    """The reason of an OSError in words, with a hint for the common cases."""
+    if creating_folder and err.errno in (errno.ENOTDIR, errno.EEXIST):
+        return 'cannot create this folder: part of the path is a regular file; choose another path'
+    if err.errno == errno.EROFS:
+        return 'the file system is read-only; choose a writable folder'
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return 'permission denied; choose a folder you can write to'
+    if err.errno == errno.ENOSPC:
+        return 'no space left on the device'
+    return err.strerror or str(err)
+
+
+def parse_class(text, keywords=()):
+    """A --class value: None, a class index, one of ``keywords`` ('random', 'all'), or an ImageNet class name or
+    WordNet id ('golden retriever', 'n02099601', for 1000-class networks such as BigGAN) -> None, int or keyword."""
+    if text is None or isinstance(text, int):
+        return text
+    text = str(text).strip()
+    if text.lower() in keywords:
+        return text.lower()
+    if re.fullmatch(r'[+-]?\d+', text):
+        value = int(text)
+        if value < 0:
+            raise click.BadParameter(f'class {value} is negative; classes are numbered from 0')
+        return value
+    from sampling import imagenet
+    try:
+        return imagenet.class_index(text)
+    except imagenet.UnknownClassName as err:
+        options = ' or '.join(['a class index'] + [repr(word) for word in keywords])
+        hint = f'; did you mean {", ".join(repr(c) for c in err.close)}?' if err.close else ''
+        raise click.BadParameter(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
+    except ValueError as err:  # A name shared by several classes.
+        raise click.BadParameter(str(err)) from None
+
+
+def network_sha256(network):
+    """SHA-256 identifying a network: the pickle's bytes, or a BigGAN checkpoint's pytorch_model.bin (a URL is read
+    through the download cache)."""
+    from sampling.latents import file_sha256
+    from training import load_biggan
+    if load_biggan.is_checkpoint_path(network):
+        return file_sha256(load_biggan.checkpoint_files(network)[0])
+    if os.path.isfile(network):
+        return file_sha256(network)
+    import dnnlib
+    return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
 
 
 def resolve_device(name):
@@ -107,11 +244,21 @@ def class_label(G, class_idx, device, batch_size=1):
 
 
 class Command(click.Command):
-    """A click command that remembers the arguments it parsed, for :func:`command_line`."""
+    """A click command that remembers the arguments it parsed (for :func:`command_line`) and reports an
+    operating-system error of a run (a read-only or full disk, a folder that vanished) as one line."""
 
     def parse_args(self, ctx, args):
         ctx.meta['gansampling.argv'] = list(args)
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as err:
+            if ctx.params.get('debug'):  # Scripts with --debug show tracebacks.
+                raise
+            reason = _os_reason(err)
+            raise UserError(f'{err.filename}: {reason}' if err.filename is not None else reason) from None
 
 
 def command_line():

@@ -56,14 +56,15 @@ class Row:
     spec: str
 
 
-def _quote(path):
+def quote(path):
+    """A path as a quoted spec value (any character allowed)."""
     return '"' + os.fspath(path).replace('"', '\\"') + '"'
 
 
 def sampler_rows(bank_path, hub_threshold, polarity_top_k, mild_rho=None):
     """The samplers of the comparison (see the module docstring), in figure order."""
     t = f'{float(hub_threshold):g}'
-    bank = _quote(bank_path)
+    bank = quote(bank_path)
     rows = [
         Row('random (psi 1)', 'random'),
         Row(f'truncation psi {TRUNCATION_PSI:g}', f'trunc:{TRUNCATION_PSI:g}'),
@@ -113,7 +114,9 @@ def volume_bank(G, network_sha256, outdir, num, seed=0, method='exact', batch_si
                                    top_k=int(G.z_dim) - 1, chunk_size=1000, batch_size=batch_size)
         os.makedirs(outdir, exist_ok=True)
         job.run(outdir, progress=progress)
-        job.merge(outdir, command=command)
+        bank = job.merge(outdir, command=command)
+        from sampling import volume_report
+        volume_report.write_beside(bank, os.path.join(outdir, volume_job.BANK_NAME))
     except ValueError as err:
         raise DemoError(f'volume bank in {outdir}: {str(err).splitlines()[0]}') from None
     return os.path.join(outdir, volume_job.BANK_NAME)
@@ -144,6 +147,8 @@ def make_figure(G, samplers, num_images, seed, scale=2):
     """
     import PIL.Image
     import PIL.ImageDraw
+
+    from sampling.images import label_font
     tile = tile_size(G, scale)
     channels = int(G.img_channels)
     strips = []
@@ -156,19 +161,11 @@ def make_figure(G, samplers, num_images, seed, scale=2):
     canvas[:, LABEL_WIDTH:] = grid
     image = PIL.Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas)
     draw = PIL.ImageDraw.Draw(image)
-    font = _font(max(10, min(16, tile // 3)))
+    font = label_font(max(10, min(16, tile // 3)))
     for i, (label, _) in enumerate(samplers):
         y = i * tile + tile // 2
         draw.text((6, y), label, fill=0 if channels == 1 else (0, 0, 0), font=font, anchor='lm')
     return np.asarray(image)
-
-
-def _font(size):
-    import PIL.ImageFont
-    try:
-        return PIL.ImageFont.load_default(size=size)  # Scalable in Pillow >= 10.1 with FreeType.
-    except (TypeError, OSError, ImportError):
-        return PIL.ImageFont.load_default()
 
 #----------------------------------------------------------------------------
 # The table.
@@ -213,7 +210,7 @@ def markdown_table(rows, num, bank_path=None):
              '| bank ESS |',
              '|---|---|---:|---:|---:|---:|---:|']
     for row in rows:
-        spec = row['spec'].replace(_quote(bank_path), 'B') if bank_path is not None else row['spec']
+        spec = row['spec'].replace(quote(bank_path), 'B') if bank_path is not None else row['spec']
         spec = spec.replace('|', '\\|')
         lines.append(f'| {row["sampler"]} | `{spec}` | {fmt(row["fid"], 2)} | {fmt(row["precision"], 3)} | '
                      f'{fmt(row["recall"], 3)} | {fmt(row["digit_fraction"], 3)} | '

@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from sampling.chunks import chunks_for_shard
 from sampling.hub_report import score_norm_moments
 from sampling.hubness import hubness_stats, k_occurrence
 from sampling.latents import LatentBank, concatenate, one_hot, random_labels, z_batch
+from sampling.synthesis import has_mapping, require_mapping
 
 # Latents per mapping-network call. Fixed, not tied to any command-line batch size, so that W (and hence every
 # score) is computed in the same way whatever the other settings.
@@ -181,6 +183,8 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     seed = search.batch_seed(batch)
     z = z_batch(seed, search.batch_size, G.z_dim)
     c = batch_labels(search, batch, G.c_dim)
+    if search.space == 'w':
+        require_mapping(G, 'hub scores in W')
     w_all = map_to_w(G, z, c, device) if search.space == 'w' else None
     points = w_all if search.space == 'w' else z
     scores = k_occurrence(points, search.k, count_self=search.count_self, device=device,
@@ -189,8 +193,10 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     keep, cutoff = select_hubs(scores, **{rule: value})
     if w_all is not None:
         w = w_all[torch.as_tensor(keep, device=w_all.device)]
-    else:
+    elif has_mapping(G):
         w = map_to_w(G, z[keep], c[keep], device)
+    else:
+        w = None  # No W to store for a generator without a mapping network.
     norms = np.sqrt((z * z).sum(axis=1))
     meta = dict(
         batch=batch, batch_seed=seed, num_scored=search.batch_size, num_accepted=int(keep.size),
@@ -200,8 +206,9 @@ def score_batch(G, search, batch, device=None, backend='torch'):
         moments=score_norm_moments(scores, norms),
         sample=dict(score=scores[:_SCATTER_SAMPLE].tolist(), norm=norms[:_SCATTER_SAMPLE].tolist()),
     )
-    return LatentBank(z[keep], c[keep], meta=meta, w=w.cpu().numpy(), hub_score=scores[keep],
-                      seeds=np.full([keep.size], seed, dtype=np.int64), indices=keep)
+    arrays = dict(w=w.cpu().numpy()) if w is not None else {}
+    return LatentBank(z[keep], c[keep], meta=meta, hub_score=scores[keep],
+                      seeds=np.full([keep.size], seed, dtype=np.int64), indices=keep, **arrays)
 
 #----------------------------------------------------------------------------
 
@@ -264,12 +271,8 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
         for batch in range(max_batches):
             if found >= num:
                 break
-            if not store.is_done(batch):
-                if compute is None:
-                    raise ValueError(f'batch {batch} is not finished: run every shard to the end before merging')
-                store.write(batch, compute(batch))
             # Always the stored copy: a resumed run then sees exactly what an uninterrupted one saw.
-            chunk = store.read(batch)
+            chunk = _obtain(store, batch, compute, max_batches)
             chunks.append(chunk)
             bar.update(min(len(chunk), num - found))
             found += len(chunk)
@@ -281,6 +284,27 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
     joined = concatenate(chunks, meta={})
     bank = joined.select(np.arange(min(num, len(joined))))
     return HubResult(bank=bank, batches=[chunk.meta for chunk in chunks], num=num)
+
+
+def _obtain(store, batch, compute, max_batches):
+    """The stored chunk of `batch`, computing it first if needed (None `compute`: it must be there).
+
+    While another process holds the claim on `batch`, a later batch nobody has claimed is computed meanwhile
+    (concurrent runs into one folder share the work), else this waits for it.
+    """
+    while True:
+        chunk = store.load(batch)
+        if chunk is not None:
+            return chunk
+        if compute is None:
+            raise ValueError(f'batch {batch} is not finished: run every shard to the end before merging')
+        if store.compute_one(batch, compute):
+            continue
+        for later in range(batch + 1, max_batches):
+            if not os.path.exists(store.path(later)) and store.compute_one(later, compute):
+                break
+        else:
+            time.sleep(store.poll_interval)
 
 
 def shard_batches(search, num, shard_index, shard_count, max_batches=None):
@@ -307,7 +331,7 @@ def image_names(num):
 
 
 def write_images(G, bank, outdir, truncation_psi=1, noise_mode='const', batch_size=32, progress=True):
-    """Render every hub of `bank` to ``outdir/hub000000.png`` ..., skipping images that already exist.
+    """Render every hub of `bank` to ``outdir/hub000000.png`` ..., skipping complete images already there.
 
     Images are rendered in groups of `batch_size` consecutive hubs starting at multiples of `batch_size`, the
     same groups whatever was written before, so an interrupted and resumed run writes the same files as an
@@ -315,18 +339,24 @@ def write_images(G, bank, outdir, truncation_psi=1, noise_mode='const', batch_si
     """
     from tqdm import tqdm
 
-    from sampling.images import save_png, to_uint8
+    from sampling.images import png_problem, save_png, to_uint8
     from sampling.synthesis import synthesize
 
     paths = [os.path.join(outdir, name) for name in image_names(len(bank))]
-    starts = [i0 for i0 in range(0, len(bank), batch_size)
-              if not all(os.path.exists(p) for p in paths[i0 : i0 + batch_size])]
+    size = int(G.img_resolution)
+    sound = []
+    for path in paths:
+        problem = png_problem(path, size, size) if os.path.exists(path) else 'missing'
+        if problem not in (None, 'missing'):
+            tqdm.write(f'warning: {path} {problem}; rendering it again', file=sys.stderr)
+        sound.append(problem is None)
+    starts = [i0 for i0 in range(0, len(bank), batch_size) if not all(sound[i0 : i0 + batch_size])]
     for i0 in tqdm(starts, unit='batch', desc='Images', disable=None if progress else True):
         i1 = min(i0 + batch_size, len(bank))
         images = synthesize(G, z=bank.latents[i0:i1], c=bank.labels[i0:i1], truncation_psi=truncation_psi,
                             noise_mode=noise_mode, batch_size=i1 - i0)
-        for path, array in zip(paths[i0:i1], to_uint8(next(images))):
-            if not os.path.exists(path):
+        for path, array, ok in zip(paths[i0:i1], to_uint8(next(images)), sound[i0:i1]):
+            if not ok:
                 save_png(path, array)
     return paths
 
@@ -384,9 +414,12 @@ def write_outputs(G, result, search, outdir, meta, images=True, truncation_psi=1
 
 
 def _same_bank(path, bank):
+    if not os.path.exists(path):
+        return False
     try:
         return LatentBank.load(path).equals(bank)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as err:
+        print(f'warning: {str(err).splitlines()[0]}; writing it again', file=sys.stderr)
         return False
 
 #----------------------------------------------------------------------------

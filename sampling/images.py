@@ -44,6 +44,45 @@ def _encode_png(array):
     return buffer.getvalue()
 
 
+def label_font(size):
+    """Pillow's embedded font at ``size`` pixels (scalable in Pillow >= 10.1), else its small bitmap font."""
+    import PIL.ImageFont
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return PIL.ImageFont.load_default()
+
+
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+_PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'
+
+
+def png_problem(path, width=None, height=None):
+    """Why the file at `path` is not a complete PNG of the given size (one phrase), or None if it is.
+
+    Cheap (reads 24 bytes at the start and 12 at the end, no decoding): a killed or damaged write lacks the
+    final IEND chunk; a foreign file has another signature or size.
+    """
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(24)
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 24 + len(_PNG_END):
+                return 'is truncated or empty'
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            tail = f.read()
+    except OSError as err:
+        return f'cannot be read ({err.strerror})'
+    if head[:8] != _PNG_SIGNATURE or head[12:16] != b'IHDR':
+        return 'is not a PNG file'
+    if tail != _PNG_END:
+        return 'is truncated (no PNG end marker)'
+    size = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+    if (width is not None and size[0] != width) or (height is not None and size[1] != height):
+        return f'is {size[0]}x{size[1]}, not {width}x{height}'
+    return None
+
+
 def load_png(path):
     """Read a PNG as a uint8 array (HxW for grayscale, HxWxC otherwise)."""
     try:

@@ -22,13 +22,23 @@ One ``.npz`` file, written atomically and readable without pickle (``np.load(pat
 * ``meta``: a JSON string (see :func:`make_meta`): producing command, network file hash, space, k,
   count_self, z_dim, c_dim, versions, free-form extras.
 
-Files without ``meta`` are read as the MaGNET authors' published banks (``svds``, ``latents``, optional
-``labels``): their all-zero padding rows are dropped and counted in ``meta['dropped_zero_rows']``.
+Files without ``meta`` are read as the MaGNET authors' published banks, exactly as their Colab reads them:
+``svds`` [num_batches, batch, K] and ``latents`` [num_batches, batch, z_dim] (``np.stack`` of per-batch
+arrays; 2-D [N, K] and [N, z_dim] are read too), ``labels`` likewise or empty. Every array is reshaped to
+``(-1, last)`` and each row whose ``svds`` sum to zero (padding) is dropped; the count is
+``meta['dropped_zero_rows']``. Their conditional (BigGAN) banks are one file per class, named
+``{class_index}_{name}.npz`` (e.g. ``933_cheeseburger.npz``); a folder of such files, or several of them,
+is read as one conditional bank whose labels come from the class index in each name (the authors draw
+from them with top-K = 10).
+
+:func:`load_bank` is the one reader of bank files (scripts, samplers and :meth:`LatentBank.load`).
 """
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -150,6 +160,55 @@ def file_sha256(path, chunk_size=1 << 20):
         for block in iter(lambda: f.read(chunk_size), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FileFormatError(ValueError):
+    """A file that cannot be read as what it should be (empty, truncated, damaged, another format); the
+    message names the file and is one line."""
+
+
+def read_npz(path, what='.npz file'):
+    """All arrays of an ``.npz`` archive as a dict, read without pickle; every array is read in full, so the
+    archive's CRC-32 checks run.
+
+    Raises
+    ------
+    FileNotFoundError
+        When `path` does not exist.
+    FileFormatError
+        One line naming `path` and `what` it should be: empty, a single ``.npy`` array, a pickle or text
+        instead of an archive, truncated or damaged, or holding arrays of Python objects.
+    """
+    import zipfile
+    import zlib
+
+    path = os.fspath(path)
+    with open(path, 'rb') as f:
+        head = f.read(6)
+    if not head:
+        raise FileFormatError(f'{path} is empty: it should be a {what}')
+    if head.startswith(b'\x93NUMPY'):
+        raise FileFormatError(f'{path} is a single .npy array, not a {what} (an .npz archive of named arrays, '
+                              f'numpy.savez)')
+    if not head.startswith(b'PK'):
+        kind = 'a pickle' if head[:1] == b'\x80' else 'not an .npz archive'
+        raise FileFormatError(f'{path} is {kind}: it should be a {what} (an .npz archive, numpy.savez)')
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as err:
+        if 'pickle' in str(err).lower():
+            raise FileFormatError(f'{path} holds arrays of Python objects, which are not read (they would need '
+                                  f'pickle): it is not a {what}') from None
+        raise FileFormatError(f'{path} is damaged ({_first_line(err)}): it is not a readable {what}') from None
+    except (EOFError, zipfile.BadZipFile, zlib.error, KeyError, OSError, UnicodeDecodeError) as err:
+        raise FileFormatError(f'{path} is truncated or damaged ({_first_line(err)}): it is not a readable '
+                              f'{what}') from None
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _json_default(obj):
@@ -301,38 +360,161 @@ class LatentBank:
 
     @classmethod
     def load(cls, path):
-        """Read a bank written by :meth:`save`, or a MaGNET authors' file (keys svds, latents, optional labels)."""
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        if 'latents' not in arrays:
-            raise ValueError(f"{path} is not a latent bank: it has no 'latents' array (keys: {sorted(arrays)})")
+        """Read a bank file (ours or the MaGNET authors'), or a folder of per-class files: see :func:`load_bank`."""
+        return load_bank(path)
+
+
+_CLASS_FILE = re.compile(r'(\d+)_.*\.npz')
+
+
+def load_bank(source, c_dim=None):
+    """Read a latent bank: one file, a folder of per-class files, or a list of either (see the module docstring).
+
+    Parameters
+    ----------
+    source : path, or sequence of paths
+        A bank written by :meth:`LatentBank.save`; a MaGNET authors' file (2-D or 3-D arrays); a folder of
+        the authors' per-class files ``{class_index}_{name}.npz``; or several such per-class files. A
+        sequence of one path is that path.
+    c_dim : int, optional
+        Classes of the network the bank is for: the width of the one-hot labels made from per-class file
+        names (default: the largest class index + 1).
+
+    Returns
+    -------
+    LatentBank
+        Authors' files have ``meta['source'] == 'external'`` and ``meta['dropped_zero_rows']``.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file and what is wrong (FileNotFoundError for a missing path).
+    """
+    files = bank_files(source)
+    if len(files) == 1 and not _is_folder(source):
+        bank = _read_bank_file(files[0])
+        one_class_file = _CLASS_FILE.fullmatch(os.path.basename(os.fspath(files[0]))) is not None
+        if not (c_dim and one_class_file and bank.meta.get('source') == 'external' and bank.c_dim == 0):
+            return bank
+    return _per_class_bank(files, c_dim)
+
+
+def _is_folder(source):
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    return any(os.path.isdir(path) for path in paths)
+
+
+def bank_files(source):
+    """The files :func:`load_bank` reads for ``source`` (folders expanded to their .npz files, sorted)."""
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not paths:
+        raise ValueError('no latent bank given')
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(glob.escape(os.fspath(path)), '*.npz')))
+            if not found:
+                raise ValueError(f'{path} is a folder without .npz bank files')
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
+def _per_class_bank(files, c_dim):
+    """The authors' one-file-per-class banks joined into one conditional bank."""
+    classes = []
+    for path in files:
+        match = _CLASS_FILE.fullmatch(os.path.basename(os.fspath(path)))
+        if match is None:
+            raise ValueError(f'{path}: several bank files (or a folder) must be the MaGNET authors\' per-class files, '
+                             'named {class_index}_{name}.npz (e.g. 933_cheeseburger.npz); pass a single bank file '
+                             'otherwise')
+        classes.append(int(match[1]))
+    files, classes = [f for _c, f in sorted(zip(classes, files), key=lambda pair: pair[0])], sorted(classes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f'two bank files have the same class index: {sorted(map(os.fspath, files))}')
+    c_dim = max(classes) + 1 if c_dim is None else int(c_dim)
+    if max(classes) >= c_dim:
+        raise ValueError(f'bank file {files[classes.index(max(classes))]} is for class {max(classes)}, but the network '
+                         f'has {c_dim} classes')
+    banks, dropped = [], {}
+    for path, class_idx in zip(files, classes):
+        bank = _read_bank_file(path)
+        if bank.meta.get('source') != 'external':
+            raise ValueError(f'{path}: per-class bank files must be MaGNET authors\' files, not banks made here')
+        labels = one_hot(np.full([len(bank)], class_idx), c_dim)
+        if bank.c_dim and not (bank.labels.shape == labels.shape and np.array_equal(bank.labels, labels)):
+            raise ValueError(f'{path}: its labels are not all class {class_idx}, the class in its name')
+        banks.append(LatentBank(bank.latents, labels, **bank._others()))
+        dropped[os.path.basename(os.fspath(path))] = bank.meta['dropped_zero_rows']
+    meta = dict(source='external', source_files=sorted(dropped), classes=sorted(set(classes)),
+                dropped_zero_rows=int(sum(dropped.values())), dropped_zero_rows_per_file=dropped)
+    return concatenate(banks, meta=meta)
+
+
+def _read_bank_file(path):
+    arrays = read_npz(path, what='latent bank')
+    if 'latents' not in arrays:
+        raise ValueError(f"{path} is not a latent bank: it has no 'latents' array (keys: {sorted(arrays)})")
+    if 'meta' in arrays:
         labels = arrays.pop('labels', None)
         if labels is not None and labels.ndim == 1 and labels.size:
             raise ValueError(f"{path}: 'labels' must be one-hot [N, c_dim] or empty, got shape {labels.shape}")
-        if 'meta' in arrays:
-            meta = json.loads(str(arrays.pop('meta')[()]))
-            fmt = meta.get('versions', {}).get('bank_format', BANK_FORMAT)
-            if fmt > BANK_FORMAT:
-                raise ValueError(f'{path} uses bank format {fmt}, newer than this code ({BANK_FORMAT}); update it')
-            return cls(arrays.pop('latents'), labels, meta=meta, **arrays)
-        return cls._from_authors(path, arrays.pop('latents'), labels, arrays)
+        meta = _read_meta(path, arrays.pop('meta'))
+        fmt = meta.get('versions', {}).get('bank_format', BANK_FORMAT)
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
+            raise FileFormatError(f"{path}: the bank's meta has an invalid bank_format {fmt!r}")
+        if fmt > BANK_FORMAT:
+            raise ValueError(f'{path} uses bank format {fmt}, newer than this code ({BANK_FORMAT}); update it')
+        try:
+            return LatentBank(arrays.pop('latents'), labels, meta=meta, **arrays)
+        except ValueError as err:
+            raise FileFormatError(f'{path}: {_first_line(err)}') from None
+    return _authors_bank(path, arrays)
 
-    @classmethod
-    def _from_authors(cls, path, latents, labels, arrays):
-        keep = np.ones([latents.shape[0]], dtype=bool)
-        if 'svds' in arrays:
-            # Their files pad with rows where both the latent and its singular values are all zero.
-            svds = arrays['svds'].reshape(latents.shape[0], -1)
-            keep = latents.reshape(latents.shape[0], -1).any(axis=1) | svds.any(axis=1)
-        if labels is not None and labels.size == 0:
-            labels = None
-        dropped = int((~keep).sum())
-        meta = dict(source='external', source_file=os.path.basename(os.fspath(path)), dropped_zero_rows=dropped)
-        if dropped:
-            latents = latents[keep]
-            labels = None if labels is None else labels[keep]
-            arrays = {k: v[keep] for k, v in arrays.items()}
-        return cls(latents, labels, meta=meta, **arrays)
+
+def _authors_bank(path, arrays):
+    """A MaGNET authors' file: [num_batches, batch, ...] or [N, ...] arrays, padding rows (svds sum 0) dropped."""
+    latents = arrays.pop('latents')
+    if latents.ndim not in (2, 3):
+        raise ValueError(f"{path}: 'latents' must be [N, z_dim] or [num_batches, batch, z_dim], got {latents.shape}")
+    lead = latents.shape[:-1]
+    rows = int(np.prod(lead))
+    flat = {}
+    for name, value in dict(arrays, latents=latents).items():
+        if name == 'labels' and value.size == 0:
+            continue
+        if value.ndim != latents.ndim or value.shape[:-1] != lead:
+            raise ValueError(f"{path}: '{name}' has shape {value.shape}, but 'latents' has {latents.shape}; the "
+                             f'arrays of a bank must have one row per latent')
+        flat[name] = value.reshape(rows, value.shape[-1])
+    keep = np.ones([rows], dtype=bool)
+    if 'svds' in flat:
+        keep = flat['svds'].sum(axis=1, dtype=np.float64) != 0  # Their rule: rows of zero singular values are padding.
+    dropped = int(rows - keep.sum())
+    flat = {name: value[keep] for name, value in flat.items()}
+    meta = dict(source='external', source_file=os.path.basename(os.fspath(path)), dropped_zero_rows=dropped)
+    try:
+        return LatentBank(flat.pop('latents'), flat.pop('labels', None), meta=meta, **flat)
+    except ValueError as err:
+        raise FileFormatError(f'{path}: {_first_line(err)}') from None
+
+
+def _read_meta(path, array):
+    """The JSON object of a bank's ``meta`` array (a 0-d string)."""
+    if array.ndim != 0 or array.dtype.kind != 'U':
+        raise FileFormatError(f"{path}: the bank's 'meta' must be one JSON string, got a {array.dtype} array of "
+                              f'shape {array.shape}')
+    try:
+        meta = json.loads(str(array[()]))
+    except ValueError as err:
+        raise FileFormatError(f"{path}: the bank's 'meta' is not valid JSON ({_first_line(err)})") from None
+    if not isinstance(meta, dict):
+        raise FileFormatError(f"{path}: the bank's 'meta' must be a JSON object, got a JSON {type(meta).__name__}")
+    if not isinstance(meta.get('versions', {}), dict) or not isinstance(meta.get('extras', {}), dict):
+        raise FileFormatError(f"{path}: the bank's 'meta' has 'versions' or 'extras' that are not JSON objects")
+    return meta
 
 
 def concatenate(banks, meta=None):

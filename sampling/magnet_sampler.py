@@ -14,9 +14,9 @@ import numpy as np
 from sampling import latents, polarity, volume
 
 
-def load_bank(path):
-    """Read a bank with ``svds`` (ours or the authors'; all-zero padding rows are dropped on load)."""
-    bank = latents.LatentBank.load(path)
+def load_bank(path, c_dim=None):
+    """Read a bank with ``svds`` (ours, an authors' file or their per-class files): :func:`sampling.latents.load_bank`."""
+    bank = latents.load_bank(path, c_dim=c_dim)
     if 'svds' not in bank:
         raise ValueError(f"{path} has no 'svds' array: it is not a volume bank (make one with compute_volume_scalars.py)")
     if bank['svds'].ndim != 2 or len(bank) == 0:

@@ -39,8 +39,9 @@ Samplers (defaults in brackets):
     from ``compute_volume_scalars.py`` or the MaGNET authors' files; a ``log_volume`` array is used if there is
     no ``svds``): probabilities ``softmax(rho * sum_{i<=top_k} log(sigma_i + eps))``. ``replace=1`` draws with
     replacement (the paper's Algorithm 1, exact), ``replace=0`` without (the authors' demo). For a conditional
-    bank with ``per_class=1`` the probabilities are normalised within each class and the classes get equal
-    counts (the authors' convention). Draws come from ``numpy.random.default_rng(seed)``.
+    bank with ``per_class=1`` the probabilities are normalised within each class and the classes present in
+    the bank get equal counts (the authors' convention). PATH may also be a folder of the MaGNET authors'
+    per-class files (:func:`sampling.latents.load_bank`). Draws come from ``numpy.random.default_rng(seed)``.
 ``bank`` [path=PATH, or the path as the only value]
     The first ``num`` latents (and labels) of a latent bank, in order, e.g. a hub bank from
     ``generate_hubness.py``. The bank must hold at least ``num`` latents.
@@ -65,6 +66,7 @@ import numpy as np
 import torch
 
 from sampling import latents as latent_utils
+from sampling.synthesis import has_mapping
 
 __all__ = ['SamplerSpecError', 'Term', 'Spec', 'parse', 'build', 'Sampler', 'derive_seed']
 
@@ -435,6 +437,9 @@ class HubnessSource:
                  progress=False):
         if k > (batch if count_self else batch - 1):
             raise SamplerSpecError(f'hubness: k={k} is too large for batch={batch}')
+        if space == 'w' and not has_mapping(G):
+            raise SamplerSpecError(f'hubness: space=w needs a mapping network, and this {type(G).__name__} has '
+                                   'none: use space=z')
         self.G, self.device = G, device
         self.k, self.t, self.space, self.batch = k, t, space, batch
         self.count_self, self.max_batches = count_self, max_batches
@@ -479,9 +484,11 @@ class HubnessSource:
 
 def _load_bank(path, G, network_sha256):
     try:
-        bank = latent_utils.LatentBank.load(path)
+        bank = latent_utils.load_bank(path, c_dim=G.c_dim)
     except FileNotFoundError:
         raise SamplerSpecError(f'latent bank not found: {path}') from None
+    except latent_utils.FileFormatError as err:
+        raise SamplerSpecError(f'latent bank {err}') from None
     except (OSError, ValueError) as err:
         raise SamplerSpecError(f'cannot read latent bank {path}: {str(err).splitlines()[0]}') from None
     try:
@@ -528,8 +535,9 @@ class PolaritySource:
         from sampling import polarity
 
         rng = np.random.default_rng(seed)
-        if self.per_class:
-            counts = polarity.split_counts(num, [1 / self.bank.c_dim] * self.bank.c_dim)
+        if self.per_class:  # Equal counts for the classes the bank has (per-class files may cover a few).
+            present = np.unique(self.bank.labels.argmax(axis=1)).tolist()
+            counts = dict(zip(present, polarity.split_counts(num, [1 / len(present)] * len(present))))
             idx = polarity.resample_per_class(self.log_w, self.bank.labels, counts, rng, replace=self.replace)
         elif self.replace:
             idx = polarity.resample_with_replacement(self.log_w, num, rng)

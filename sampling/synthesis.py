@@ -1,7 +1,28 @@
-"""Batched image synthesis from latents, independent of the command line."""
+"""Batched image synthesis from latents, independent of the command line.
+
+The generator face
+------------------
+Every network this toolkit samples has ``z_dim``, ``c_dim``, ``img_resolution``, ``img_channels`` and
+``G(z, c, truncation_psi=1, truncation_cutoff=None, noise_mode='const') -> [B, C, H, W]`` in about [-1, 1].
+StyleGAN2/3 also split into ``G.mapping(z, c, truncation_psi, truncation_cutoff) -> ws [B, num_ws, w_dim]``
+and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN, NVAE) are sampled through
+``G(...)`` alone, and what needs W (hub scores in W, the 'style' volume space, ``--projected-w``) says so.
+"""
 
 import numpy as np
 import torch
+
+
+def has_mapping(G):
+    """Whether ``G`` has a mapping network ``G.mapping`` (z -> ws), as StyleGAN does."""
+    return callable(getattr(G, 'mapping', None))
+
+
+def require_mapping(G, what):
+    """Raise a one-line ValueError when ``what`` (e.g. "hub scores in W") needs a mapping network."""
+    if not has_mapping(G):
+        raise ValueError(f'{what} needs a generator with a mapping network (z -> W), and this '
+                         f'{type(G).__name__} has none: use the latent space z instead')
 
 
 def make_transform(translate=(0, 0), angle=0):
@@ -16,7 +37,7 @@ def make_transform(translate=(0, 0), angle=0):
 
 def set_input_transform(G, translate=(0, 0), angle=0):
     """Write the inverse of ``make_transform`` into a StyleGAN3 generator; no effect on other networks."""
-    synthesis_input = getattr(G.synthesis, 'input', None)
+    synthesis_input = getattr(getattr(G, 'synthesis', None), 'input', None)
     if synthesis_input is None or not hasattr(synthesis_input, 'transform'):
         return False
     m = np.linalg.inv(make_transform(translate, angle))
@@ -42,7 +63,7 @@ def uses_cpu_blocks(G, device, batch_size, exact_nvlabs=False):
 
 def is_stylegan2(G):
     """Whether ``G`` (ours or NVlabs' code) is a StyleGAN2-family generator built of synthesis blocks."""
-    return hasattr(getattr(G, 'synthesis', None), 'block_resolutions')
+    return hasattr(G, 'mapping') and hasattr(getattr(G, 'synthesis', None), 'block_resolutions')
 
 
 def _cpu_synthesis(synthesis, ws, **block_kwargs):
@@ -88,6 +109,7 @@ def synthesize(G, z=None, c=None, ws=None, truncation_psi=1, truncation_cutoff=N
         stop = min(start + batch_size, num)
         cpu_blocks = uses_cpu_blocks(G, device, stop - start, exact_nvlabs)
         if ws is not None:
+            require_mapping(G, 'synthesis from W vectors')
             batch_ws = torch.as_tensor(np.asarray(ws[start:stop]) if not torch.is_tensor(ws) else ws[start:stop])
             batch_ws = batch_ws.to(device, torch.float32)
             img = (_cpu_synthesis(G.synthesis, batch_ws, noise_mode=noise_mode) if cpu_blocks else
@@ -114,3 +136,26 @@ def _batch_labels(G, c, start, stop, device):
     if c.shape[0] == 1:
         return c.expand(stop - start, -1)
     return c[start:stop]
+
+
+def load_projected_w(path, num_ws, w_dim):
+    """The ``w`` array [N, num_ws, w_dim] of a projector's ``.npz`` (NVlabs' projected_w.npz), as float32.
+
+    Raises :class:`sampling.latents.FileFormatError` (one line naming the file) for anything else: not a
+    readable ``.npz``, no ``w``, another shape, or values that are not finite (they would render black images).
+    """
+    from sampling.latents import FileFormatError, read_npz
+
+    arrays = read_npz(path, what='projected-W file')
+    if 'w' not in arrays:
+        raise FileFormatError(f"{path} has no array 'w' (it has: {', '.join(sorted(arrays)) or 'nothing'}); "
+                              f"save the W vectors as numpy.savez(path, w=ws)")
+    ws = arrays['w']
+    if ws.dtype.kind not in 'fiu' or ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim) or len(ws) == 0:
+        raise FileFormatError(f'{path}: w is a {ws.dtype} array of shape {list(ws.shape)}, expected numbers of '
+                              f'shape [N >= 1, {num_ws}, {w_dim}] for this network')
+    ws = ws.astype(np.float32)
+    if not np.isfinite(ws).all():
+        bad = int((~np.isfinite(ws)).any(axis=(1, 2)).sum())
+        raise FileFormatError(f'{path}: {bad} of the {len(ws)} W vectors hold NaN or infinite values')
+    return ws

@@ -478,6 +478,12 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
     # torch.func every direction carries a [out, in, k, k] weight tangent and a grouped convolution; unfused,
     # the weights stay shared and the styles scale activations. The same function to rounding (about 1e-6
     # on images in [-1, 1]), with JVPs and VJPs about 2-3x cheaper on CPU.
+    from sampling.synthesis import has_mapping, require_mapping
+    if not has_mapping(G):
+        if space == 'style':
+            require_mapping(G, "the 'style' space")
+        return _whole_generator_fn(G, space, labels, truncation_psi, noise_mode, resize, embedder)
+
     synthesis_kwargs = dict(noise_mode=noise_mode)
     if _synthesis_layers_take(G, 'fused_modconv'):
         synthesis_kwargs['fused_modconv'] = False
@@ -490,18 +496,34 @@ def make_space_fn(G, space, c=None, truncation_psi=1, noise_mode='const', resize
         ws = G.mapping(z, labels(z), truncation_psi=truncation_psi, truncation_cutoff=None)
         if space == 'style':
             return ws[:, 0]
-        img = G.synthesis(ws, **synthesis_kwargs)
-        if space == 'pixel':
-            return img if resize is None else _resize(img, resize)
-        x = (img * 127.5 + 128).clamp(0, 255)
-        if x.shape[1] == 1:
-            x = x.repeat([1, 3, 1, 1])
-        feats = embedder(x)
-        return feats.reshape(feats.shape[0], -1)
+        return _image_to_space(G.synthesis(ws, **synthesis_kwargs), space, resize, embedder)
 
     f.z_dim = int(G.z_dim)
     f.space = space
     f.normalizes_z = bool(getattr(G, 'normalizes_z', True))
+    return f
+
+
+def _image_to_space(img, space, resize, embedder):
+    if space == 'pixel':
+        return img if resize is None else _resize(img, resize)
+    x = (img * 127.5 + 128).clamp(0, 255)
+    if x.shape[1] == 1:
+        x = x.repeat([1, 3, 1, 1])
+    feats = embedder(x)
+    return feats.reshape(feats.shape[0], -1)
+
+
+def _whole_generator_fn(G, space, labels, truncation_psi, noise_mode, resize, embedder):
+    """``make_space_fn`` for a generator without a mapping network: z -> ``G(z, c, ...)`` -> space."""
+    def f(z):
+        img = G(z, labels(z), truncation_psi=truncation_psi, noise_mode=noise_mode)
+        return _image_to_space(img, space, resize, embedder)
+
+    f.z_dim = int(G.z_dim)
+    f.space = space
+    # Only a generator that says so has a null direction in z (StyleGAN's normalisation of z).
+    f.normalizes_z = bool(getattr(G, 'normalizes_z', False))
     return f
 
 #----------------------------------------------------------------------------

@@ -270,9 +270,11 @@ class VolumeJob:
         todo = store.pending(chunks.chunks_for_shard(self.num_chunks, *shard))
         total = sum(self.chunk_rows(i)[1] - self.chunk_rows(i)[0] for i in todo)
         with tqdm(total=total, unit='latent', desc='Singular values', disable=not progress, smoothing=0.1) as bar:
-            for index in todo:
-                store.write(index, self.compute_chunk(index, progress=bar.update))
-        return todo
+            def advance(num):
+                bar.update(num)
+                store.heartbeat()
+            # Claims let identical runs and retried SLURM tasks share the chunks (see ChunkStore).
+            return store.run(lambda index: self.compute_chunk(index, progress=advance), todo, progress=False)
 
     def merge(self, outdir, command=None):
         """Join the finished chunks into ``outdir/volumes.npz`` (atomically) and return the bank.

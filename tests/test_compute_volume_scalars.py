@@ -189,7 +189,7 @@ def test_kill_and_resume_equal_single_run(nets, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    done = sorted(p for p in os.listdir(resumed / 'chunks') if p.startswith('chunk-'))
+    done = sorted(p for p in os.listdir(resumed / 'chunks') if p.startswith('chunk-') and p.endswith('.npz'))
     assert 1 <= len(done) < 30, 'the run was not interrupted'
     assert not (resumed / 'volumes.npz').exists()
     stamps = {p: os.stat(resumed / 'chunks' / p) for p in done}

@@ -152,6 +152,34 @@ def test_authors_layout_one_hot_per_class_and_class(setup, tmp_path):
     assert np.all(sel['labels'].argmax(axis=1) == 1) and np.all(classes[sel['bank_index'][:2]] == 1)
 
 
+def test_authors_per_class_files_3d(setup, tmp_path):
+    """The authors' BigGAN layout: one file per class, {class}_{name}.npz, 3-D [num_batches, batch, ...]."""
+    path, G = setup[0]['cond']
+    rs = np.random.RandomState(4)
+    folder = tmp_path / 'banks'
+    folder.mkdir()
+    z_by_class = {}
+    for class_idx, name in ((0, 'tench'), (2, 'goldfish')):
+        svds = np.sort(rs.uniform(0.5, 2, [2, 3, 10]), axis=2)[..., ::-1]   # 2 batches of 3, K = 10
+        z = rs.randn(2, 3, Z_DIM)
+        svds[1, 2] = 0                                                      # padding row, dropped
+        _authors_bank(folder / f'{class_idx}_{name}.npz', svds, z, np.array([]))
+        z_by_class[class_idx] = z.reshape(6, Z_DIM)[:5].astype(np.float32)
+
+    for bank_args, out in ((['--bank', folder], 'folder'),
+                           (['--bank', folder / '2_goldfish.npz', '--bank', folder / '0_tench.npz'], 'files')):
+        result = _run('--network', path, *bank_args, '--num', 6, '--per-class', '--top-k', 10, '--seed', 1,
+                      '--outdir', tmp_path / out)
+        assert result.exit_code == 0, result.output
+        assert 'Dropped 2 all-zero rows' in result.output
+        sel, info = _selection(tmp_path / out)
+        classes = sel['labels'].argmax(axis=1)
+        assert sorted(classes.tolist()) == [0, 0, 0, 2, 2, 2] and info['num_candidates'] == 10
+        for row, class_idx in zip(sel['latents'], classes):   # Each latent carries the class of its file.
+            assert any(np.array_equal(row, k) for k in z_by_class[class_idx])
+        assert isinstance(info['bank'], list) and len(info['bank']) == len(info['bank_sha256']) == 2
+
+
 def test_reproducible_with_seed(setup, tmp_path):
     (path, _), bank_path = setup[0]['uncond'], setup[1]
     args = ['--network', path, '--bank', bank_path, '--num', 6, '--rho', 0, '--mix', 0.5]

@@ -202,13 +202,17 @@ def test_write_images_resumes_with_identical_files(G, tmp_path):
     full, part = tmp_path / 'full', tmp_path / 'part'
     paths = hs.write_images(G, bank, str(full), batch_size=3, progress=False)
     assert [os.path.basename(p) for p in paths] == [f'hub{i:06d}.png' for i in range(7)]
-    # Interrupted run: only some images exist (one a placeholder that must not be rewritten).
+    # Interrupted run: only some images exist; a complete image already there is not rewritten (here another
+    # hub's image stands in for it), a damaged one (truncated, or not a PNG) is rendered again.
     hs.write_images(G, bank, str(part), batch_size=3, progress=False)
     for i in (1, 4, 5, 6):
         os.remove(part / f'hub{i:06d}.png')
-    (part / 'hub000002.png').write_bytes(b'keep me')
+    stand_in = (full / 'hub000000.png').read_bytes()
+    (part / 'hub000002.png').write_bytes(stand_in)
+    (part / 'hub000003.png').write_bytes((full / 'hub000003.png').read_bytes()[:-20])
+    (part / 'hub000000.png').write_bytes(b'not a png at all, but long enough to be read')
     hs.write_images(G, bank, str(part), batch_size=3, progress=False)
-    assert (part / 'hub000002.png').read_bytes() == b'keep me'
+    assert (part / 'hub000002.png').read_bytes() == stand_in
     for i in (0, 1, 3, 4, 5, 6):
         assert (part / f'hub{i:06d}.png').read_bytes() == (full / f'hub{i:06d}.png').read_bytes()
 

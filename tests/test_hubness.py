@@ -21,8 +21,9 @@ from sampling.hubness import hubness_stats, k_nearest_neighbors, k_occurrence
 
 def reference_neighbors(x, k, count_self=False):
     d = cdist(np.asarray(x, dtype=np.float64), np.asarray(x, dtype=np.float64), 'sqeuclidean')
-    # Self is the first neighbour (authors) or no neighbour at all (textbook).
-    np.fill_diagonal(d, -1.0 if count_self else np.inf)
+    # Self is a neighbour at distance 0 (authors: the k-NN graph of X queried with X; identical rows of smaller
+    # index rank before it) or no neighbour at all (textbook).
+    np.fill_diagonal(d, 0.0 if count_self else np.inf)
     return np.argsort(d, axis=1, kind='stable')[:, :k]  # Stable: equal distances keep index order.
 
 
@@ -55,6 +56,32 @@ def test_authors_convention_is_one_plus_textbook_with_k_minus_one():
     x = np.random.RandomState(1).randn(400, 32)
     assert np.array_equal(k_occurrence(x, 5, count_self=True), 1 + k_occurrence(x, 4))
     assert np.array_equal(k_occurrence(x, 1, count_self=True), np.ones(400))
+
+
+@pytest.mark.parametrize('k', [1, 2, 3, 5])
+def test_authors_convention_with_repeated_rows(k):
+    # Groups of 1 to 6 identical rows, shuffled: a point with at least k twins of smaller index is not in its own
+    # list (its slots go to those twins), so its count can be 0, as in the authors' graph.
+    rs = np.random.RandomState(20 + k)
+    base = rs.randn(40, 8).astype(np.float32)
+    x = np.repeat(base, rs.randint(1, 7, size=40), axis=0)
+    x = x[rs.permutation(len(x))]
+    expected = np.zeros(len(x), dtype=np.int64)
+    for i in range(len(x)):  # Brute force: k smallest (distance, index) over all points, itself included.
+        dist = ((x.astype(np.float64) - x[i].astype(np.float64)) ** 2).sum(axis=1)
+        for j in np.lexsort((np.arange(len(x)), dist))[:k]:
+            expected[j] += 1
+    counts = k_occurrence(x, k, count_self=True, block_size=32)
+    assert np.array_equal(counts.numpy(), expected)
+    assert int(counts.sum()) == len(x) * k
+    twins_before = np.array([sum(np.array_equal(x[j], x[i]) for j in range(i)) for i in range(len(x))])
+    # Nobody lists such a point: any list reaching its group takes the group's k smallest indices first.
+    assert (twins_before >= k).any() and np.all(expected[twins_before >= k] == 0)
+    # Without k twins anywhere it is the usual 1 + N_{k-1}.
+    unique = np.unique(x, axis=0)
+    if k > 1:
+        assert np.array_equal(k_occurrence(unique, k, count_self=True), 1 + k_occurrence(unique, k - 1))
+    assert np.array_equal(counts.numpy(), reference_counts(x, k, True))
 
 
 def test_block_size_does_not_matter():
@@ -249,6 +276,14 @@ def test_hubness_stats_hand_example():
     assert stats['num_hubs'] == 1 and stats['num_antihubs'] == 2 and stats['max'] == 3
     assert stats['hub_ratio'] == pytest.approx(0.25) and stats['num_above_threshold'] == 1
     assert stats['skewness'] == pytest.approx(scipy.stats.skew([0, 0, 3, 1], bias=True))
+
+
+def test_hubness_stats_hub_rule_strict_or_as_scikit_hubness_computes_it():
+    counts = np.array([10, 11, 9, 0, 10, 0])  # k = 5: 2k = 10
+    strict, inclusive = hubness_stats(counts, k=5), hubness_stats(counts, k=5, inclusive=True)
+    assert strict['num_hubs'] == 1 and strict['hub_occurrence'] == pytest.approx(11 / 40)
+    assert inclusive['num_hubs'] == 3 and inclusive['hub_occurrence'] == pytest.approx(31 / 40)
+    assert strict['num_antihubs'] == inclusive['num_antihubs'] == 2
 
 
 def test_hubness_stats_on_scores():

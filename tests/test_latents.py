@@ -157,6 +157,100 @@ def test_load_magnet_authors_file_drops_zero_rows(tmp_path, with_labels):
     assert np.array_equal(bank.labels, labels[keep] if with_labels else np.zeros([6, 0]))
 
 
+# The MaGNET authors' files, written as their volume script does: np.stack of per-batch arrays, the last
+# batch padded with rows whose singular values are all zero; labels stacked likewise, or an empty array.
+
+def _authors_batches(seed, num_batches=3, batch=4, k=5, z_dim=6, padding=2, c_dim=0):
+    rs = np.random.RandomState(seed)
+    svds = [np.sort(rs.uniform(0.1, 2, [batch, k]), axis=1)[:, ::-1].astype(np.float32) for _ in range(num_batches)]
+    z = [rs.randn(batch, z_dim).astype(np.float32) for _ in range(num_batches)]
+    svds[-1][batch - padding:] = 0
+    z[-1][batch - padding:] = rs.randn(padding, z_dim)  # Padding latents need not be zero: svds decide.
+    labels = [L.one_hot(rs.randint(c_dim, size=batch), c_dim) for _ in range(num_batches)] if c_dim else None
+    return svds, z, labels
+
+
+def _write_authors_file(path, svds, z, labels=None, stack=True):
+    join = np.stack if stack else np.concatenate
+    np.savez(path, svds=join(svds), latents=join(z), labels=join(labels) if labels else np.array([]))
+
+
+def _expected_rows(svds, z, labels=None):
+    """Their Colab, row by row: every row of every batch, in order, unless its svds sum to zero."""
+    rows = [(s, v, None if labels is None else c)
+            for b in range(len(svds)) for s, v, c in zip(svds[b], z[b], labels[b] if labels else [None] * len(z[b]))
+            if float(np.sum(s, dtype=np.float64)) != 0]
+    return (np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+            None if labels is None else np.array([r[2] for r in rows]))
+
+
+@pytest.mark.parametrize('stack', [True, False], ids=['3d', '2d'])
+@pytest.mark.parametrize('c_dim', [0, 3])
+def test_authors_file_layouts(tmp_path, stack, c_dim):
+    svds, z, labels = _authors_batches(4, c_dim=c_dim)
+    _write_authors_file(tmp_path / 'vol.npz', svds, z, labels, stack=stack)
+    with np.load(tmp_path / 'vol.npz') as data:
+        assert data['latents'].ndim == (3 if stack else 2)
+    bank = L.load_bank(str(tmp_path / 'vol.npz'))
+    want_svds, want_z, want_labels = _expected_rows(svds, z, labels)
+    assert len(bank) == 10 and bank.meta['dropped_zero_rows'] == 2 and bank.meta['source'] == 'external'
+    assert np.array_equal(bank['svds'], want_svds) and np.array_equal(bank.latents, want_z)
+    assert bank.c_dim == c_dim and (c_dim == 0 or np.array_equal(bank.labels, want_labels))
+    assert LatentBank.load(tmp_path / 'vol.npz').equals(bank)  # One reader behind both entry points.
+
+
+def test_authors_files_per_class_folder_and_list(tmp_path):
+    folder = tmp_path / 'biggan'
+    folder.mkdir()
+    parts = {}
+    for class_idx, name, seed in ((933, 'cheeseburger', 1), (1, 'goldfish', 2), (207, 'golden_retriever', 3),
+                                  (22, 'bald_eagle', 4)):
+        svds, z, _ = _authors_batches(seed, padding=class_idx % 3)
+        _write_authors_file(folder / f'{class_idx}_{name}.npz', svds, z)
+        parts[f'{class_idx}_{name}.npz'] = (class_idx, *_expected_rows(svds, z)[:2])
+    order = sorted(parts, key=lambda f: parts[f][0])  # In class order, however the files are given.
+    want_svds = np.concatenate([parts[f][1] for f in order])
+    want_z = np.concatenate([parts[f][2] for f in order])
+    want_classes = np.concatenate([np.full(len(parts[f][1]), parts[f][0]) for f in order])
+
+    from_folder = L.load_bank(folder, c_dim=1000)
+    from_list = L.load_bank([str(folder / f) for f in reversed(order)], c_dim=1000)
+    for bank in (from_folder, from_list):
+        assert bank.c_dim == 1000 and np.array_equal(bank.labels.argmax(axis=1), want_classes)
+        assert np.array_equal(bank.labels.sum(axis=1), np.ones(len(bank)))
+        assert np.array_equal(bank.latents, want_z) and np.array_equal(bank['svds'], want_svds)
+        assert bank.meta['dropped_zero_rows'] == 0 + 1 + 0 + 1 and bank.meta['classes'] == [1, 22, 207, 933]
+    assert L.load_bank(folder).c_dim == 934  # Without the network's c_dim: the largest class + 1.
+    # A single per-class file for a conditional network is that class; for an unconditional one, unlabelled.
+    assert np.all(L.load_bank(folder / '207_golden_retriever.npz', c_dim=1000).labels.argmax(axis=1) == 207)
+    assert L.load_bank(folder / '207_golden_retriever.npz').c_dim == 0
+
+
+@pytest.mark.parametrize('problem', ['not_class_file', 'duplicate', 'class_too_large', 'wrong_labels', 'empty_folder'])
+def test_authors_per_class_files_refused(tmp_path, problem):
+    svds, z, _ = _authors_batches(0)
+    _write_authors_file(tmp_path / '3_cat.npz', svds, z)
+    files, expected = [tmp_path / '3_cat.npz'], None
+    if problem == 'not_class_file':
+        _write_authors_file(tmp_path / 'cat.npz', svds, z)
+        files, expected = [tmp_path], r'\{class_index\}_\{name\}\.npz'
+    elif problem == 'duplicate':
+        (tmp_path / 'x').mkdir()
+        _write_authors_file(tmp_path / 'x' / '3_kitten.npz', svds, z)
+        files.append(tmp_path / 'x' / '3_kitten.npz')
+        expected = 'same class index'
+    elif problem == 'class_too_large':
+        files, expected = [tmp_path], 'class 3, but the network has 3 classes'
+    elif problem == 'wrong_labels':
+        _write_authors_file(tmp_path / '0_dog.npz', svds, z, [L.one_hot(np.full(4, 1), 4)] * len(z))
+        files, expected = [tmp_path], 'not all class 0'
+    elif problem == 'empty_folder':
+        (tmp_path / 'empty').mkdir()
+        files, expected = [tmp_path / 'empty'], 'without .npz'
+    with pytest.raises(ValueError, match=expected):
+        L.load_bank(files, c_dim=3 if problem == 'class_too_large' else 4)
+
+
 def test_check_compatible():
     bank = _bank()
     L.check_compatible(bank, network_sha256='ab' * 32, z_dim=4, c_dim=0)

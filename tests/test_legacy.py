@@ -226,6 +226,19 @@ def test_safe_and_code_modes_agree(tmp_path, fresh_caches, compat, c_dim):
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_protocol_3_snapshot_loads_safely(tmp_path):
+    """Python 3.7 (StyleGAN2-ADA's) pickles with protocol 3, which stores each module's set as builtins.set."""
+    G, D, G_ema = _make_nets('ada', 0)
+    data = dict(training_set_kwargs=None, G=G, D=D, G_ema=G_ema, augment_pipe=None)
+    raw = pickle.dumps({k: (copy.deepcopy(v).eval().requires_grad_(False) if v is not None and k != 'training_set_kwargs'
+                            else v) for k, v in data.items()}, protocol=3)
+    assert b'builtins' in raw and b'set' in raw
+    path = tmp_path / 'py37.pkl'
+    path.write_bytes(raw)
+    safe = _load(path)
+    assert torch.equal(_gen(safe['G_ema']), _gen(G_ema))
+
+
 def test_nvlabs_fixture_through_a_snapshot(fixtures_dir, tmp_path):
     with np.load(os.path.join(fixtures_dir, 'sg2ada_tiny_state.npz')) as ref:
         ref = {key: ref[key] for key in ref.files}
@@ -509,8 +522,12 @@ def test_bad_input(tmp_path, kind, allow_code):
 
 
 def test_force_fp16(tmp_path):
-    G, D, G_ema = _make_nets('ada', 0)
-    G_ema = networks.Generator(**dict(G_ema.init_kwargs, synthesis_kwargs=dict(channel_base=128, channel_max=16)))
+    # Seeded: the float16 error bound below holds for these weights, not for whatever the global generator holds
+    # after other tests.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        G, D, G_ema = _make_nets('ada', 0)
+        G_ema = networks.Generator(**dict(G_ema.init_kwargs, synthesis_kwargs=dict(channel_base=128, channel_max=16)))
     G_ema = _perturb_(G_ema, seed=3).eval()
     path = tmp_path / 'snap.pkl'
     legacy.save_network_pkl(path, G=G, D=D, G_ema=G_ema)
@@ -555,7 +572,7 @@ def test_huge_constructor_arguments_are_refused_before_allocating():
     def inflate(path, meta):
         if path == 'G_ema':
             kwargs = dict(meta['state']['_init_kwargs'])
-            kwargs['w_dim'] = 1 << 24  # A 2^24 x 2^24 mapping layer: 1 PiB if it were allocated.
+            kwargs['w_dim'] = 1 << 14  # Within the argument ranges, but 16384 x 16384 mapping layers: 1 GiB each.
             meta['state']['_init_kwargs'] = kwargs
         return meta
 

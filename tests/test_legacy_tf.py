@@ -94,7 +94,14 @@ def _tf_modulated(prefix, layer, flip=False):
     return out
 
 
-def _tf_generator_state(G, kwargs):
+# Build functions as each TF repository names them (what tells the flavours apart).
+_FUNCS = dict(
+    sg2=dict(G='G_main', mapping='G_mapping', synthesis='G_synthesis_stylegan2', D='D_stylegan2'),
+    ada=dict(G='G_main', mapping='G_mapping', synthesis='G_synthesis', D='D_main'),
+)
+
+
+def _tf_generator_state(G, kwargs, flavour='sg2'):
     mapping = [var for i in range(G.mapping.num_layers) for var in _tf_dense(f'Dense{i}', getattr(G.mapping, f'fc{i}'))]
     if G.c_dim > 0:
         mapping += _tf_dense('LabelEmbed', G.mapping.embed)
@@ -116,14 +123,16 @@ def _tf_generator_state(G, kwargs):
         if hasattr(block, 'skip'):
             synthesis += _tf_conv(f'{scope}/Skip', block.skip, flip=True)
 
+    funcs = _FUNCS[flavour]
     components = dict(
-        mapping=_tf_state('G_mapping', 'G_mapping', dict(kwargs, dlatent_broadcast=G.num_ws), mapping),
-        synthesis=_tf_state('G_synthesis', 'G_synthesis_stylegan2', kwargs, noise + synthesis),
+        mapping=_tf_state('G_mapping', f'training.networks.{funcs["mapping"]}',
+                          dict(kwargs, dlatent_broadcast=G.num_ws), mapping),
+        synthesis=_tf_state('G_synthesis', f'training.networks.{funcs["synthesis"]}', kwargs, noise + synthesis),
     )
-    return _tf_state('G', 'G_main', kwargs, [('dlatent_avg', G.mapping.w_avg)], components)
+    return _tf_state('G', f'training.networks.{funcs["G"]}', kwargs, [('dlatent_avg', G.mapping.w_avg)], components)
 
 
-def _tf_discriminator_state(D, kwargs):
+def _tf_discriminator_state(D, kwargs, flavour='sg2'):
     variables = []
     for res in D.block_resolutions:
         block = getattr(D, f'b{res}')
@@ -137,7 +146,7 @@ def _tf_discriminator_state(D, kwargs):
         variables += _tf_dense('LabelEmbed', D.mapping.embed)
         variables += [var for i in range(D.mapping.num_layers)
                       for var in _tf_dense(f'Mapping{i}', getattr(D.mapping, f'fc{i}'))]
-    return _tf_state('D', 'D_stylegan2', kwargs, variables)
+    return _tf_state('D', f'training.networks.{_FUNCS[flavour]["D"]}', kwargs, variables)
 
 # ----------------------------------------------------------------------------
 # Tiny reference networks and the TF arguments that describe them.
@@ -184,9 +193,38 @@ def _case(conditional):
     return g_tf, d_tf, make_G(1), make_G(2), _perturb(D, 4)
 
 
-def _states(case):
+def _ada_case(conditional):
+    """As _case, for NVlabs' TF StyleGAN2-ADA: float16 blocks, conv_clamp, its mapping arguments, and no
+    architecture argument (the defaults: G 'skip', D 'resnet'), as its train.py passes them."""
+    c_dim = 4 if conditional else 0
+    g_tf = dict(latent_size=16, dlatent_size=16, label_size=c_dim, resolution=16, num_channels=3, fmap_base=128,
+                fmap_max=32, mapping_layers=2, mapping_lrmul=0.02, num_fp16_res=1, conv_clamp=256)
+    d_tf = dict(label_size=c_dim, resolution=16, num_channels=3, fmap_base=128, fmap_max=32, num_fp16_res=1,
+                conv_clamp=256, mbstd_group_size=2)
+    if conditional:
+        d_tf.update(mapping_layers=1)
+
+    def make_G(seed):
+        torch.manual_seed(seed)
+        G = Generator(z_dim=16, c_dim=c_dim, w_dim=16, img_resolution=16, img_channels=3,
+                      mapping_kwargs=dict(num_layers=2, lr_multiplier=0.02, w_avg_beta=0.995),
+                      synthesis_kwargs=dict(channel_base=256, channel_max=32, architecture='skip', num_fp16_res=1,
+                                            conv_clamp=256),
+                      compat='ada')
+        return _perturb(G, seed)
+
+    torch.manual_seed(5)
+    D = Discriminator(c_dim=c_dim, img_resolution=16, img_channels=3, architecture='resnet', channel_base=256,
+                      channel_max=32, num_fp16_res=1, conv_clamp=256,
+                      mapping_kwargs=dict(num_layers=1 if conditional else 0, lr_multiplier=0.1),
+                      epilogue_kwargs=dict(mbstd_group_size=2), compat='ada')
+    return g_tf, d_tf, make_G(6), make_G(7), _perturb(D, 8)
+
+
+def _states(case, flavour='sg2'):
     g_tf, d_tf, G, Gs, D = case
-    return _tf_generator_state(G, g_tf), _tf_discriminator_state(D, d_tf), _tf_generator_state(Gs, g_tf)
+    return (_tf_generator_state(G, g_tf, flavour), _tf_discriminator_state(D, d_tf, flavour),
+            _tf_generator_state(Gs, g_tf, flavour))
 
 
 @pytest.fixture(scope='module', params=[False, True], ids=['uncond', 'cond'])
@@ -239,6 +277,40 @@ def test_tf_pickle_converts_to_same_networks(case, tmp_path):
     legacy.save_network_pkl(path, G=data['G'], D=data['D'], G_ema=data['G_ema'])
     with open(path, 'rb') as f:
         _assert_same_networks(legacy.load_network_pkl(f), case, keys=('G_ema', 'D'))
+
+
+@pytest.mark.parametrize('conditional', [False, True], ids=['uncond', 'cond'])
+def test_stylegan2_ada_tf_pickle_converts(conditional):
+    case = _ada_case(conditional)
+    G_state, D_state, Gs_state = _states(case, 'ada')
+    names = [name for name, _value in Gs_state['components']['mapping']['variables']]
+    assert ('LabelEmbed/weight' in names) == conditional and not any('lod' in name for name in names)
+    assert any(name.startswith('Mapping0/') for name, _value in D_state['variables']) == conditional
+    data = legacy.load_network_pkl(io.BytesIO(_tf_pickle(G_state, D_state, Gs_state)))
+    _assert_same_networks(data, case)
+    G, D = data['G_ema'], data['D']
+    assert G.synthesis.b16.architecture == 'skip' and D.b16.architecture == 'resnet'  # defaults when absent
+    assert [G.synthesis.b16.use_fp16, G.synthesis.b8.use_fp16] == [True, False]
+    assert G.synthesis.b16.conv1.conv_clamp == 256 and D.b16.conv1.conv_clamp == 256 and D.b16.use_fp16
+    assert G.mapping.fc1.weight_gain == pytest.approx(0.02 / np.sqrt(16))  # mapping_lrmul read
+
+
+@pytest.mark.parametrize('funcs, flavour', [
+    (dict(G='G_style', D='D_basic'), 'StyleGAN1'),
+    (dict(D='D_basic'), 'StyleGAN1'),
+    (dict(G='G_paper', D='D_paper'), 'ProGAN'),
+    (dict(synthesis='G_fancy'), 'unknown TF network (build function G_fancy)'),
+])
+def test_other_tf_flavours_are_refused(funcs, flavour):
+    G_state, D_state, Gs_state = copy.deepcopy(_states(_ada_case(conditional=False), 'ada'))
+    for state in (G_state, Gs_state):
+        state['build_func_name'] = f'training.networks.{funcs.get("G", "G_main")}'
+        state['components']['synthesis']['build_func_name'] = funcs.get('synthesis', 'G_synthesis')
+    D_state['build_func_name'] = funcs.get('D', 'D_main')
+    with pytest.raises(legacy.NetworkLoadError) as info:
+        legacy.load_network_pkl(io.BytesIO(_tf_pickle(G_state, D_state, Gs_state)))
+    message = str(info.value)
+    assert flavour in message and 'StyleGAN2-ADA' in message and '\n' not in message, message
 
 
 def _run_convert(*args):
@@ -337,7 +409,7 @@ def _malform(kind):
         return states, ['synthesis/32x32/Conv1/weight']
     if kind == 'stylegan1_func':
         G['build_func_name'] = 'G_style'
-        return states, ['StyleGAN1/ProGAN']
+        return states, ['StyleGAN1', 'G_style']
     if kind == 'stylegan1_lod':
         _add_lod_variable(states)
         return states, ['StyleGAN1/ProGAN', 'ToRGB_lod0']

@@ -16,22 +16,23 @@ def _dists(a, b):
     return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1))
 
 
-def _brute_force(real, gen, k, hub_k, t):
-    # Hubs: k-occurrence among the other points of the same set (self excluded) > t.
-    # Radii: each hub's k-NN radius in its whole set. Probes: the other set's hubs.
+def _brute_force(real, gen, k, hub_k, t, count_self=True):
+    # Hubs, the authors' way (count_self): each point's top-(hub_k + 1) list, itself included (distance 0
+    # comes first), and a hub occurs in more than t lists. The other rule: top-hub_k lists of the other
+    # points only, more than t. Radii: each hub's k-NN radius in its whole set. Probes: the other set's hubs.
     real = np.asarray(real, dtype=np.float64)
     gen = np.asarray(gen, dtype=np.float64)
 
     def hubs_and_radii(x):
         d = _dists(x, x)
-        np.fill_diagonal(d, np.inf)
-        order = np.argsort(d, axis=1, kind='stable')
+        lists = np.argsort(d, axis=1, kind='stable')[:, :hub_k + 1] if count_self else \
+            np.argsort(np.where(np.eye(len(x), dtype=bool), np.inf, d), axis=1, kind='stable')[:, :hub_k]
         counts = np.zeros(len(x), dtype=int)
-        for row in order[:, :hub_k]:
+        for row in lists:
             for j in row:
                 counts[j] += 1
         hubs = np.flatnonzero(counts > t)
-        radii = np.sort(d[hubs], axis=1)[:, k - 1]  # k-th other neighbour = (k+1)-th with self
+        radii = np.sort(d[hubs], axis=1)[:, k]  # k-th other neighbour = (k+1)-th with self (distance 0)
         return hubs, radii
 
     real_hubs, real_radii = hubs_and_radii(real)
@@ -49,13 +50,26 @@ def feats():
     return real, gen
 
 
+@pytest.mark.parametrize('count_self', [True, False])
 @pytest.mark.parametrize('hub_k,t', [(3, 3), (5, 6)])
-def test_exact_mode_matches_brute_force(feats, hub_k, t):
+def test_exact_mode_matches_brute_force(feats, hub_k, t, count_self):
     real, gen = feats
-    ref_p, ref_r, _, _ = _brute_force(real, gen, 3, hub_k, t)
+    ref_p, ref_r, _, _ = _brute_force(real, gen, 3, hub_k, t, count_self)
     assert 0.05 < ref_p < 1 and 0.05 < ref_r < 1
-    got = efficient_precision_recall_from_features(real, gen, nhood_size=3, hub_k=hub_k, hub_threshold=t, fp16=False)
+    got = efficient_precision_recall_from_features(real, gen, nhood_size=3, hub_k=hub_k, hub_threshold=t,
+                                                   count_self=count_self, fp16=False)
     assert got == (ref_p, ref_r)
+
+
+def test_authors_hub_rule_is_the_default_and_one_step_looser(feats):
+    real, _ = feats
+    x = torch.from_numpy(real)
+    default, authors, strict = hub_indices(x), hub_indices(x, count_self=True), hub_indices(x, count_self=False)
+    assert torch.equal(default, authors)
+    assert set(strict.tolist()) < set(authors.tolist())  # N_3 > 3 is a strict subset of N_3 >= 3 here.
+    assert torch.equal(strict, hub_indices(x, threshold=4, count_self=True))  # N_3 > 3 is N_3 >= 4.
+    _, _, real_hubs, _ = _brute_force(real, real, 3, 3, 3, count_self=True)
+    assert authors.tolist() == real_hubs.tolist()
 
 
 def test_with_error_reports_both_metrics(feats):
@@ -67,6 +81,8 @@ def test_with_error_reports_both_metrics(feats):
     assert (out['full_precision'], out['full_recall']) == (full_p, full_r)
     assert out['precision_error'] == pytest.approx(ref_p - full_p)
     assert out['recall_error'] == pytest.approx(ref_r - full_r)
+    assert out['precision_rel_error'] == pytest.approx((ref_p - full_p) / full_p)
+    assert out['recall_rel_error'] == pytest.approx((ref_r - full_r) / full_r)
     assert (out['num_real_hubs'], out['num_gen_hubs']) == (len(real_hubs), len(gen_hubs))
     assert 0 < len(real_hubs) < len(real) and 0 < len(gen_hubs) < len(gen)
 

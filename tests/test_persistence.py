@@ -343,7 +343,7 @@ def test_other_format_versions_are_refused():
         def __reduce__(self):
             return (persistence._reconstruct_persistent_obj, (meta,))
 
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match='reads version 6, the file has version 5'):
         pickle.loads(pickle.dumps(Wrong()))
 
 

@@ -221,6 +221,19 @@ def test_polarity_per_class_gives_equal_class_counts(tmp_path):
     assert sampler.source.effective_sample_size() == pytest.approx(expected, rel=1e-9)
 
 
+def test_polarity_reads_the_authors_per_class_folder(tmp_path):
+    # Their BigGAN layout: {class}_{name}.npz, 3-D [num_batches, batch, ...], labels from the file name.
+    rs = np.random.RandomState(2)
+    for class_idx in (0, 2):
+        svds = np.exp(rs.randn(2, 5, 3))
+        svds[1, 4] = 0  # padding row
+        np.savez(tmp_path / f'{class_idx}_thing.npz', svds=svds, latents=rs.randn(2, 5, 6), labels=np.array([]))
+    sampler = samplers.build(f'polarity:bank={tmp_path}', FakeG(c_dim=3))
+    assert len(sampler.source.bank) == 18 and sampler.source.bank.meta['dropped_zero_rows'] == 2
+    _, c, _ = sampler.sample(10, seed=0)
+    assert c.sum(axis=0).tolist() == [5, 0, 5]
+
+
 def test_bank_problems_are_clear(tmp_path):
     G = FakeG()
     with pytest.raises(SamplerSpecError, match='latent bank not found'):

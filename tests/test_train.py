@@ -232,11 +232,13 @@ def test_smoke_run_outputs(smoke_run, digits16):
 
 
 def test_resume_continues_from_snapshot(smoke_run, tmp_path):
-    # A snapshot name sets the image counter: 7 kimg.
+    # A snapshot without our training state (NVlabs' layout only): its name sets the image counter, 7 kimg.
     snapshot = str(tmp_path / 'network-snapshot-000007.pkl')
-    shutil.copy(os.path.join(smoke_run, 'network-snapshot-000000.pkl'), snapshot)
-    with open(snapshot, 'rb') as f:
+    with open(os.path.join(smoke_run, 'network-snapshot-000000.pkl'), 'rb') as f:
         before = legacy.load_network_pkl(f)
+    assert before['training_state']['cur_nimg'] == 400   # The last of the smoke run's snapshots (all below 1 kimg).
+    legacy.save_network_pkl(snapshot, G=before['G'], D=before['D'], G_ema=before['G_ema'],
+                            training_set_kwargs=before['training_set_kwargs'])
     with open(os.path.join(smoke_run, 'training_options.json')) as f:
         options = json.load(f)
 
@@ -262,6 +264,58 @@ def test_resume_continues_from_snapshot(smoke_run, tmp_path):
         expected = (g.double() + e0.double()) / 2
         assert torch.allclose(e1.double(), expected, rtol=1e-6, atol=1e-7), key
     assert not torch.equal(before['G_ema'].mapping.fc0.weight, after['G_ema'].mapping.fc0.weight)
+
+
+def test_killed_run_continues_in_place_exactly(digits16, tmp_path, monkeypatch):
+    """Killed after its tick-4 snapshot, a run re-run with the same arguments continues in its own folder and
+    ends with networks equal bit for bit to those of an uninterrupted run (CPU, no data workers)."""
+    args = ['--data', digits16, '--kimg', '0.384', '--tick', '0.064', '--snap', '2', '--gamma', '1', '--pl-weight', '2',
+            '--style-mix', '0.5', '--cond', '1', '--mirror', '1', '--workers', '0'] + TINY_CLI
+    whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
+    assert CliRunner().invoke(train.main, ['--outdir', whole] + args).exit_code == 0
+
+    append = tl._append_jsonl
+
+    def dies_at_tick_5(path, summary, timing):
+        if timing['Progress/tick'] == 5:
+            raise KeyboardInterrupt   # As a kill would: after the tick-4 snapshot, tick 5's work is lost.
+        append(path, summary, timing)
+
+    monkeypatch.setattr(tl, '_append_jsonl', dies_at_tick_5)
+    assert CliRunner().invoke(train.main, ['--outdir', killed] + args).exit_code != 0
+    monkeypatch.setattr(tl, '_append_jsonl', append)
+    (run_name,) = os.listdir(killed)
+    run_dir = os.path.join(killed, run_name)
+    assert [s['Progress/tick']['mean'] for s in _read_jsonl(os.path.join(run_dir, 'stats.jsonl'))] == [0, 1, 2, 3, 4]
+
+    result = CliRunner().invoke(train.main, ['--outdir', killed] + args)
+    assert result.exit_code == 0, result.output
+    assert f'Continuing {run_dir}' in result.output and 'Resumed exactly at 0.272 kimg, tick 5' in result.output
+    assert os.listdir(killed) == [run_name]
+    stats = _read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    assert [s['Progress/tick']['mean'] for s in stats] == [0, 1, 2, 3, 4, 5, 6]
+    assert [s['Progress/kimg']['mean'] for s in stats] == \
+        [s['Progress/kimg']['mean'] for s in _read_jsonl(os.path.join(whole, os.listdir(whole)[0], 'stats.jsonl'))]
+
+    def final(outdir):
+        (name,) = os.listdir(outdir)
+        with open(os.path.join(outdir, name, 'network-snapshot-000000.pkl'), 'rb') as f:
+            return legacy.load_network_pkl(f)
+
+    a, b = final(whole), final(killed)
+    assert a['training_state']['cur_nimg'] == b['training_state']['cur_nimg'] == 384
+    for name in ('G', 'D', 'G_ema'):
+        for (key, p), q in zip(a[name].state_dict().items(), b[name].state_dict().values()):
+            assert torch.equal(p, q), f'{name}.{key}'
+
+    # A finished run is not continued; a longer --kimg continues it; other options never do.
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        options = json.load(f)
+    desc = run_name.split('-', 1)[1]
+    assert tl.find_resumable_run(killed, desc, options) is None
+    assert tl.find_resumable_run(killed, desc, dict(options, total_kimg=1)) == (
+        run_dir, os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    assert tl.find_resumable_run(killed, desc, dict(options, total_kimg=1, random_seed=1)) is None
 
 
 def test_same_seed_same_result(digits16, tmp_path):

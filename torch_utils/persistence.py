@@ -102,7 +102,9 @@ def _reconstruct_persistent_obj(meta):
         meta = hook(meta)
         assert meta is not None
 
-    assert meta.version == _version, f'unsupported persistence format version {meta.version}'
+    if meta.version != _version:  # A ValueError, not an assert: loaders report it as a bad file, in one line.
+        raise ValueError(f'unsupported persistence format: this code reads version {_version}, the file has '
+                         f'version {meta.version!r}')
     module = _src_to_module(meta.module_src)
 
     assert meta.type == 'class'

@@ -32,6 +32,9 @@ class DatasetError(ValueError, IOError):
     """The dataset cannot be used; the message is one line saying what is wrong and what to do."""
 
 
+_MAX_LABELS_BYTES = 1 << 30  # dataset.json of ImageNet's 1.28M labels is ~60 MB; a zip may declare anything.
+
+
 class Dataset(torch.utils.data.Dataset):
     """Base class: NVlabs' indexing (subset, mirroring, one-hot labels) over raw images and labels.
 
@@ -254,6 +257,11 @@ class ImageFolderDataset(Dataset):
             self._zipfile_pid = os.getpid()
         return self._zipfile
 
+    def _file_size(self, fname):
+        if self._type == 'dir':
+            return os.path.getsize(os.path.join(self._path, fname))
+        return self._get_zipfile().getinfo(fname).file_size
+
     def _open_file(self, fname):
         if self._type == 'dir':
             return open(os.path.join(self._path, fname), 'rb')
@@ -294,10 +302,13 @@ class ImageFolderDataset(Dataset):
         fname = 'dataset.json'
         if fname not in self._all_fnames:
             return None
+        if self._file_size(fname) > _MAX_LABELS_BYTES:
+            raise DatasetError(f'{self._path}: dataset.json is larger than {_MAX_LABELS_BYTES >> 20} MiB; '
+                               'that is not a label file')
         try:
             with self._open_file(fname) as f:
                 labels = json.load(f)['labels']
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise DatasetError(f'{self._path}: dataset.json is not of the form {{"labels": [[name, label], ...]}}') from None
         if labels is None:
             return None
@@ -315,6 +326,61 @@ class ImageFolderDataset(Dataset):
         if labels.ndim == 2 and np.issubdtype(labels.dtype, np.number):
             return labels.astype(np.float32)
         raise DatasetError(f'{self._path}: dataset.json labels must be class indices or equal-length lists of numbers')
+
+# ----------------------------------------------------------------------------
+
+# Dataset descriptions from files (NVlabs' ``training_set_kwargs`` in a network snapshot) are data: they
+# may name our dataset class and give its plain options, and are never imported or called by name.
+
+DATASET_CLASS_NAME = 'training.dataset.ImageFolderDataset'
+_OPTION_TYPES = {  # Option -> (accepted types, whether None is allowed)
+    'path':         ((str,), False),
+    'resolution':   ((int, np.integer), True),
+    'use_labels':   ((bool, np.bool_, int, np.integer), False),
+    'max_size':     ((int, np.integer), True),
+    'xflip':        ((bool, np.bool_, int, np.integer), False),
+    'random_seed':  ((int, np.integer), False),
+}
+
+
+def check_dataset_kwargs(kwargs, source):
+    """``kwargs`` (e.g. a snapshot's training_set_kwargs) as an EasyDict for :func:`open_dataset`, or DatasetError.
+
+    Only our ImageFolderDataset and its plain options are admitted, with their key order kept (the repr
+    of these kwargs names NVlabs' statistics cache). ``source`` names where they came from, for the message.
+    """
+    if not isinstance(kwargs, dict):
+        raise DatasetError(f'{source} records a dataset description that is a {type(kwargs).__name__}, not a dict; '
+                           'pass --data DIR|ZIP')
+    class_name = kwargs.get('class_name', DATASET_CLASS_NAME)
+    if class_name != DATASET_CLASS_NAME:
+        shown = class_name if isinstance(class_name, str) else type(class_name).__name__
+        raise DatasetError(f'{source} records dataset class {shown[:100]!r}; safe loading only opens '
+                           f'{DATASET_CLASS_NAME} and never imports a class a file names: pass --data DIR|ZIP')
+    out = dnnlib.EasyDict()
+    for key, value in kwargs.items():
+        if key == 'class_name':
+            out[key] = value
+            continue
+        if key not in _OPTION_TYPES:
+            raise DatasetError(f'{source} records dataset option {str(key)[:100]!r}, which {DATASET_CLASS_NAME} '
+                               'does not take: pass --data DIR|ZIP')
+        types, nullable = _OPTION_TYPES[key]
+        if not (isinstance(value, types) or (nullable and value is None)):
+            raise DatasetError(f'{source} records dataset option {key} = {str(value)[:100]!r}, which is not a '
+                               f'{types[0].__name__}: pass --data DIR|ZIP')
+        out[key] = value
+    if 'path' not in out:
+        raise DatasetError(f'{source} records a dataset without a path: pass --data DIR|ZIP')
+    out.setdefault('class_name', DATASET_CLASS_NAME)
+    return out
+
+
+def open_dataset(class_name=DATASET_CLASS_NAME, **options):
+    """Open ``ImageFolderDataset(**options)`` from dataset kwargs, without importing ``class_name``."""
+    kwargs = check_dataset_kwargs(dict(class_name=class_name, **options), 'the dataset description')
+    kwargs.pop('class_name')
+    return ImageFolderDataset(**kwargs)
 
 # ----------------------------------------------------------------------------
 

@@ -20,10 +20,16 @@ exponential moving average G_ema whose half-life is ``ema_kimg`` thousand images
 up over the first images: half-life <= ``ema_rampup`` * images seen).
 
 Resuming (``resume_pkl``) loads G, D and G_ema from a snapshot with the safe loader and copies their
-weights into the networks built from ``G_kwargs`` / ``D_kwargs`` (names and shapes must match). The
-image counter continues from ``resume_kimg``, which defaults to the number in the snapshot's file
-name (``network-snapshot-000120.pkl`` -> 120 kimg; 0 for other names). The optimiser moments and
-the data order start afresh, as in NVlabs' code (snapshots do not store them).
+weights into the networks built from ``G_kwargs`` / ``D_kwargs`` (names and shapes must match). Our
+snapshots also hold a ``training_state`` entry (NVlabs' code ignores it): the exact image count, tick
+and minibatch index, both optimisers' state (Adam moments and step counts), the random generators
+(torch, numpy) and the position in the data order, and the path-length mean. Resuming from such a
+snapshot continues the run exactly: on CPU with num_workers=0 the resumed run's networks equal those of
+an uninterrupted run bit for bit (tests/test_train.py); the learning rates and betas are those of the
+resuming options. From a snapshot without it (NVlabs' own), the image counter continues from
+``resume_kimg``, which defaults to the number in the file name (``network-snapshot-000120.pkl`` -> 120
+kimg; 0 for other names), and the optimiser moments and the data order start afresh, as in NVlabs' code.
+:func:`find_resumable_run` finds the run folder a re-run with the same options continues in place.
 
 On CPU with ``data_loader_kwargs`` num_workers=0 a run is deterministic for a given ``random_seed``.
 """
@@ -40,6 +46,7 @@ import torch
 import dnnlib
 import legacy
 from sampling import images as image_utils
+from training.dataset import open_dataset
 
 # ----------------------------------------------------------------------------
 
@@ -51,17 +58,23 @@ class ResumeError(ValueError):
 class InfiniteSampler(torch.utils.data.Sampler):
     """Endless stream of dataset indices: a fresh seeded permutation for every pass over the data."""
 
-    def __init__(self, dataset, shuffle=True, seed=0):
+    def __init__(self, dataset, shuffle=True, seed=0, start=0):
         assert len(dataset) > 0
         self.num_items = len(dataset)
         self.shuffle = shuffle
         self.seed = seed
+        self.start = int(start)   # Items of the stream already consumed (a resumed run skips them).
 
     def __iter__(self):
         rnd = np.random.RandomState(self.seed)
+        skip = self.start
         while True:
             order = rnd.permutation(self.num_items) if self.shuffle else np.arange(self.num_items)
-            yield from order.tolist()
+            if skip >= self.num_items:
+                skip -= self.num_items
+                continue
+            yield from order[skip:].tolist()
+            skip = 0
 
 
 def lazy_regularization_opt_kwargs(opt_kwargs, reg_interval):
@@ -182,7 +195,7 @@ def training_loop(
     rnd = np.random.RandomState(random_seed)
 
     # Data.
-    training_set = dnnlib.util.construct_class_by_name(**training_set_kwargs)
+    training_set = open_dataset(**training_set_kwargs)  # Our class only, even for kwargs read from a file.
     sampler = InfiniteSampler(training_set, seed=random_seed)
     loader = torch.utils.data.DataLoader(training_set, sampler=sampler, batch_size=batch_size, **data_loader_kwargs)
     training_set_iterator = iter(loader)
@@ -196,29 +209,43 @@ def training_loop(
     D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval()
     cur_nimg = 0
+    resume_data, state = None, None
+    in_place = resume_pkl is not None and os.path.samefile(os.path.dirname(os.path.abspath(resume_pkl)), run_dir)
     if resume_pkl is not None:
         log(f'Resuming from {resume_pkl}')
-        try:
-            with open(resume_pkl, 'rb') as f:
-                resume_data = legacy.load_network_pkl(f)
-        except (OSError, legacy.NetworkLoadError) as err:
-            raise ResumeError(f'cannot resume from {resume_pkl}: {err}') from None
+        resume_data = _load_snapshot(resume_pkl)
+        state = resume_data.get('training_state')
+        if state is not None and not _usable_state(state):
+            log(f'warning: {resume_pkl} has a training state this code does not read; resuming the weights only')
+            state = None
+        if state is not None:
+            # Continue the data order where the snapshot was taken: a new iterator over the shifted sampler
+            # (any batches the first one prefetched are dropped with it).
+            sampler.start = int(state['data_position'])
+            training_set_iterator = iter(loader)
         for name, module in (('G', G), ('D', D), ('G_ema', G_ema)):
             if resume_data[name] is None:
                 raise ResumeError(f'{resume_pkl} has no {name} network to resume from')
             copy_weights(resume_data[name], module, name, resume_pkl)
-        if resume_kimg is None:
-            resume_kimg = resume_kimg_from_name(resume_pkl)
-        cur_nimg = int(round(resume_kimg * 1000))
+        if resume_kimg is not None:
+            cur_nimg = int(round(resume_kimg * 1000))
+        elif state is not None:
+            cur_nimg = int(state['cur_nimg'])
+        else:
+            cur_nimg = int(round(resume_kimg_from_name(resume_pkl) * 1000))
     log(f'Parameters: G {_num_params(G):,}, D {_num_params(D):,}')
 
     # Optimisation phases: a main phase every minibatch, a regularisation phase every reg_interval.
     loss = dnnlib.util.construct_class_by_name(G=G, D=D, device=device, **loss_kwargs)
     phases = []
+    optimizers = {}
     for name, module, opt_kwargs, reg_interval in (('G', G, G_opt_kwargs, G_reg_interval),
                                                    ('D', D, D_opt_kwargs, D_reg_interval)):
         opt = dnnlib.util.construct_class_by_name(params=module.parameters(),
                                                   **lazy_regularization_opt_kwargs(opt_kwargs, reg_interval))
+        if state is not None:
+            _load_optimizer_state(opt, state['optimizers'][name], resume_pkl, name)
+        optimizers[name] = opt
         if reg_interval is None:
             phases.append(dnnlib.EasyDict(name=name + 'both', module=module, opt=opt, interval=1))
         else:
@@ -230,21 +257,33 @@ def training_loop(
         side = int(np.clip(512 // training_set.resolution, 4, 16))
         grid_size = (side, side)
     grid_z, grid_c = _grid_latents(training_set, G.z_dim, grid_size[0] * grid_size[1], device)
-    if image_snapshot_ticks is not None:
+    if image_snapshot_ticks is not None and not (in_place and os.path.exists(os.path.join(run_dir, 'fakes_init.png'))):
         reals = [training_set[int(idx)][0] for idx in
                  rnd.choice(len(training_set), size=len(grid_z), replace=len(grid_z) > len(training_set))]
         _save_grid(os.path.join(run_dir, 'reals.png'), np.stack(reals).transpose(0, 2, 3, 1), grid_size)
         _save_grid(os.path.join(run_dir, 'fakes_init.png'), _generate(G_ema, grid_z, grid_c), grid_size)
 
     # Train.
-    log(f'Training for {total_kimg} kimg on {device}...')
     cur_tick = 0
     batch_idx = 0
+    if state is not None:
+        cur_tick, batch_idx = int(state['cur_tick']), int(state['batch_idx'])
+        _restore_random_state(state, rnd, device)
+        loss.pl_mean.copy_(state['pl_mean'].to(device))
+        log(f'Resumed exactly at {cur_nimg / 1000:.3f} kimg, tick {cur_tick} (optimiser state, random generators '
+            f'and data position restored)')
+        if in_place:
+            _trim_stats(os.path.join(run_dir, 'stats.jsonl'), cur_tick)
+    if cur_nimg >= total_kimg * 1000:
+        log(f'Already at {cur_nimg / 1000:.3f} kimg, the requested length is {total_kimg} kimg: nothing to train')
+        return dnnlib.EasyDict(cur_nimg=cur_nimg, snapshot_pkl=resume_pkl)
+    log(f'Training for {total_kimg} kimg on {device}...')
     tick_start_nimg = cur_nimg
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
     tick_stats = {}
     snapshot_pkl = None
+    batch_idx_since_start = 0
     while True:
         real_img, real_c = next(training_set_iterator)
         real_img = real_img.to(device).to(torch.float32) / 127.5 - 1
@@ -270,6 +309,7 @@ def training_loop(
         update_ema(G_ema, G, ema_beta(batch_size, ema_kimg, cur_nimg, ema_rampup))
         cur_nimg += batch_size
         batch_idx += 1
+        batch_idx_since_start += 1
 
         # A tick ends after the first minibatch, then every kimg_per_tick thousand images.
         done = cur_nimg >= total_kimg * 1000
@@ -301,8 +341,13 @@ def training_loop(
             _save_grid(os.path.join(run_dir, f'fakes{kimg_name}.png'), _generate(G_ema, grid_z, grid_c), grid_size)
         if done or (network_snapshot_ticks is not None and cur_tick % network_snapshot_ticks == 0):
             snapshot_pkl = os.path.join(run_dir, f'network-snapshot-{kimg_name}.pkl')
+            snapshot_state = _training_state(
+                cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx,
+                data_position=sampler.start + batch_idx_since_start * batch_size, optimizers=optimizers, rnd=rnd,
+                pl_mean=loss.pl_mean, device=device)
             legacy.save_network_pkl(snapshot_pkl, G=G, D=D, G_ema=G_ema,
-                                    training_set_kwargs=dnnlib.EasyDict(training_set_kwargs))
+                                    training_set_kwargs=dnnlib.EasyDict(training_set_kwargs),
+                                    extra=dict(training_state=snapshot_state))
 
         cur_tick += 1
         tick_start_nimg = cur_nimg
@@ -316,6 +361,140 @@ def training_loop(
     return dnnlib.EasyDict(cur_nimg=cur_nimg, snapshot_pkl=snapshot_pkl)
 
 # ----------------------------------------------------------------------------
+
+
+def _load_snapshot(path):
+    try:
+        with open(path, 'rb') as f:
+            return legacy.load_network_pkl(f)
+    except (OSError, legacy.NetworkLoadError) as err:
+        raise ResumeError(f'cannot resume from {path}: {err}') from None
+
+
+TRAINING_STATE_FORMAT = 1
+
+
+def _cpu_copy(value):
+    """Tensors inside nested dicts/lists moved to the CPU and detached (a snapshot holds CPU tensors)."""
+    if torch.is_tensor(value):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+def _numpy_rng_state(get_state):
+    """A numpy MT19937 state (``RandomState.get_state`` or ``np.random.get_state``) as bytes and numbers."""
+    _, keys, pos, has_gauss, cached_gaussian = get_state()
+    return [keys.astype('<u4').tobytes(), int(pos), int(has_gauss), float(cached_gaussian)]
+
+
+def _set_numpy_rng_state(set_state, saved):
+    keys, pos, has_gauss, cached_gaussian = saved
+    set_state(('MT19937', np.frombuffer(keys, dtype='<u4').astype(np.uint32), pos, has_gauss, cached_gaussian))
+
+
+def _training_state(cur_nimg, cur_tick, batch_idx, data_position, optimizers, rnd, pl_mean, device):
+    """What continues a run exactly, stored in the snapshot as ``training_state``.
+
+    Plain data only: numbers, bytes (the random generators' states) and the optimisers' tensors, which have
+    the dtypes of the parameters they belong to, so a safe loader that checks a network's tensors reads it.
+    """
+    return dict(
+        format=TRAINING_STATE_FORMAT, cur_nimg=int(cur_nimg), cur_tick=int(cur_tick), batch_idx=int(batch_idx),
+        data_position=int(data_position),
+        optimizers={name: _cpu_copy(opt.state_dict()) for name, opt in optimizers.items()},
+        torch_rng=torch.get_rng_state().numpy().tobytes(),
+        cuda_rng=torch.cuda.get_rng_state(device).numpy().tobytes() if device.type == 'cuda' else None,
+        numpy_rng=_numpy_rng_state(rnd.get_state), numpy_global_rng=_numpy_rng_state(np.random.get_state),
+        pl_mean=pl_mean.detach().cpu().clone())
+
+
+def _usable_state(state):
+    keys = ('cur_nimg', 'cur_tick', 'batch_idx', 'data_position', 'optimizers', 'torch_rng', 'numpy_rng',
+            'numpy_global_rng', 'pl_mean')
+    return (isinstance(state, dict) and state.get('format') == TRAINING_STATE_FORMAT and all(k in state for k in keys)
+            and isinstance(state['optimizers'], dict) and {'G', 'D'} <= set(state['optimizers']))
+
+
+def _load_optimizer_state(opt, saved, path, name):
+    """Restore Adam's moments and step counts; keep this run's learning rate, betas and eps."""
+    hyper = [{k: v for k, v in group.items() if k != 'params'} for group in opt.param_groups]
+    try:
+        opt.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ResumeError(f'{path}: the {name} optimiser state does not fit this run ({err}); train with the '
+                          'options the snapshot was made with') from None
+    for group, values in zip(opt.param_groups, hyper):
+        group.update(values)
+
+
+def _restore_random_state(state, rnd, device):
+    def as_tensor(data):
+        return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    torch.set_rng_state(as_tensor(state['torch_rng']))
+    if device.type == 'cuda' and state.get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(as_tensor(state['cuda_rng']), device)
+    _set_numpy_rng_state(rnd.set_state, state['numpy_rng'])
+    _set_numpy_rng_state(np.random.set_state, state['numpy_global_rng'])
+
+
+def _trim_stats(path, cur_tick):
+    """Drop the stats lines of ticks after the snapshot a run resumes from (they are trained again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)['Progress/tick']['mean'] < cur_tick:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue   # A line cut short by the kill.
+    with dnnlib.util.atomic_write(path, 'w') as f:
+        f.writelines(keep)
+
+
+def find_resumable_run(outdir, desc, options):
+    """``(run_dir, snapshot)`` of an unfinished run under `outdir` with the same options, or None.
+
+    A run folder ``NNNNN-<desc>`` qualifies when its ``training_options.json`` equals `options` except for
+    what does not change the trained networks (run_dir, resume_pkl/resume_kimg, total_kimg, tick and
+    snapshot intervals, data loader, device) and its latest snapshot holds a ``training_state`` short of
+    `options['total_kimg']`.
+    """
+    ignore = ('run_dir', 'resume_pkl', 'resume_kimg', 'total_kimg', 'kimg_per_tick', 'image_snapshot_ticks',
+              'network_snapshot_ticks', 'data_loader_kwargs', 'device', 'verbose', 'grid_size')
+
+    def comparable(opts):
+        return {k: v for k, v in json.loads(json.dumps(opts, default=str)).items() if k not in ignore}
+
+    if not os.path.isdir(outdir):
+        return None
+    want = comparable(options)
+    runs = sorted((name for name in os.listdir(outdir) if re.fullmatch(r'\d+-' + re.escape(desc), name)), reverse=True)
+    for name in runs:
+        run_dir = os.path.join(outdir, name)
+        try:
+            with open(os.path.join(run_dir, 'training_options.json')) as f:
+                if comparable(json.load(f)) != want:
+                    continue
+        except (OSError, ValueError):
+            continue
+        snapshots = sorted(n for n in os.listdir(run_dir) if re.fullmatch(r'network-snapshot-\d+\.pkl', n))
+        for snapshot in reversed(snapshots):   # The latest readable one.
+            path = os.path.join(run_dir, snapshot)
+            try:
+                state = _load_snapshot(path).get('training_state')
+            except ResumeError:
+                continue
+            if not _usable_state(state) or state['cur_nimg'] >= options['total_kimg'] * 1000:
+                break
+            return run_dir, path
+    return None
 
 
 def _peak_rss_gb():
