@@ -183,6 +183,13 @@ def render(rows, header):
     return '\n'.join(lines)
 
 
+def old_first_line(readme):
+    """The header line of the current table (None without one)."""
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip() if BEGIN in readme else ''
+    first = block.splitlines()[0] if block else ''
+    return first if first.startswith('Measured ') else None
+
+
 def old_rows(readme):
     """Result cells of the current table, by command (kept for benchmarks not rerun)."""
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in readme else ''
@@ -222,8 +229,10 @@ def main(only, threads, readme, no_readme, log_path):
     header = (f'Measured {date} by `python benchmarks/run_all.py` ({(time.time() - start) / 60:.0f} minutes) on '
               f'{machine()}; 1-minute load average {min(loads):.1f}-{max(loads):.1f} while it ran (other jobs shared '
               'the cores): wall times are rough, CPU times steadier. Ranges are over interleaved repeats.')
+    old_header = old_first_line(text)
     if set(names) != set(BENCHMARKS):
-        header += f' This call reran {", ".join(names)}; the other rows are from an earlier run.'
+        rerun = f'Rows {", ".join(names)} rerun {date} (load {min(loads):.1f}-{max(loads):.1f}).'
+        header = f'{old_header} {rerun}' if old_header else f'{header} {rerun} The other rows are from an earlier run.'
     table = render(rows, header)
     if no_readme:
         click.echo(table)
