@@ -169,6 +169,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
 @click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')

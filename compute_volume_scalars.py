@@ -71,6 +71,7 @@ def _load_embedder(path, device, dtype):
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Latents (per class with --class all)')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Batch seed of the latents')

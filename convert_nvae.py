@@ -26,6 +26,7 @@ from training import networks_nvae, nvae_checkpoint
 
 
 @click.command(help=__doc__)
+@cli.threads_option
 @click.option('--source', required=True, metavar='PATH|URL', help='NVAE checkpoint (checkpoint.pt)')
 @click.option('--dest', required=True, metavar='PATH', help='Network pickle to write')
 @click.option('--passes', type=click.IntRange(min=0), default=500, show_default=True,

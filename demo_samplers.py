@@ -133,6 +133,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--data', metavar='ZIP|DIR', help='Real images (default: the training set named in the pickle)')
 @click.option('--detector', default=os.path.join('pretrained', 'mnist_classifier.pt'), show_default=True,

@@ -28,6 +28,7 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
@@ -44,8 +45,11 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
 @click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
+@click.option('--exact-nvlabs', is_flag=True, help="Run NVlabs' forward pass as it is, for bit-level comparisons. By "
+              'default a StyleGAN2 batch on the CPU runs faster: unfused modulated convolutions (fused_modconv=False) '
+              'and large blocks a few images at a time, which rounds differently (uint8 within 1)')
 def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, projected_w, translate, rotate, outdir,
-         batch_size, device, grid, allow_pickle_code):
+         batch_size, device, grid, allow_pickle_code, exact_nvlabs):
     if projected_w is None and seeds is None:
         raise click.UsageError('pass --seeds (or --projected-w)')
     device = cli.resolve_device(device)
@@ -62,7 +66,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, p
         except FileFormatError as err:
             raise cli.UserError(f'--projected-w: {err}') from None
         names = [f'proj{idx:02d}.png' for idx in range(len(ws))]
-        batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size)
+        batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size, exact_nvlabs=exact_nvlabs)
     else:
         label = cli.class_label(G, class_idx, device)
         if truncnorm:
@@ -72,7 +76,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, p
             z = z_from_seeds(seeds, G.z_dim)
         names = [f'seed{seed:04d}.png' for seed in seeds]
         batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                             batch_size=batch_size)
+                             batch_size=batch_size, exact_nvlabs=exact_nvlabs)
 
     cli.prepare_outdir(outdir)
     num_written = images.write_images(batches, names, outdir, grid=grid)

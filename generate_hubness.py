@@ -71,6 +71,7 @@ def _check_class(G, class_idx):
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--outdir', type=click.Path(file_okay=False), default='out/hubness', show_default=True,
               help='Where to save bank, images, report')

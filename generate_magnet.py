@@ -48,6 +48,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
               help='Volume bank (.npz), or the MaGNET authors\' per-class {class}_{name}.npz (a folder, or --bank repeated)')

@@ -37,7 +37,7 @@ class NetworkLoadError(Exception):
         super().__init__(safe_pickle.one_line(message))  # Messages may quote names and values from the file.
 
 
-def load_network_pkl(f, allow_code=False, force_fp16=False):
+def load_network_pkl(f, allow_code=False, force_fp16=False, _only=None):
     """Load a network snapshot from the open binary file ``f``.
 
     Returns a dict with keys ``G``, ``D``, ``G_ema``, ``training_set_kwargs`` and ``augment_pipe``
@@ -54,12 +54,12 @@ def load_network_pkl(f, allow_code=False, force_fp16=False):
         return _load_nvae_checkpoint(f, name)
     token = _max_network_bytes.set(_network_bytes_budget(f))
     try:
-        return _load_network_pkl(f, name, allow_code, force_fp16)
+        return _load_network_pkl(f, name, allow_code, force_fp16, _only)
     finally:
         _max_network_bytes.reset(token)
 
 
-def _load_network_pkl(f, name, allow_code, force_fp16):
+def _load_network_pkl(f, name, allow_code, force_fp16, only=None):
     data = _unpickle(f, name, allow_code)
     keys_found = sorted(map(str, data)) if isinstance(data, dict) else []
 
@@ -75,7 +75,7 @@ def _load_network_pkl(f, name, allow_code, force_fp16):
         raise NetworkLoadError(f'{name} does not contain a network snapshot: expected a dict with G_ema '
                                f'(or a TF-era (G, D, Gs) tuple), found {type(data).__name__}')
     if not allow_code:
-        data = _rebuild_snapshot(data, name)
+        data = _rebuild_snapshot(data, name, only)
 
     if data.get('G_ema') is None:
         found = ', '.join(keys_found) if keys_found else 'none'
@@ -114,7 +114,9 @@ def load_network(network, allow_code=False, device=None, key='G_ema'):
             raise NetworkLoadError(str(err)) from None
     try:
         with dnnlib.util.open_url(network, verbose=False) as f:
-            net = load_network_pkl(f, allow_code=allow_code)[key]
+            # Only the network asked for (and G_ema, which every snapshot must have) is rebuilt: the others would
+            # be built and verified for nothing.
+            net = load_network_pkl(f, allow_code=allow_code, _only={key, 'G_ema'})[key]
     except FileNotFoundError:
         raise NetworkLoadError(f'network pickle not found: {network}') from None
     except IsADirectoryError:
@@ -292,11 +294,13 @@ def _source_kind(obj):
     return None
 
 
-def _rebuild_snapshot(data, name):
+def _rebuild_snapshot(data, name, only=None):
     out = {}
     for key, value in data.items():
         if isinstance(value, _PickledPersistent):
-            if key == 'augment_pipe':
+            if only is not None and key not in only:
+                value = None  # Not asked for: dropped unbuilt (nothing from it runs).
+            elif key == 'augment_pipe':
                 warnings.warn(f'{name}: dropped the augmentation pipeline ({value.class_name}); sampling does not '
                               'use it. Pass --allow-pickle-code (allow_code=True) to load it.', stacklevel=3)
                 value = None
@@ -352,15 +356,80 @@ def _rebuild_network(obj, name, key):
     cls = getattr(module, obj.class_name)
     _check_network_arguments(cls, init_args, init_kwargs, where)
     try:
-        # Built on the meta device: arguments from the file allocate nothing until they are verified.
-        with torch.device('meta'):
+        # Built on the CPU without random initialisation, under an allocation budget set by the
+        # file's own tensors: arguments from the file cannot make us allocate much more than the file holds.
+        # (Building on the meta device would allocate nothing, but meta tensors run torch's Python reference
+        # kernels, whose first call imports torch._dynamo: about a second of every script start.)
+        with _BoundedConstruction(_pickled_bytes(obj), where):
             net = cls(*init_args, **init_kwargs)
+    except NetworkLoadError:
+        raise
     except Exception as err:  # noqa: BLE001 -- any failure means the arguments do not describe our network.
         raise NetworkLoadError(f'{where}: cannot rebuild {obj.class_name} from its pickled arguments '
                                f'({type(err).__name__}: {err})') from None
     _check_network_size(net, where)
     _verify_and_copy(net, obj, key, where)
     return net
+
+
+# Random initialisers become torch.empty: their values are replaced by the pickled tensors, and untouched pages
+# cost nothing.
+_SIZED_FACTORIES = {torch.randn: torch.empty, torch.rand: torch.empty, torch.empty: torch.empty,
+                    torch.zeros: torch.zeros, torch.ones: torch.ones, torch.full: torch.full}
+
+
+def _pickled_bytes(obj):
+    """Bytes of every tensor in a pickled persistent object and its submodules."""
+    total = 0
+    for module in _walk(obj):
+        for kind in ('_parameters', '_buffers'):
+            for tensor in dict(module.state.get(kind, {})).values():
+                if isinstance(tensor, torch.Tensor):
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+class _BoundedConstruction(torch.overrides.TorchFunctionMode):
+    """Run a network constructor cheaply and within a memory budget.
+
+    Random initialisers become torch.empty (their values are replaced by the pickled tensors anyway); every
+    size-taking factory is checked against the budget before it allocates, and every other new tensor is
+    counted after. Exceeding the budget raises NetworkLoadError.
+    """
+
+    def __init__(self, pickled_bytes, where):
+        super().__init__()
+        # The constructor holds each parameter once or twice (e.g. randn(...) / lr_multiplier) plus small buffers.
+        self.budget = 4 * pickled_bytes + (64 << 20)
+        self.used = 0
+        self.where = where
+
+    def _charge(self, nbytes):
+        self.used += nbytes
+        if self.used > self.budget:
+            raise NetworkLoadError(f'{self.where}: its constructor arguments ask for more than '
+                                   f'{self.budget >> 20} MiB, far more than the file\'s own tensors; refusing to '
+                                   'load (pass --allow-pickle-code to run the pickle\'s own code)')
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        factory = _SIZED_FACTORIES.get(func)
+        if factory is not None:
+            kwargs.pop('generator', None)
+            if func is torch.full:
+                size, rest = args[0] if args else kwargs.pop('size'), args[1:]
+            else:
+                size, rest = (args[0] if len(args) == 1 and not isinstance(args[0], int) else args), ()
+                if not args:
+                    size = kwargs.pop('size')
+            numel = int(np.prod([int(n) for n in size], dtype=np.float64)) if len(size) else 1
+            dtype = kwargs.get('dtype') or torch.get_default_dtype()
+            self._charge(numel * torch.empty((), dtype=dtype).element_size())
+            return factory(size, *rest, **kwargs)
+        result = func(*args, **kwargs)
+        if isinstance(result, torch.Tensor) and not any(result is arg for arg in args):
+            self._charge(result.numel() * result.element_size())
+        return result
 
 
 def _sg2_compat(obj):
@@ -1026,7 +1095,14 @@ def _tf_discriminator_source(name):
 # Command line: python legacy.py --source in.pkl --dest out.pkl
 
 
+def _apply_threads(ctx, param, value):
+    from torch_utils.threads import set_threads
+    set_threads(value)
+
+
 @click.command()
+@click.option('--threads', type=click.IntRange(min=1), expose_value=False, callback=_apply_threads,
+              help='CPU threads for torch and BLAS  [default: one per idle core, from the load average]')
 @click.option('--source', help='Network pickle to convert (TF-era StyleGAN2 or ProGAN, StyleGAN2-ADA, StyleGAN3): '
               'path or URL',
               required=True, metavar='PATH')

@@ -37,12 +37,13 @@ import calc_metrics
 import compute_volume_scalars
 from paper_tables import runner
 from paper_tables.tables import TABLES
-from sampling import chunks
+from sampling import chunks, cli
 
 SCRIPTS = {'calc_metrics.py': calc_metrics.main, 'compute_volume_scalars.py': compute_volume_scalars.main}
 
 
 @click.command(help=__doc__)
+@cli.threads_option
 @click.option('--table', 'table_name', type=click.Choice(sorted(TABLES)), required=True, help='Which table')
 @click.option('--network', 'networks', multiple=True, metavar='[KEY=]PATH|URL',
               help='Network of a model of the table (KEY as the table names it; a bare path for one-model tables)')

@@ -150,8 +150,8 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
 @click.option('--aug', default='none', show_default=True, metavar='LIST',
               help="Differentiable augmentation of D's inputs: none, or a comma-separated subset of translation,cutout")
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
-@click.option('--threads', type=click.IntRange(min=1), help="CPU threads for torch [default: torch's]; 1 is often "
-              'fastest on a busy machine')
+@click.option('--threads', type=click.IntRange(min=1), help='CPU threads for torch and BLAS [default: one per idle '
+              'core, from the load average]; 1 is often fastest on a busy machine')
 @click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes [default: 0 on CPU, 3 on GPU]')
 @click.option('--desc', metavar='STR', help='Extra text for the run folder name')
 @click.option('--new-run', is_flag=True, help='Start a new run folder even where a run with the same options could '
@@ -163,9 +163,8 @@ def main(outdir, data, gpus, batch, kimg, tick, snap, resume, resume_kimg, seed,
     if gpus != 1:
         raise click.BadParameter('this trainer runs on one device; use --gpus 1', param_hint='--gpus')
     device = cli.resolve_device(device)
-    if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
+    from torch_utils.threads import set_threads
+    set_threads(threads)
     if workers is None:
         workers = 3 if device.type == 'cuda' else 0
     c, run_desc = build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbase, cmax, map_layers,

@@ -46,6 +46,7 @@ def write_fixture(path, images, labels, indices, seed):
 
 
 @click.command(cls=cli.Command, help=__doc__)
+@cli.threads_option
 @click.option('--data', required=True, metavar='ZIP|DIR', help='Labelled digits (dataset_tool.py --source mnist)')
 @click.option('--out', required=True, metavar='PT', help='Where to write the TorchScript classifier')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True,

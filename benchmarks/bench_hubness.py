@@ -71,24 +71,6 @@ def run_faiss(x, k):
     return np.bincount(idx.ravel(), minlength=x.shape[0])
 
 
-class _CountTileFlops:
-    """Counts the flops of our distance tiles (hubness._tile, on the CPU numpy's BLAS) while active."""
-
-    def __enter__(self):
-        self.flops = 0
-        self._tile = hubness._tile
-
-        def counting_tile(lhs, rhs):
-            self.flops += 2 * lhs.shape[0] * lhs.shape[1] * rhs.shape[0]
-            return self._tile(lhs, rhs)
-
-        hubness._tile = counting_tile
-        return self
-
-    def __exit__(self, *exc):
-        hubness._tile = self._tile
-
-
 def _best_time(fn, repeats):
     fn()  # Warm-up.
     best = float('inf')
@@ -138,22 +120,23 @@ def bench_size(num, dim, k, repeats, rate):
         methods.append(('faiss', run_faiss))
     seconds = {name: float('inf') for name, _ in methods}
     counts = {}
-    flops = 0
+    flops = hubness.distance_gemm_flops(num, dim)
+    cpu_seconds = {name: float('inf') for name, _ in methods}
     for _ in range(repeats):
         for name, fn in methods:
-            with _CountTileFlops() as counter:
-                t0 = time.perf_counter()
-                counts[name] = fn(x, k)
-                elapsed = time.perf_counter() - t0
+            t0, c0 = time.perf_counter(), time.process_time()
+            counts[name] = fn(x, k)
+            elapsed = time.perf_counter() - t0
             seconds[name] = min(seconds[name], elapsed)
-            if name == 'ours':
-                flops = counter.flops
+            cpu_seconds[name] = min(cpu_seconds[name], time.process_time() - c0)
 
     print(f'\nN = {num:,}, d = {dim}, k = {k} (self counted)')
+    result = dict(num=num, dim=dim, k=k, repeats=repeats, seconds=seconds, cpu_seconds=cpu_seconds, same={})
     for name, _ in methods:
-        line = f'  {name:13s} {seconds[name]:8.3f} s'
+        line = f'  {name:13s} {seconds[name]:8.3f} s ({cpu_seconds[name]:.3f} CPU s)'
         if name != 'ours':
             same = int((counts[name] == counts['ours']).sum())
+            result['same'][name] = same
             ratio = seconds[name] / seconds['ours']
             line += f'   {ratio:5.2f}x slower than ours;' if ratio >= 1 else f'   {1 / ratio:5.2f}x faster than ours;'
             line += f' counts equal for {same:,} / {num:,} points'
@@ -164,7 +147,8 @@ def bench_size(num, dim, k, repeats, rate):
     full = 2 * num * num * (dim + 2)
     print(f'  ours: {flops / 1e9:.1f} GFLOP in distance GEMMs ({flops / full:.2f} of a full N x N product), '
           f'{achieved:.1f} GFLOP/s = {achieved / rate:.0%} of the measured matrix-multiply rate ({rate:.1f} GFLOP/s)')
-    return seconds
+    result.update(gflop=flops / 1e9, gflops=achieved, rate=rate)
+    return result
 
 
 def proc_status_bytes(field):
@@ -198,6 +182,7 @@ def bench_memory(num, dim, k, threads):
           f'peak during it {peak / gib:.2f} GiB: ours added at most {added / gib:.2f} GiB')
     print(f'  an N x N float32 distance matrix alone would take {naive / gib:.0f} GiB, {naive / added:.0f}x that '
           f'({elapsed:.0f} s for the run)')
+    return dict(num=num, added_gib=added / gib, naive_gib=naive / gib, seconds=elapsed)
 
 # ----------------------------------------------------------------------------
 # GPU: ours against one full N x N float16 matrix.
@@ -248,17 +233,14 @@ def bench_size_gpu(num, dim, k, repeats, device, cpu_baselines):
                ('full float16', lambda: full_matrix_counts(x, k))]
     seconds = {name: float('inf') for name, _ in methods}
     peak, added, counts = {}, {}, {}
-    flops = 0
+    flops = hubness.distance_gemm_flops(num, dim, device=device)
     for _ in range(repeats):
         for name, fn in methods:
-            with _CountTileFlops() as counter:
-                result, elapsed, peak_bytes, before = time_on_gpu(fn, device)
+            result, elapsed, peak_bytes, before = time_on_gpu(fn, device)
             counts[name] = result.numpy()
             seconds[name] = min(seconds[name], elapsed)
             peak[name] = max(peak.get(name, 0), peak_bytes)
             added[name] = max(added.get(name, 0), peak_bytes - before)
-            if name == 'ours':
-                flops = counter.flops
 
     gib = 1024 ** 3
     print(f'\nN = {num:,}, d = {dim}, k = {k} (self counted), on {device}; X already on the GPU '
@@ -312,7 +294,8 @@ def warm_up_gpu(dim, k, device, num=4096):
               help="'cpu', or 'cuda' / 'cuda:N': ours on the GPU against a full N x N float16 matrix.")
 @click.option('--cpu-baselines', is_flag=True, help='With a CUDA device, also time scikit-learn and faiss on the CPU.')
 @click.option('--memory-child', type=int, default=None, hidden=True)
-def main(quick, sizes, dim, k, repeats, threads, memory_n, device, cpu_baselines, memory_child):
+@click.option('--json', 'json_path', type=click.Path(dir_okay=False), help='Also write the CPU results here')
+def main(quick, sizes, dim, k, repeats, threads, memory_n, device, cpu_baselines, memory_child, json_path):
     """Time exact k-occurrence: ours vs scikit-learn and faiss brute force (CPU), or vs a float16 N x N matrix (GPU)."""
     device = torch.device(device)
     if device.type not in ('cpu', 'cuda'):
@@ -342,10 +325,12 @@ def main(quick, sizes, dim, k, repeats, threads, memory_n, device, cpu_baselines
     rate = max(rates.values())
     print(f'measured matrix-multiply rate (8192 x 512 @ 512 x 8192, float32): torch.mm {rates["torch"]:.1f} GFLOP/s, '
           f'numpy {rates["numpy"]:.1f} GFLOP/s')
-    for num in sizes:
-        bench_size(num, dim, k, repeats, rate)
-    if not quick and memory_n:
-        bench_memory(memory_n, dim, k, threads)
+    results = [bench_size(num, dim, k, repeats, rate) for num in sizes]
+    memory = bench_memory(memory_n, dim, k, threads) if not quick and memory_n else None
+    if json_path:
+        import json
+        with open(json_path, 'w') as f:
+            json.dump(dict(threads=threads, rates=rates, sizes=results, memory=memory), f, indent=1)
 
 
 def main_gpu(sizes, dim, k, repeats, threads, device, cpu_baselines):

@@ -182,7 +182,8 @@ def run_errors(num, dim, data):
 @click.option('--errors', is_flag=True, help='Measure the efficient metric\'s error instead (see the docstring)')
 @click.option('--data', metavar='ZIP', help='With --errors: MNIST dataset (dataset_tool.py output), classifier features')
 @click.option('--worker', type=click.Choice(METHODS), default=None, hidden=True)
-def main(num, dim, device, quick, errors, data, worker):
+@click.option('--json', 'json_path', type=click.Path(dir_okay=False), help='Also write the results here')
+def main(num, dim, device, quick, errors, data, worker, json_path):
     """Compare precision/recall implementations: time, peak memory, agreement."""
     if quick:
         num = min(num, 3000)
@@ -207,6 +208,9 @@ def main(num, dim, device, quick, errors, data, worker):
           f"memory x{eff['extra_rss_mib'] / max(ours['extra_rss_mib'], 1e-9):.2f}")
     print(f"efficient error vs full metric: precision {eff['precision'] - ours['precision']:+.4f}, "
           f"recall {eff['recall'] - ours['recall']:+.4f} (absolute)")
+    if json_path:
+        with open(json_path, 'w') as f:
+            json.dump(dict(num=num, dim=dim, device=device, identical=same, **res), f, indent=1)
 
 
 if __name__ == '__main__':

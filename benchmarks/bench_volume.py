@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sampling import volume  # noqa: E402
+from torch_utils.threads import set_threads  # noqa: E402
 from training.networks_stylegan2 import Generator  # noqa: E402
 
 
@@ -73,13 +74,16 @@ def batched(fn, z, batch):
 @click.option('--space', type=click.Choice(['pixel', 'style']), default='pixel', show_default=True)
 @click.option('--channels', type=int, default=128, show_default=True, help='Feature maps per layer (channel_max)')
 @click.option('--device', default='cpu', show_default=True)
-@click.option('--threads', type=int, default=None, help='torch.set_num_threads (default: torch\'s choice)')
+@click.option('--threads', type=click.IntRange(min=1), default=None, help='CPU threads [default: one per idle core]')
 @click.option('--skip-baselines', is_flag=True, help='Time only our three methods (the per-latent loops are slow)')
 @click.option('--lowrank-sweep', is_flag=True, help="Also time 'lowrank' with small Krylov spaces (see above)")
 @click.option('--quick', is_flag=True, help='Tiny run (8 px, z_dim 32, 32 channels, 3 latents) to check that it works')
-def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_baselines, lowrank_sweep, quick):
-    if threads is not None:
-        torch.set_num_threads(threads)
+@click.option('--repeats', type=click.IntRange(min=1), default=1, show_default=True,
+              help='Interleaved repeats of every method (ranges are printed)')
+@click.option('--json', 'json_path', type=click.Path(dir_okay=False), help='Also write the results here')
+def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_baselines, lowrank_sweep, quick,
+         repeats, json_path):
+    set_threads(threads)
     if quick:
         res, z_dim, num, batch, top_k, channels = 8, 32, 3, 3, 8, 32
     device = torch.device(device)
@@ -106,19 +110,28 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
     }
     if skip_baselines:
         del methods["authors' loop (128 VJPs)"], methods['autograd.functional']
+    cpu_seconds = []
+
     def timed(fn):
         """Seconds per latent of fn() and the top-K log-volumes of its singular values."""
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         svals = fn()
         _sync(device)
+        cpu_seconds.append((time.process_time() - start_cpu) / num)
         return (time.perf_counter() - start) / num, volume.log_volume(svals.cpu(), top_k=top_k).numpy()
 
     volume.jacobian_singular_values(f, z[:1])  # Warm-up (imports of torch.func, kernels).
-    times, logvols = {}, {}
-    for name, fn in methods.items():
-        times[name], logvols[name] = timed(fn)
-        print(f'{name:26s} {times[name]:8.3f} s/latent')
+    all_times, all_cpu, logvols = {name: [] for name in methods}, {name: [] for name in methods}, {}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            seconds, logvols[name] = timed(fn)
+            all_times[name].append(seconds)
+            all_cpu[name].append(cpu_seconds[-1])
+    times = {name: min(values) for name, values in all_times.items()}
+    for name in methods:
+        print(f'{name:26s} {min(all_times[name]):8.3f}-{max(all_times[name]):.3f} s/latent '
+              f'({min(all_cpu[name]):.3f}-{max(all_cpu[name]):.3f} CPU s)')
 
     ref = logvols['ours exact']
     print(f'log-volume spread across latents (exact): {ref.max() - ref.min():.3f} nats')
@@ -141,11 +154,22 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
             print(f'  block {block:2d} x {iters + 1} blocks ({block * (2 * iters + 1):3d} passes): {seconds:.3f} s/latent, '
                   f'{seconds / times["ours projected"]:.2f} of projected, per-latent error '
                   f'{np.abs(diff - diff.mean()).max():.3f} nats')
+    errors = {}
+    for name in methods:
+        diff = logvols[name] - ref
+        errors[name] = dict(offset=float(diff.mean()), error=float(np.abs(diff - diff.mean()).max()))
+    if json_path:
+        import json
+        with open(json_path, 'w') as f:
+            json.dump(dict(res=res, z_dim=z_dim, num=num, batch=batch, channels=channels, top_k=top_k,
+                           threads=torch.get_num_threads(), times=all_times, cpu_times=all_cpu, errors=errors), f, indent=1)
     if skip_baselines:
         return
-    base = times["authors' loop (128 VJPs)"]
+    base = all_times["authors' loop (128 VJPs)"]
     for name in ('ours projected', 'ours exact', 'ours lowrank'):
-        print(f"speed-up of {name} over the authors' loop: {base / times[name]:.2f}x; "
+        # Paired ratios: each repeat ran the methods back to back.
+        ratios = [b / o for b, o in zip(base, all_times[name])]
+        print(f"speed-up of {name} over the authors' loop: {min(ratios):.2f}-{max(ratios):.2f}x; "
               f"over autograd.functional: {times['autograd.functional'] / times[name]:.2f}x")
 
 

@@ -185,6 +185,19 @@ def resolve_device(name):
     return device
 
 
+def _apply_threads(ctx, param, value):
+    from torch_utils.threads import set_threads
+    set_threads(value)
+    return value
+
+
+def threads_option(command):
+    """``--threads N``: torch's and numpy's BLAS threads, applied as the option is parsed (default: from the load)."""
+    return click.option('--threads', type=click.IntRange(min=1), expose_value=False, callback=_apply_threads,
+                        help='CPU threads for torch and BLAS  [default: one per idle core, from the load average]'
+                        )(command)
+
+
 def network_or_default(network):
     """The --network value, or the shipped default network (announced on stderr)."""
     if network is not None:

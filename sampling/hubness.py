@@ -22,7 +22,8 @@ import numpy as np
 import threadpoolctl
 import torch
 
-__all__ = ['k_occurrence', 'k_occurrence_distributed', 'k_nearest_neighbors', 'hubness_stats']
+__all__ = ['k_occurrence', 'k_occurrence_distributed', 'k_nearest_neighbors', 'hubness_stats',
+           'distance_gemm_flops']
 
 # Candidates kept per point beyond k: if float32 rounding blurs the k-th/(k+1)-th boundary, the float64
 # re-check normally settles it among these instead of recomputing the whole row.
@@ -467,6 +468,18 @@ def k_nearest_neighbors(x, k, block_size=None, device=None, backend='torch'):
     x = _as_tensor(x)
     _check_k(x.shape[0], k, count_self=False)
     return _neighbors(x, int(k), block_size=block_size, device=device, backend=backend)
+
+
+def distance_gemm_flops(num, dim, block_size=None, device='cpu'):
+    """Floating-point operations of the float32 distance GEMMs that :func:`k_occurrence` runs on N x d points.
+
+    One [I, d + 2] x [d + 2, J] product per block pair I <= J (the diagonal tiles whole): about
+    (B + 1) / (2B) of a full N x N product for B blocks. For benchmarks: achieved GFLOP/s against the machine's.
+    """
+    device = torch.device(device)
+    block_size = _default_block_size(device, num) if block_size is None else int(block_size)
+    sizes = [min(block_size, num - i0) for i0 in range(0, num, block_size)]
+    return sum(2 * sizes[i] * sizes[j] * (dim + 2) for i in range(len(sizes)) for j in range(i, len(sizes)))
 
 
 def _counts_from_sets(sets, num):

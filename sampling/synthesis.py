@@ -45,28 +45,85 @@ def set_input_transform(G, translate=(0, 0), angle=0):
     return True
 
 
+# On the CPU a block whose activations outgrow the cache runs faster a few samples at a time than as one batch.
+_CPU_BLOCK_BYTES = 16 << 20
+
+
+def uses_cpu_blocks(G, device, batch_size, exact_nvlabs=False):
+    """Whether :func:`synthesize` runs this batch through :func:`_cpu_synthesis` rather than NVlabs' forward pass.
+
+    NVlabs' StyleGAN2 picks the fused modulated convolution (one grouped convolution with per-sample weights)
+    from the training mode and dtype. On the CPU a batch runs faster unfused (activations scaled before and
+    after one shared convolution), and large blocks faster a sample at a time: same mathematics, different
+    float32 rounding (uint8 images within 1). ``exact_nvlabs`` keeps NVlabs' choice, for bit-level comparisons.
+    StyleGAN3 networks have no such choice.
+    """
+    return not exact_nvlabs and torch.device(device).type == 'cpu' and batch_size > 1 and is_stylegan2(G)
+
+
+def is_stylegan2(G):
+    """Whether ``G`` (ours or NVlabs' code) is a StyleGAN2-family generator built of synthesis blocks."""
+    return hasattr(G, 'mapping') and hasattr(getattr(G, 'synthesis', None), 'block_resolutions')
+
+
+def _cpu_synthesis(synthesis, ws, **block_kwargs):
+    """StyleGAN2 synthesis on the CPU, each block in sub-batches whose activations fit the cache.
+
+    The same blocks and arguments as NVlabs' SynthesisNetwork.forward; small blocks run as one unfused batch,
+    large ones a few samples at a time (one sample: NVlabs' fused path, the fastest for a single image).
+    """
+    ws = ws.to(torch.float32)
+    x = img = None
+    w_idx = 0
+    for res in synthesis.block_resolutions:
+        block = getattr(synthesis, f'b{res}')
+        block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+        w_idx += block.num_conv
+        sample_bytes = 4 * block.conv1.weight.shape[0] * res * res
+        step = max(1, _CPU_BLOCK_BYTES // sample_bytes)
+        if step >= len(ws):
+            x, img = block(x, img, block_ws, fused_modconv=False, **block_kwargs)
+            continue
+        parts = [block(None if x is None else x[i:i + step], None if img is None else img[i:i + step],
+                       block_ws[i:i + step], fused_modconv=(step == 1), **block_kwargs)
+                 for i in range(0, len(ws), step)]
+        x = torch.cat([part[0] for part in parts])
+        img = None if parts[0][1] is None else torch.cat([part[1] for part in parts])
+    return img
+
+
 @torch.no_grad()
 def synthesize(G, z=None, c=None, ws=None, truncation_psi=1, truncation_cutoff=None, noise_mode='const',
-               batch_size=32, progress=None):
+               batch_size=32, progress=None, exact_nvlabs=False):
     """Yield float32 NCHW images for latents ``z`` [N, z_dim] (or ``ws`` [N, num_ws, w_dim]) in batches.
 
     ``c`` is [N, c_dim] or [1, c_dim] (broadcast). Latents may be numpy or torch; they are moved to
-    G's device. ``progress`` is called with the number of images after each batch.
+    G's device. ``progress`` is called with the number of images after each batch. A StyleGAN2 batch on
+    the CPU runs block by block in cache-sized sub-batches on the faster modulated-convolution path
+    (:func:`uses_cpu_blocks`); ``exact_nvlabs`` runs NVlabs' forward pass as it is.
     """
     device = next(G.parameters()).device
     source = ws if ws is not None else z
     num = len(source)
     for start in range(0, num, batch_size):
         stop = min(start + batch_size, num)
+        cpu_blocks = uses_cpu_blocks(G, device, stop - start, exact_nvlabs)
         if ws is not None:
             require_mapping(G, 'synthesis from W vectors')
             batch_ws = torch.as_tensor(np.asarray(ws[start:stop]) if not torch.is_tensor(ws) else ws[start:stop])
-            img = G.synthesis(batch_ws.to(device, torch.float32), noise_mode=noise_mode)
+            batch_ws = batch_ws.to(device, torch.float32)
+            img = (_cpu_synthesis(G.synthesis, batch_ws, noise_mode=noise_mode) if cpu_blocks else
+                   G.synthesis(batch_ws, noise_mode=noise_mode))
         else:
             batch_z = torch.as_tensor(z[start:stop]).to(device, torch.float32)
             batch_c = _batch_labels(G, c, start, stop, device)
-            img = G(batch_z, batch_c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                    noise_mode=noise_mode)
+            if cpu_blocks:
+                batch_ws = G.mapping(batch_z, batch_c, truncation_psi=truncation_psi,
+                                     truncation_cutoff=truncation_cutoff)
+                img = _cpu_synthesis(G.synthesis, batch_ws, noise_mode=noise_mode)
+            else:
+                img = G(batch_z, batch_c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
+                        noise_mode=noise_mode)
         if progress is not None:
             progress(stop - start)
         yield img

@@ -301,3 +301,10 @@ def test_hubness_stats_on_scores():
     assert hubness_stats(np.full(10, 5), 5)['robinhood'] == 0.0
 
 # ----------------------------------------------------------------------------
+
+
+def test_distance_gemm_flops_counts_the_block_pairs():
+    # Blocks of 4, 4 and 2 rows: pairs (0,0) (0,1) (0,2) (1,1) (1,2) (2,2), each 2 * |I| * |J| * (d + 2).
+    expected = 2 * 5 * (16 + 16 + 8 + 16 + 8 + 4)
+    assert H.distance_gemm_flops(10, 3, block_size=4) == expected
+    assert H.distance_gemm_flops(10, 3, block_size=10) == 2 * 10 * 10 * 5  # one block: the full product

@@ -564,3 +564,29 @@ def test_load_network(tmp_path):
     assert torch.equal(_gen(net), _gen(G_ema))
     disc = legacy.load_network(str(path), key='D')
     assert torch.equal(_disc(disc), _disc(D))
+
+
+def test_huge_constructor_arguments_are_refused_before_allocating():
+    G, D, G_ema = _make_nets('sg3', 0)
+
+    def inflate(path, meta):
+        if path == 'G_ema':
+            kwargs = dict(meta['state']['_init_kwargs'])
+            kwargs['w_dim'] = 1 << 14  # Within the argument ranges, but 16384 x 16384 mapping layers: 1 GiB each.
+            meta['state']['_init_kwargs'] = kwargs
+        return meta
+
+    data = _pickle_edited(_snapshot(dict(G_ema=G_ema)), inflate)
+    with pytest.raises(legacy.NetworkLoadError, match='MiB') as err:
+        _load_bytes(data)
+    _assert_one_line(err.value)
+
+
+def test_safe_loading_does_not_import_torch_dynamo():
+    # Building on the meta device ran torch's Python reference kernels, whose first use imports torch._dynamo
+    # (about a second of every script start).
+    code = ('import sys, legacy\nfrom sampling import cli\nlegacy.load_network(cli.DEFAULT_NETWORK)\n'
+            'print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))')
+    out = subprocess.run([sys.executable, '-c', code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]', out

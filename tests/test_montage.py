@@ -44,6 +44,13 @@ def _images(G, z, c, psi):
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()[:, 0]
 
 
+def _assert_same_image(tile, image):
+    # Batched synthesis on the CPU rounds differently from NVlabs' forward pass (sampling/synthesis.py):
+    # the parity rule, uint8 within 1.
+    assert tile.shape == image.shape
+    assert np.abs(tile.astype(int) - image.astype(int)).max() <= 1
+
+
 def _block(picture, group, kind, side=16):
     x = LABEL_WIDTH + group * (COLS * side + GROUP_GAP)
     y = HEADER_HEIGHT + kind * (ROWS * side + KIND_GAP)
@@ -74,9 +81,9 @@ def test_psi_groups_same_latents_in_every_group(net, tmp_path):
     z_naive = np.random.RandomState(SEED).standard_normal([num, G.z_dim])
     for g, psi in enumerate((0.5, 1)):
         for tile, image in zip(_block(picture, g, 0), _images(G, z_naive, c_pol, psi)):
-            np.testing.assert_array_equal(tile, image)
+            _assert_same_image(tile, image)
         for tile, image in zip(_block(picture, g, 1), _images(G, z_pol, c_pol, psi)):
-            np.testing.assert_array_equal(tile, image)
+            _assert_same_image(tile, image)
     assert 'polarity rho=-0.5' in result.output
 
 
@@ -94,11 +101,11 @@ def test_class_groups(net, tmp_path):
     for k in range(3):
         c = latents.one_hot(np.full([num], k), 3)
         for tile, image in zip(_block(picture, k, 0), _images(G, z_naive, c, 0.7)):
-            np.testing.assert_array_equal(tile, image)
+            _assert_same_image(tile, image)
         z_k, c_k, _, _ = magnet_sampler.select(bank, num, G.z_dim, 3, rho=RHO, class_idx=k, seed=SEED)
         assert (c_k.argmax(axis=1) == k).all()
         for tile, image in zip(_block(picture, k, 1), _images(G, z_k, c_k, 0.7)):
-            np.testing.assert_array_equal(tile, image)
+            _assert_same_image(tile, image)
 
 
 def test_refusals(net, tmp_path):

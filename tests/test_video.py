@@ -80,7 +80,8 @@ def test_rho_sweep_frames_show_generate_magnets_draws(net, tmp_path):
         with torch.no_grad():
             expected = _uint8(net['G'](torch.from_numpy(z), torch.from_numpy(c), noise_mode='const'))
         for tile, image in zip(_tiles(frame, 4, 16), expected):
-            np.testing.assert_array_equal(tile, image)
+            # Batched CPU synthesis rounds differently from NVlabs' forward pass: uint8 within 1 (parity rule).
+            assert tile.shape == image.shape and np.abs(tile.astype(int) - image.astype(int)).max() <= 1
         # The video's frame is the same picture, up to H.264's loss.
         assert np.abs(frames[k].astype(float) - frame.astype(float)).mean() < 8
 
