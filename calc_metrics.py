@@ -191,6 +191,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loading processes')
 @click.option('--debug', is_flag=True, help='Show tracebacks')
 def main(debug, **kwargs):
+    # A caller that set up torch.distributed itself (reproduce.py under torchrun) keeps its process group.
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     try:
         calc_metrics(**kwargs)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -202,7 +204,7 @@ def main(debug, **kwargs):
             raise
         raise click.ClickException(str(err)) from None
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if owns_group and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

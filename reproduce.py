@@ -24,6 +24,9 @@ Examples:
     python reproduce.py --table=polarity --network=church-sg2=church.pkl --data=church-sg2=church.zip \\
         --network=car-sg2=car.pkl --data=car-sg2=car.zip --outdir=out/polarity
 \b
+    # Several GPUs: each bank and each evaluation split over the processes (same table as one process):
+    torchrun --standalone --nproc_per_node=4 reproduce.py --table=magnet --network=... --data=... --outdir=out/magnet
+\b
     # A SLURM array computes the bank chunks (--shard defaults to the array variables); then one plain run:
     sbatch --array=0-7 --wrap "python reproduce.py --table=magnet --network=... --data=... --outdir=out/magnet --shard"
     python reproduce.py --table=magnet --network=... --data=... --outdir=out/magnet
@@ -60,15 +63,17 @@ SCRIPTS = {'calc_metrics.py': calc_metrics.main, 'compute_volume_scalars.py': co
 @click.option('--shard', metavar='i/n', is_flag=False, flag_value='', default=None,
               help='Compute bank shard i of n only (bare --shard: from the SLURM array variables)')
 @click.option('--dry-run', is_flag=True, help='Print the commands and the estimated cost, run nothing')
+@click.option('--rows', 'only', metavar='ID,ID', help='Only these rows (ids as in table.json)')
 @click.option('--workers', type=click.IntRange(min=0), help='Data loading processes of each evaluation')
 @click.option('--probe', type=click.IntRange(min=1), default=2, show_default=True,
               help='Latents timed for the --dry-run estimate')
 def main(table_name, networks, datasets, num_latents, num_samples, seed, method, batch, detector, device, outdir,
-         shard, dry_run, workers, probe):
+         shard, dry_run, only, workers, probe):
     table = TABLES[table_name]
     try:
         steps, skipped, setup = runner.plan(table, networks, datasets, outdir, num_latents, num_samples, seed,
-                                            device, detector, method, batch, workers)
+                                            device, detector, method, batch, workers,
+                                            only=[r.strip() for r in only.split(',') if r.strip()] if only else None)
         if dry_run:
             for step in steps:
                 click.echo(step.command)
@@ -76,17 +81,27 @@ def main(table_name, networks, datasets, num_latents, num_samples, seed, method,
                 click.echo(f'# {row_id}: {reason}')
             runner.estimate(steps, setup, device, probe=probe, echo=lambda line: click.echo(line, err=True))
             return
+        rank, world = runner.init_distributed(device)
         if shard is not None:
+            if world > 1:
+                raise runner.TableError('--shard is for SLURM arrays; under torchrun the ranks share each bank')
             shard = chunks.resolve_shard(shard or None)
-        rows = runner.run(steps, outdir, SCRIPTS, shard=shard, echo=lambda line: click.echo(line, err=True))
+        echo = (lambda line: click.echo(line, err=True)) if rank == 0 else (lambda line: None)
+        rows = runner.run(steps, outdir, SCRIPTS, shard=shard, echo=echo, rank=rank, world=world)
         if shard is not None and shard[1] > 1:
             click.echo(f'Bank shard {shard[0]}/{shard[1]} done; when every shard has finished, run the same command '
                        'without --shard', err=True)
+            return
+        if rank != 0:
             return
         doc = runner.build(table, steps, skipped, setup, rows)
         runner.write(doc, outdir)
     except (runner.TableError, ValueError) as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
+    finally:
+        import torch
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     click.echo(f'Wrote {outdir}/table.md and table.json ({len(rows)} row(s) evaluated, {len(skipped)} not run)')
 
 

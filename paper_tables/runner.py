@@ -59,8 +59,13 @@ def _default_network():
 
 
 def plan(table, networks=(), datasets=(), outdir='out', num_latents=None, num_samples=None, seed=0, device='auto',
-         detector=None, method='lowrank', batch=8, workers=None):
-    """The steps of ``table`` and the rows that cannot run (model not given): (steps, skipped {row id: reason})."""
+         detector=None, method='lowrank', batch=8, workers=None, only=None):
+    """The steps of ``table`` and the rows that cannot run (model not given, or not in ``only``, a list of row
+    ids): (steps, skipped {row id: reason}, setup)."""
+    unknown = sorted(set(only or ()) - {row.id for row in table.rows})
+    if unknown:
+        raise TableError(f'--rows: {", ".join(unknown)} not in the {table.name} table (its rows: '
+                         f'{", ".join(row.id for row in table.rows)})')
     networks, datasets = _by_key(networks, table, '--network'), _by_key(datasets, table, '--data')
     for key, model in table.models.items():
         if key not in networks and model.default_network == EMBEDDED:
@@ -72,6 +77,9 @@ def plan(table, networks=(), datasets=(), outdir='out', num_latents=None, num_sa
 
     steps, skipped, banks = [], {}, {}
     for row in table.rows:
+        if only and row.id not in only:
+            skipped[row.id] = 'not run: not in --rows'
+            continue
         if row.model not in networks:
             skipped[row.id] = f'not run: pass --network {row.model}=PATH'
             continue
@@ -128,19 +136,57 @@ def _resolve_embedder(step):
     return dataclasses.replace(step, args=out)
 
 
-def run(steps, outdir, scripts, shard=None, echo=print):
-    """Run every step not yet done. ``scripts``: {script name: click command}. Returns the finished rows."""
+def init_distributed(device):
+    """(rank, world size) under torchrun, with one process group for the whole run; (0, 1) otherwise."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world == 1:
+        return 0, 1
+    import datetime
+
+    import torch
+
+    from sampling.cli import resolve_device
+    device = resolve_device(device)
+    if device.type == 'cuda':
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+    if not torch.distributed.is_initialized():
+        # A bank step can keep the other ranks waiting for hours at a barrier.
+        torch.distributed.init_process_group(backend='nccl' if device.type == 'cuda' else 'gloo',
+                                             timeout=datetime.timedelta(days=7))
+    return torch.distributed.get_rank(), world
+
+
+def _barrier(world):
+    if world > 1:
+        import torch
+        torch.distributed.barrier()
+
+
+def run(steps, outdir, scripts, shard=None, echo=print, rank=0, world=1):
+    """Run every step not yet done. ``scripts``: {script name: click command}. Returns the finished rows.
+
+    Under torchrun (``world`` > 1) every rank computes its shard of each bank, rank 0 merges it, and the
+    evaluations split their images across the ranks as calc_metrics.py does; rank 0 writes the files.
+    """
     rows = {}
     for step in steps:
         if step.kind == 'bank':
             step = _resolve_embedder(step)
+            if world > 1:
+                shard = (rank, world)
             args = step.args + ([f'--shard={shard[0]}/{shard[1]}'] if shard is not None else [])
             echo(f'[bank {step.key}] {step.command}')
             _invoke(scripts[step.script], args, f'bank {step.key}')
+            if world > 1:
+                _barrier(world)
+                if rank == 0:
+                    _invoke(scripts[step.script], step.args + ['--merge'], f'bank {step.key}')
+                _barrier(world)
             continue
-        if shard is not None and shard[1] > 1:
+        if shard is not None and shard[1] > 1 and world == 1:
             continue  # Sharded runs compute bank chunks only; the rows run once every shard has finished.
         path = os.path.join(outdir, 'rows', f'{step.key}.json')
+        _barrier(world)  # Every rank sees the same finished rows.
         done = _read_row(path)
         if done is not None and done.get('command') == step.command:
             echo(f'[row {step.key}] done before: {path}')
@@ -148,9 +194,12 @@ def run(steps, outdir, scripts, shard=None, echo=print):
             continue
         echo(f'[row {step.key}] {step.command}')
         jsonl = os.path.join(outdir, 'rows', f'{step.key}.jsonl')
-        if os.path.exists(jsonl):
+        if rank == 0 and os.path.exists(jsonl):
             os.remove(jsonl)  # A line from an interrupted evaluation of this row.
+        _barrier(world)
         _invoke(scripts[step.script], step.args, f'row {step.key}')
+        if rank != 0:
+            continue
         with open(jsonl, encoding='utf-8') as f:
             records = [json.loads(line) for line in f if line.strip()]
         results, details = {}, {}
@@ -161,6 +210,7 @@ def run(steps, outdir, scripts, shard=None, echo=print):
         rows[step.key] = dict(command=step.command, results=results, details=details)
         with dnnlib.util.atomic_write(path, 'w') as f:
             json.dump(rows[step.key], f, indent=2, sort_keys=True)
+    _barrier(world)
     return rows
 
 

@@ -126,6 +126,8 @@ def test_rows_of_models_not_given_are_listed_as_not_run(tmp_path):
     assert skipped['car-sg2-naive'].startswith('not run: pass --network car-sg2=')
     with pytest.raises(runner.TableError, match='KEY=PATH'):
         runner.plan(TABLES['polarity'], ['church.pkl'], [], str(tmp_path))
+    with pytest.raises(runner.TableError, match='--rows: nope not in the polarity table'):
+        runner.plan(TABLES['polarity'], [], [], str(tmp_path), only=['nope'])
 
 
 def test_paper_numbers_and_claims_of_the_magnet_table():
@@ -136,3 +138,36 @@ def test_paper_numbers_and_claims_of_the_magnet_table():
     row = next(r for r in table.rows if r.id == 'psi0.9-magnet')
     assert row.sampler == 'mix:0.2*polarity(bank={bank},rho=1,top_k=30)+0.8*random;trunc=0.9'
     assert table.claims(row) == (('fid', '<'),)
+
+
+def test_torchrun_two_processes_write_the_table_of_one(tmp_path):
+    """Under torchrun the ranks share the bank (shards, then rank 0 merges) and each evaluation; same table."""
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+    data = tmp_path / 'digits'
+    data.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(24):
+        PIL.Image.fromarray(rng.randint(0, 256, [32, 32]).astype(np.uint8)).save(data / f'{i:03d}.png')
+    args = ['--table=demo', '--rows=random,magnet', f'--data={data}', '--num-latents=16', '--num-samples=24',
+            '--device=cpu', '--workers=0']
+    env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=str(tmp_path / 'cache'))
+    for var in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK'):
+        env.pop(var, None)
+    torchrun = shutil.which('torchrun')
+    cmd = [torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run']
+    two = subprocess.run(cmd + ['--standalone', '--nproc_per_node=2', 'reproduce.py', *args,
+                                f'--outdir={tmp_path / "two"}'], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run([sys.executable, 'reproduce.py', *args, f'--outdir={tmp_path / "one"}'], cwd=REPO_ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    doc_two = json.loads((tmp_path / 'two' / 'table.json').read_text().replace(str(tmp_path / 'two'), 'OUT'))
+    doc_one = json.loads((tmp_path / 'one' / 'table.json').read_text().replace(str(tmp_path / 'one'), 'OUT'))
+    assert doc_two == doc_one
+    assert [r['status'] for r in doc_one['rows']][:2] == ['done', 'done']
+    assert all(r['status'] == 'not run: not in --rows' for r in doc_one['rows'][2:])
