@@ -14,6 +14,7 @@ import math
 import os
 import shlex
 import time
+import zipfile
 
 import dnnlib
 from paper_tables.tables import metric_names
@@ -237,10 +238,18 @@ def _invoke(command, args, what):
 
 
 def data_sha256(path):
-    """sha256 of a file, or of a folder's files (relative names and contents, in name order)."""
+    """sha256 of a dataset's content: its files' relative names and contents in name order, for a folder or a zip
+    (so a zip rebuilt with other timestamps hashes the same); any other file's own sha256."""
+    digest = hashlib.sha256()
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            for info in sorted(archive.infolist(), key=lambda i: i.filename):
+                if not info.is_dir():
+                    digest.update(info.filename.encode('utf-8') + b'\0')
+                    digest.update(hashlib.sha256(archive.read(info)).hexdigest().encode('ascii'))
+        return digest.hexdigest()
     if os.path.isfile(path):
         return file_sha256(path)
-    digest = hashlib.sha256()
     for root, dirs, files in os.walk(path):
         dirs.sort()
         for name in sorted(files):
@@ -357,11 +366,12 @@ def estimate(steps, setup, device, probe=2, echo=print):
     from sampling.cli import resolve_device
     device = resolve_device(device)
     total = 0.0
-    per_image = {}
+    per_image, generators = {}, {}
     for step in steps:
         model = step.key if step.kind == 'bank' else step.row.model
-        network = setup['networks'][model]
-        G = legacy.load_network(network, device=device)
+        if model not in generators:
+            generators[model] = legacy.load_network(setup['networks'][model], device=device)
+        G = generators[model]
         if step.kind == 'bank':
             opts = dict(arg[2:].split('=', 1) for arg in step.args)
             if 'embedder' in opts:
@@ -370,8 +380,8 @@ def estimate(steps, setup, device, probe=2, echo=print):
             job = volume_job.VolumeJob(G, 'dry-run', probe, seed=int(opts['seed']),
                                        space=opts['space'] if opts['space'] != 'feature' else 'pixel',
                                        method=opts['method'], top_k=min(int(opts['top-k']), G.z_dim - 1),
-                                       chunk_size=probe,
-                                       batch_size=probe, resize=int(opts['resize']) if 'resize' in opts else None)
+                                       chunk_size=probe, batch_size=probe,
+                                       resize=int(opts['resize']) if 'resize' in opts else None)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 job.run(tmp, progress=False)

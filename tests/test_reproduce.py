@@ -171,3 +171,26 @@ def test_torchrun_two_processes_write_the_table_of_one(tmp_path):
     assert doc_two == doc_one
     assert [r['status'] for r in doc_one['rows']][:2] == ['done', 'done']
     assert all(r['status'] == 'not run: not in --rows' for r in doc_one['rows'][2:])
+
+
+def test_dataset_hash_is_of_content(tmp_path):
+    import time
+    import zipfile
+    paths = []
+    for i, stamp in enumerate(((2020, 1, 1, 0, 0, 0), (2024, 5, 6, 7, 8, 10))):
+        path = tmp_path / f'{i}.zip'
+        with zipfile.ZipFile(path, 'w') as archive:
+            for name, data in (('b/img1.png', b'\x01' * 10), ('a/img0.png', b'\x00' * 10)):
+                archive.writestr(zipfile.ZipInfo(name, date_time=stamp), data)
+        paths.append(path)
+    time.sleep(0)
+    assert paths[0].read_bytes() != paths[1].read_bytes()
+    assert runner.data_sha256(str(paths[0])) == runner.data_sha256(str(paths[1]))
+    folder = tmp_path / 'folder'
+    (folder / 'a').mkdir(parents=True)
+    (folder / 'b').mkdir()
+    (folder / 'a' / 'img0.png').write_bytes(b'\x00' * 10)
+    (folder / 'b' / 'img1.png').write_bytes(b'\x01' * 10)
+    assert runner.data_sha256(str(folder)) == runner.data_sha256(str(paths[0]))
+    (folder / 'b' / 'img1.png').write_bytes(b'\x02' * 10)
+    assert runner.data_sha256(str(folder)) != runner.data_sha256(str(paths[0]))
