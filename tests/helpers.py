@@ -5,11 +5,25 @@ import http.server
 import os
 import threading
 
+import numpy as np
 import torch
 
 from training.networks_stylegan2 import Generator
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bank_arrays(path):
+    """Every array of a bank file but its metadata (which records commands and paths)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != 'meta'}
+
+
+def assert_same_arrays(a, b):
+    """The same keys, dtypes and bytes."""
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def tiny_generator(c_dim=0, seed=0, z_dim=16, img_channels=3):

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import REPO_ROOT, tiny_generator
+from helpers import REPO_ROOT, assert_same_arrays, bank_arrays, tiny_generator
 
 import compute_volume_scalars
 import dnnlib
@@ -100,8 +100,8 @@ def test_stale_temporary_files_are_removed_live_ones_kept(tmp_path):
     try:
         names = dict(dead=f'.chunk-000001.npz.{host}-{dead}-ab12cd.tmp',
                      live=f'.chunk-000002.npz.{host}-{sleeper.pid}-ef34gh.tmp',
-                     remote_new=f'.chunk-000003.npz.otherhost-123-ij56kl.tmp',
-                     remote_old=f'.chunk-000004.npz.otherhost-123-mn78op.tmp')
+                     remote_new='.chunk-000003.npz.otherhost-123-ij56kl.tmp',
+                     remote_old='.chunk-000004.npz.otherhost-123-mn78op.tmp')
         for name in names.values():
             (tmp_path / name).write_bytes(b'partial')
         old = time.time() - 2 * 24 * 3600
@@ -191,16 +191,6 @@ def _invoke(main, args):
     return result
 
 
-def _arrays(path):
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files if k != 'meta'}
-
-
-def _assert_same_arrays(a, b):
-    assert sorted(a) == sorted(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
-
 
 HUB_ARGS = ['--num', '6', '--batch-size', '300', '--k', '5', '--threshold', '13', '--synth-batch', '4',
             '--device', 'cpu']
@@ -232,7 +222,7 @@ def test_hubness_rerun_recovers_from_damaged_outputs(tiny_pkl, tmp_path):
     assert result.exit_code == 0, result.output
     assert f'{chunks[0]} is damaged' in result.output and f'{chunks[1]} belongs to another job' in result.output
     assert 'hub000002.png is truncated' in result.output and 'hubs.npz is truncated or damaged' in result.output
-    _assert_same_arrays(_arrays(run / 'hubs.npz'), _arrays(ref / 'hubs.npz'))
+    assert_same_arrays(bank_arrays(run / 'hubs.npz'), bank_arrays(ref / 'hubs.npz'))
     images = sorted(name for name in os.listdir(ref) if name.endswith('.png'))
     assert all((run / name).read_bytes() == (ref / name).read_bytes() for name in images)
     assert not [name for name in os.listdir(run) + os.listdir(run / 'chunks') if name.endswith('.tmp')]
@@ -257,7 +247,7 @@ def test_volume_rerun_recovers_from_damaged_and_foreign_chunks(tiny_pkl, tmp_pat
     assert 'chunk-000000.npz is damaged' in result.output
     assert 'chunk-000002.npz belongs to another job' in result.output
     assert 'computed 2 chunk(s) of 3' in result.output
-    _assert_same_arrays(_arrays(run / 'volumes.npz'), _arrays(ref / 'volumes.npz'))
+    assert_same_arrays(bank_arrays(run / 'volumes.npz'), bank_arrays(ref / 'volumes.npz'))
 
     # --merge after shards: a chunk damaged since is named, with what to do.
     (run / 'chunks' / 'chunk-000001.npz').write_bytes(b'')

@@ -14,11 +14,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, assert_same_arrays, bank_arrays
 
 import compute_volume_scalars
 import legacy
@@ -42,16 +41,6 @@ def _job_args(pkl, outdir):
     return ['--network', pkl, '--num', '5', '--space', 'style', '--method', 'exact', '--top-k', '3',
             '--chunk-size', '2', '--outdir', str(outdir), '--device', 'cpu']
 
-
-def _load(path):
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files if k != 'meta'}
-
-
-def _assert_same_arrays(a, b):
-    assert sorted(a) == sorted(b)
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), key
 
 
 def _run_template(script, args, tmp_path, **slurm_env):
@@ -90,7 +79,8 @@ def test_templates_run_the_shard_and_merge_commands(tiny_pkl, tmp_path):
         assert result.exit_code == 0, result.output
     single = CliRunner().invoke(compute_volume_scalars.main, _job_args(tiny_pkl, tmp_path / 'single'))
     assert single.exit_code == 0, single.output
-    _assert_same_arrays(_load(tmp_path / 'sharded' / 'volumes.npz'), _load(tmp_path / 'single' / 'volumes.npz'))
+    assert_same_arrays(bank_arrays(tmp_path / 'sharded' / 'volumes.npz'),
+                       bank_arrays(tmp_path / 'single' / 'volumes.npz'))
 
 
 def test_array_template_refuses_non_arrays_and_offset_ranges(tiny_pkl, tmp_path):
@@ -239,4 +229,4 @@ def test_real_slurm_array_with_a_killed_and_resubmitted_task(private_cluster, ti
     single = CliRunner().invoke(compute_volume_scalars.main, [*args[:-4], '--outdir', str(tmp_path / 'single'),
                                                               '--device', 'cpu'])
     assert single.exit_code == 0, single.output
-    _assert_same_arrays(_load(outdir / 'volumes.npz'), _load(tmp_path / 'single' / 'volumes.npz'))
+    assert_same_arrays(bank_arrays(outdir / 'volumes.npz'), bank_arrays(tmp_path / 'single' / 'volumes.npz'))
