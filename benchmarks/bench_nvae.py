@@ -21,8 +21,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, 'tests')]
-import legacy  # noqa: E402
 import nvae_writer  # noqa: E402
+
+import legacy  # noqa: E402
 from sampling import volume  # noqa: E402
 
 CONFIGS = {

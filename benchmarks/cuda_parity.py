@@ -139,6 +139,7 @@ def check_nvae(device):
     import tempfile
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
     import nvae_writer
+
     from training import networks_nvae
     with tempfile.TemporaryDirectory() as tmp:
         path = nvae_writer.write_checkpoint(os.path.join(tmp, 'checkpoint.pt'), seed=1)

@@ -332,7 +332,7 @@ def markdown(doc):
                          f'| {text} | {holds} |')
             label = ''
     lines += ['', '## Commands', '', '```bash']
-    for key, model in doc['models'].items():
+    for model in doc['models'].values():
         if model['bank_command']:
             lines.append(model['bank_command'])
     lines += [row['command'] for row in doc['rows'] if row['command'] and row['status'] == 'done']

@@ -7,14 +7,13 @@ import struct
 
 import numpy as np
 import pytest
+import pytorch_pretrained_biggan as port  # The reference implementation: a test-only requirement.
 import torch
+from biggan_helpers import TINY_CONFIG, tiny_biggan, write_checkpoint
 
 import legacy
-from biggan_helpers import TINY_CONFIG, tiny_biggan, write_checkpoint
 from training import load_biggan
 from training.networks_biggan import Generator, _stats_weights, truncated_z
-
-import pytorch_pretrained_biggan as port  # The reference implementation: a test-only requirement.
 
 TINY_KNOWN = {'tiny': TINY_CONFIG}
 

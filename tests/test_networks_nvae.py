@@ -7,12 +7,12 @@ import pickle
 import zipfile
 
 import numpy as np
+import nvae_writer
 import pytest
 import torch
 import torch.nn.functional as F
 
 import legacy
-import nvae_writer
 from training import networks_nvae, nvae_checkpoint
 
 # ----------------------------------------------------------------------------

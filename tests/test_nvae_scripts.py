@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import nvae_writer
 import PIL.Image
 import pytest
 import torch
@@ -19,7 +20,6 @@ import generate
 import generate_hubness
 import generate_magnet
 import legacy
-import nvae_writer
 from sampling.images import load_png
 from training import networks_nvae
 

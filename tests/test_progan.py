@@ -565,8 +565,9 @@ def test_volume_and_magnet_scripts(script_net, tmp_path):
 
 @pytest.mark.usefixtures('isolated_metrics')
 def test_calc_metrics_py(script_net, tmp_path):
-    import calc_metrics
     from test_calc_metrics import TinyDetector, _write_images
+
+    import calc_metrics
     path, G = script_net
     real = tmp_path / 'real'
     _write_images(real, _uint8(_ours(G, np.random.default_rng(8).standard_normal([60, G.z_dim]), psi=0.5)))
@@ -585,8 +586,9 @@ def test_calc_metrics_py(script_net, tmp_path):
 
 @pytest.mark.usefixtures('isolated_metrics')
 def test_ppl_in_z_and_not_in_w(converted):
-    from metrics import metric_utils, perceptual_path_length
     from test_perceptual_path_length import ProjectionLPIPS, _filtered_mean_reference, _slerp_reference
+
+    from metrics import metric_utils, perceptual_path_length
     G, variables = converted['uncond']['G'], converted['uncond']['variables']
     proj = np.random.default_rng(9).standard_normal([10, 3 * 16 * 16]) / 100
     path = os.path.join(os.path.dirname(converted['uncond']['tf']), 'lpips.pt')

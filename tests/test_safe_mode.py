@@ -215,6 +215,7 @@ _CODE_SITES = {
 def test_every_code_or_unpickle_site_is_reviewed():
     import collections
     import re
+
     from helpers import REPO_ROOT
     pattern = re.compile(r'(?<![\w.])(?:dnnlib\.util\.|util\.)?(construct_class_by_name|call_func_by_name|'
                          r'get_obj_by_name|import_module|__import__|exec|eval)\s*\(|\b(pickle\.loads?|torch\.load|'

@@ -106,7 +106,7 @@ def convert_generator(tf_net, where):
         raise ConversionError(f'{where}: cannot build a ProGAN generator from {kwargs} ({message})') from None
 
     sources = tf_variable_layout(G)
-    for param_name, (tf_name, layout, expected) in sources.items():
+    for param_name, (tf_name, _layout, expected) in sources.items():
         if tf_name not in tf_vars:
             raise ConversionError(f'{where}: TF variable {tf_name} is missing (it holds our {param_name}); the pickle '
                                   'is damaged or its variables do not match its network arguments')

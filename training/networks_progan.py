@@ -85,7 +85,7 @@ class EqualizedConv2d(torch.nn.Module):
     is ``kernel_size**2 * in_channels`` in every mode.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, gain=float(np.sqrt(2)), use_wscale=True, up=None):
+    def __init__(self, in_channels, out_channels, kernel_size, gain=2 ** 0.5, use_wscale=True, up=None):
         super().__init__()
         assert up in (None, 'nearest', 'fused')
         assert up != 'fused' or kernel_size == 3
