@@ -95,7 +95,7 @@ def save_report(report, image, json_path, png_path):
 # ----------------------------------------------------------------------------
 # Plots.
 
-class _Axes:
+class Axes:
     """A plot panel: maps data coordinates into a pixel box and draws axes, ticks and labels."""
 
     def __init__(self, draw, font, box, xlim, ylim, title, xlabel, ylabel, margin=0.0, integer_x=False):
@@ -162,7 +162,7 @@ def draw_report(report, result, size=(400, 320)):
 
     # Acceptance rate per batch.
     rates = [b['acceptance_rate'] * 100 for b in report['batches']]
-    ax = _Axes(draw, font, (0, 0, width, height), (-0.5, len(rates) - 0.5), (0, max(max(rates), 1e-3) * 1.05),
+    ax = Axes(draw, font, (0, 0, width, height), (-0.5, len(rates) - 0.5), (0, max(max(rates), 1e-3) * 1.05),
                'Hubs accepted per batch', 'batch', 'accepted (%)', integer_x=True)
     points = [ax.px(i, r) for i, r in enumerate(rates)]
     if len(points) > 1:
@@ -173,7 +173,7 @@ def draw_report(report, result, size=(400, 320)):
     # Score histogram, log scale: the hubs are the thin right tail.
     counts = np.asarray(report['score_histogram']['count'], dtype=np.float64)
     logc = np.log10(1 + counts)
-    ax = _Axes(draw, font, (width, 0, 2 * width, height), (-0.5, counts.size - 0.5), (0, max(logc.max(), 1) * 1.05),
+    ax = Axes(draw, font, (width, 0, 2 * width, height), (-0.5, counts.size - 0.5), (0, max(logc.max(), 1) * 1.05),
                'Score histogram (all scored latents)', 'hub score', 'log10(1 + count)', integer_x=True)
     for score, value in enumerate(logc):
         if value > 0:
@@ -196,7 +196,7 @@ def draw_report(report, result, size=(400, 320)):
     hub_r = np.sqrt((result.bank.latents.astype(np.float64) ** 2).sum(axis=1))
     all_r, all_s = np.concatenate([sample_r, hub_r]), np.concatenate([sample_s, hub_s])
     r = report['score_norm_correlation']
-    ax = _Axes(draw, font, (2 * width, 0, 3 * width, height), (all_r.min(), all_r.max()), (all_s.min(), all_s.max()),
+    ax = Axes(draw, font, (2 * width, 0, 3 * width, height), (all_r.min(), all_r.max()), (all_s.min(), all_s.max()),
                'Score vs ||z||' + (f' (r = {r:.2f})' if r is not None else ''), '||z||  (grey: sample, red: hubs)',
                'hub score', margin=0.04)
     for xs, ys, colour in ((sample_r, sample_s, (150, 150, 150)), (hub_r, hub_s, (220, 30, 30))):

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from sampling import polarity, volume
-from sampling.hub_report import _Axes, save_report
+from sampling.hub_report import Axes, save_report
 
 # The rho grid of the ESS curve: the papers use |rho| up to 1 (MaGNET) and down to 0.001.
 DEFAULT_RHOS = tuple(np.round(np.linspace(-1, 1, 41), 4).tolist())
@@ -129,7 +129,7 @@ def draw_report(report, size=(400, 320)):
     # Histogram of the log-volumes.
     hist = report['log_volume_histogram']
     edges, counts = np.asarray(hist['edges']), np.asarray(hist['count'])
-    ax = _Axes(draw, font, (0, 0, width, height), (edges[0], edges[-1]), (0, max(counts.max(), 1) * 1.05),
+    ax = Axes(draw, font, (0, 0, width, height), (edges[0], edges[-1]), (0, max(counts.max(), 1) * 1.05),
                f'Log-volume of {report["num_latents"]} latents', f'sum of log top-{k} singular values', 'latents')
     for lo, hi, count in zip(edges[:-1], edges[1:], counts):
         if count:
@@ -140,7 +140,7 @@ def draw_report(report, size=(400, 320)):
     ess = report['ess']
     rhos, values = np.asarray(ess['rho']), np.log10(np.maximum(np.asarray(ess['ess']), 1))
     top = math.log10(max(report['num_latents'] - report['num_not_finite'], 10))
-    ax = _Axes(draw, font, (width, 0, 2 * width, height), (rhos.min(), rhos.max()), (0, top * 1.05),
+    ax = Axes(draw, font, (width, 0, 2 * width, height), (rhos.min(), rhos.max()), (0, top * 1.05),
                'Effective sample size' + (' (per class, summed)' if ess['per_class'] else ''),
                'rho  (1: MaGNET, <0: modes, >0: anti-modes)', 'log10 ESS')
     points = [ax.px(r, v) for r, v in zip(rhos, values)]
@@ -153,7 +153,7 @@ def draw_report(report, size=(400, 320)):
     scatter = report['log_volume_vs_norm']
     norms, logv = np.asarray(scatter['norm']), np.asarray(scatter['log_volume'])
     r = scatter['correlation']
-    ax = _Axes(draw, font, (2 * width, 0, 3 * width, height), (norms.min(), norms.max()), (logv.min(), logv.max()),
+    ax = Axes(draw, font, (2 * width, 0, 3 * width, height), (norms.min(), norms.max()), (logv.min(), logv.max()),
                'Log-volume vs ||z||' + (f' (r = {r:.2f})' if r is not None else ''),
                '||z||' + ('  (colour: class)' if scatter['label'] is not None else ''), 'log-volume', margin=0.04)
     labels = scatter['label'] or [None] * len(norms)
@@ -167,7 +167,7 @@ def draw_report(report, size=(400, 320)):
         rows = [row for row in report['per_class'] if row['count']]
         lo = min(row['min'] for row in rows)
         hi = max(row['max'] for row in rows)
-        ax = _Axes(draw, font, (3 * width, 0, 4 * width, height), (-0.5, len(report['per_class']) - 0.5), (lo, hi),
+        ax = Axes(draw, font, (3 * width, 0, 4 * width, height), (-0.5, len(report['per_class']) - 0.5), (lo, hi),
                    'Log-volume per class (mean +- std, range)', 'class', 'log-volume', margin=0.04, integer_x=True)
         for row in rows:
             x = ax.px(row['cls'], 0)[0]
