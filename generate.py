@@ -32,8 +32,10 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
-@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME',
-              help="Class label (required for conditional networks); ImageNet names work too ('golden retriever')")
+@click.option('--class', 'class_idx', type=lambda text: cli.parse_class(text, keywords=('random',)),
+              metavar='INT|NAME|random',
+              help="Class of a conditional network; ImageNet names work too ('golden retriever'); random (the default): "
+                   "one random class per seed")
 @click.option('--truncnorm', is_flag=True,
               help="BigGAN's truncation trick: z = --trunc x truncnorm(-2, 2) from each seed, instead of N(0, I)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
@@ -68,7 +70,7 @@ def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, p
         names = [f'proj{idx:02d}.png' for idx in range(len(ws))]
         batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size, exact_nvlabs=exact_nvlabs)
     else:
-        label = cli.class_label(G, class_idx, device)
+        label = cli.seed_labels(G, class_idx, seeds, device)
         if truncnorm:
             from training.networks_biggan import truncated_z
             z = np.stack([truncated_z(1, G.z_dim, truncation=truncation_psi, seed=seed)[0] for seed in seeds])

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 import click
+import numpy as np
 import torch
 
 from sampling.latents import network_sha256  # noqa: F401 (re-exported for the scripts)
@@ -217,17 +218,29 @@ def load_generator(network, device, allow_code=False):
         raise click.ClickException(str(err)) from None
 
 
-def class_label(G, class_idx, device, batch_size=1):
-    """One-hot labels [batch, c_dim] for ``class_idx``; an empty [batch, 0] tensor for unconditional nets."""
-    label = torch.zeros([batch_size, G.c_dim], device=device)
+def seed_labels(G, class_idx, seeds, device):
+    """One-hot labels [len(seeds), c_dim] for generate.py's seeds; an empty [N, 0] tensor for unconditional nets.
+
+    ``class_idx`` is a class index, 'random' (class of seed s: row 0 of :func:`sampling.latents.random_labels` of
+    batch seed s, the class generate_hubness.py gives the latent of seed s) or None, which for a conditional
+    network means 'random', announced on stderr.
+    """
+    from sampling.latents import random_labels
     if G.c_dim == 0:
         if class_idx is not None:
             click.echo('warning: --class is ignored for an unconditional network', err=True)
-        return label
+        return torch.zeros([len(seeds), 0], device=device)
     if class_idx is None:
-        raise click.UsageError(f'this network is conditional ({G.c_dim} classes): pass --class 0..{G.c_dim - 1}')
+        click.echo(f'note: this network is conditional ({G.c_dim} classes) and no --class was given: one random class '
+                   'per seed (--class random); pass --class N for one class', err=True)
+        class_idx = 'random'
+    if class_idx == 'random':
+        labels = np.concatenate([random_labels(seed, 1, G.c_dim) for seed in seeds]) if len(seeds) else \
+            np.zeros([0, G.c_dim], dtype=np.float32)
+        return torch.from_numpy(labels).to(device)
     if not 0 <= class_idx < G.c_dim:
         raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
+    label = torch.zeros([len(seeds), G.c_dim], device=device)
     label[:, class_idx] = 1
     return label
 

@@ -75,8 +75,10 @@ def test_generate_truncnorm_samples_as_the_port(checkpoint, tmp_path):
         assert np.abs(load_png(tmp_path / f'seed{seed:04d}.png').astype(int) - expected[i]).max() <= 1
 
 
-@pytest.mark.parametrize('value,message', [('crane', 'names 2 ImageNet classes'), ('goldfsh', "not a class index, nor an ImageNet class name; did you mean 'goldfish'"),
-                                           ('volcano', 'out of range for 10 classes')])
+@pytest.mark.parametrize('value,message', [
+    ('crane', 'names 2 ImageNet classes'),
+    ('goldfsh', "not a class index or 'random', nor an ImageNet class name; did you mean 'goldfish'"),
+    ('volcano', 'out of range for 10 classes')])
 def test_generate_refuses_a_bad_class_in_one_line(checkpoint, tmp_path, value, message):
     path, _ = checkpoint
     result = _invoke(generate.main, '--network', path, '--seeds', '0', '--class', value, '--outdir', tmp_path)

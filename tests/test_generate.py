@@ -102,22 +102,43 @@ def test_generate_bad_seeds(tiny_pkl, tmp_path, args, message):
         assert 'Traceback' not in result.stderr
 
 
-def test_generate_conditional_needs_class(tmp_path):
+def _png_of(G, seed, class_idx):
+    c = torch.zeros([1, G.c_dim])
+    c[0, class_idx] = 1
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim))
+    with torch.no_grad():
+        img = G(z, c, noise_mode='const')
+    return (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].numpy()
+
+
+def test_generate_conditional_without_class_draws_a_class_per_seed(tmp_path):
+    """The rule of every script (issue 18): no --class on a conditional network means --class random, said on stderr;
+    seed s gets class RandomState([s, 1]).randint(c_dim), the class generate_hubness.py gives the latent of seed s."""
     G = tiny_generator(c_dim=3)
     legacy.save_network_pkl(tmp_path / 'cond.pkl', G=G, G_ema=G)
-    result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0', '--outdir', str(tmp_path), '--device', 'cpu')
-    assert result.returncode != 0
-    assert 'pass --class' in result.stderr and 'Traceback' not in result.stderr
+    for extra, folder in (([], 'default'), (['--class', 'random'], 'random')):
+        result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0-5', '--outdir', str(tmp_path / folder),
+                      '--device', 'cpu', *extra)
+        assert result.returncode == 0, result.stderr
+        assert ('one random class per seed' in result.stderr) == (not extra)
+        for seed in range(6):
+            class_idx = int(np.random.RandomState([seed, 1]).randint(3))
+            got = load_png(tmp_path / folder / f'seed{seed:04d}.png').astype(int)
+            assert np.abs(got - _png_of(G, seed, class_idx).astype(int)).max() <= 1
+    assert len({int(np.random.RandomState([s, 1]).randint(3)) for s in range(6)}) > 1  # The premise: classes vary.
+
+
+def test_generate_conditional_with_class(tmp_path):
+    G = tiny_generator(c_dim=3)
+    legacy.save_network_pkl(tmp_path / 'cond.pkl', G=G, G_ema=G)
     result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0-1', '--class', '2', '--outdir',
                   str(tmp_path), '--device', 'cpu')
     assert result.returncode == 0, result.stderr
-    c = torch.zeros([1, 3])
-    c[0, 2] = 1
-    z = torch.from_numpy(np.random.RandomState(1).randn(1, 16))
-    with torch.no_grad():
-        img = G(z, c, noise_mode='const')
-    expected = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)[0].numpy()
-    assert np.abs(load_png(tmp_path / 'seed0001.png').astype(int) - expected.astype(int)).max() <= 1
+    assert 'random class' not in result.stderr
+    assert np.abs(load_png(tmp_path / 'seed0001.png').astype(int) - _png_of(G, 1, 2).astype(int)).max() <= 1
+    result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0', '--class', '3', '--outdir',
+                  str(tmp_path), '--device', 'cpu')
+    assert result.returncode != 0 and 'out of range' in result.stderr and 'Traceback' not in result.stderr
 
 
 @pytest.mark.parametrize('content, message', [
