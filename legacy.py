@@ -442,18 +442,15 @@ def _sg2_compat(obj):
     return 'sg3'
 
 
+def _persistent_children(item):
+    modules = item.state.get('_modules', {}) if isinstance(item.state, dict) else {}
+    return [child for child in modules.values() if isinstance(child, _PickledPersistent)] \
+        if isinstance(modules, dict) else []
+
+
 def _walk(obj):
     """Every persistent object under ``obj``, each once (a pickle may share submodules exponentially)."""
-    seen, todo = set(), [obj]
-    while todo:
-        item = todo.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        modules = item.state.get('_modules', {}) if isinstance(item.state, dict) else {}
-        if isinstance(modules, dict):
-            todo.extend(reversed([child for child in modules.values() if isinstance(child, _PickledPersistent)]))
+    return safe_pickle.iter_unique(obj, children=_persistent_children)
 
 
 def _plain_attrs(state):
@@ -691,7 +688,8 @@ def _check_network_arguments(cls, init_args, init_kwargs, where):
 
 
 def _check_network_size(net, where):
-    """Refuse a network (built on the meta device) whose parameters and buffers exceed what the file can hold."""
+    """Refuse a network (built on the meta device, or on the CPU under ``_BoundedConstruction``) whose parameters
+    and buffers exceed what the file can hold."""
     limit = _max_network_bytes.get()
     if limit is None:
         return

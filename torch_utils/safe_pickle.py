@@ -605,8 +605,24 @@ def check_loaded(obj):
                 raise DamagedPickleError(f'it holds a numpy value of dtype {dtype}, which safe loading does not allow')
 
 
-def iter_unique(obj):
-    """Yield ``obj`` and everything reachable through containers and instance dicts, each object once.
+def _contents(item):
+    """What a loaded object holds: container items, dict keys and values, its instance dict."""
+    if isinstance(item, (str, bytes, bytearray, int, float, complex, bool, type(None), torch.Tensor, np.ndarray,
+                         np.generic, np.dtype, type)):
+        return []
+    out = []
+    if isinstance(item, dict):
+        out += list(item.keys()) + list(item.values())
+    elif isinstance(item, (list, tuple, set, frozenset)):
+        out += list(item)
+    if hasattr(item, '__dict__') and not callable(item):
+        out.append(vars(item))
+    return out
+
+
+def iter_unique(obj, children=_contents):
+    """Yield ``obj`` and everything reachable through ``children`` (default: containers and instance dicts), each
+    object once, depth first in the order ``children`` lists them.
 
     Identity-based, iterative: shared references are visited once and nesting cannot overflow the stack.
     Tensors and arrays are yielded but not descended into.
@@ -619,16 +635,7 @@ def iter_unique(obj):
             continue
         seen.add(id(item))
         yield item
-        if isinstance(item, (str, bytes, bytearray, int, float, complex, bool, type(None), torch.Tensor, np.ndarray,
-                             np.generic, np.dtype, type)):
-            continue
-        if isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            todo.extend(item)
-        if hasattr(item, '__dict__') and not callable(item):
-            todo.append(vars(item))
+        todo.extend(reversed(children(item)))
 
 # ----------------------------------------------------------------------------
 # Checked constructors for the common globals.
