@@ -146,7 +146,6 @@ def attribute_distribution(opts, name, num_gen):
     from metrics import attribute_distribution as attr
     detector_kwargs = dict(class_outputs=True)
     gen = attr.predicted_classes(_gen_stats(opts, 'attribute', detector_kwargs, num_gen, capture_all=True).get_all())
-    num_classes = None
     real = None
     if opts.dataset_kwargs:
         _full_dataset(opts, full=True)

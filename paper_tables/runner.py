@@ -173,9 +173,8 @@ def run(steps, outdir, scripts, shard=None, echo=print, rank=0, world=1):
     for step in steps:
         if step.kind == 'bank':
             step = _resolve_embedder(step)
-            if world > 1:
-                shard = (rank, world)
-            args = step.args + ([f'--shard={shard[0]}/{shard[1]}'] if shard is not None else [])
+            bank_shard = (rank, world) if world > 1 else shard
+            args = step.args + ([f'--shard={bank_shard[0]}/{bank_shard[1]}'] if bank_shard is not None else [])
             echo(f'[bank {step.key}] {step.command}')
             _invoke(scripts[step.script], args, f'bank {step.key}')
             if world > 1:
@@ -184,7 +183,7 @@ def run(steps, outdir, scripts, shard=None, echo=print, rank=0, world=1):
                     _invoke(scripts[step.script], step.args + ['--merge'], f'bank {step.key}')
                 _barrier(world)
             continue
-        if shard is not None and shard[1] > 1 and world == 1:
+        if shard is not None and shard[1] > 1:
             continue  # Sharded runs compute bank chunks only; the rows run once every shard has finished.
         path = os.path.join(outdir, 'rows', f'{step.key}.json')
         _barrier(world)  # Every rank sees the same finished rows.
