@@ -54,13 +54,6 @@ def _parse_shard(text):
         raise click.BadParameter(str(err), param_hint='--shard') from None
 
 
-def _parse_class(ctx, param, value):
-    try:
-        return volume_job.parse_class(cli.parse_class(value, keywords=('all',)))
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-
-
 def _load_embedder(path, device, dtype):
     try:
         return volume_job.load_embedder(path, device, volume_job.DTYPES[dtype]), latents.file_sha256(path)
@@ -86,7 +79,7 @@ def _load_embedder(path, device, dtype):
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where volumes.npz and chunks/ go')
 @click.option('--resize', type=click.IntRange(min=1), help='Pixel space: resize images to this size first')
 @click.option('--embedder', type=click.Path(exists=True, dir_okay=False), help='Feature space: TorchScript embedding network')
-@click.option('--class', 'class_idx', callback=_parse_class, metavar='INT|NAME|all', help="Class of a conditional network (index or ImageNet name), or 'all' (default: random classes)")
+@cli.class_option(keywords=('random', 'all'))
 @click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
 @click.option('--dtype', type=click.Choice(sorted(volume_job.DTYPES)), default='float32', show_default=True, help='Precision of the network (StyleGAN2/3 compute in float32 whatever this says)')
 @click.option('--shard', metavar='i/n', help='Compute shard i of n (default: from the SLURM array variables, else 0/1)')
@@ -101,11 +94,12 @@ def main(network_pkl, num, seed, space, method, top_k, num_projections, projecti
     torch.backends.cudnn.allow_tf32 = False
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
+    class_idx = cli.resolve_class(G, class_idx)
     embed_fn, embedder_sha256 = _load_embedder(embedder, device, dtype) if embedder else (None, None)
     try:
         job = volume_job.VolumeJob(
             G, latents.network_sha256(network_pkl), num, seed=seed, space=space, method=method, top_k=top_k,
-            class_idx=class_idx, dtype=dtype, resize=resize, embedder=embed_fn, embedder_sha256=embedder_sha256,
+            class_idx=None if class_idx == 'random' else class_idx, dtype=dtype, resize=resize, embedder=embed_fn, embedder_sha256=embedder_sha256,
             num_projections=num_projections, projection_seed=projection_seed, chunk_size=chunk_size,
             batch_size=batch_size, vmap_chunk=vmap_chunk)
         if job.output_dtype != dtype:

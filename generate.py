@@ -20,10 +20,9 @@ Examples:
 """
 
 import click
-import numpy as np
 
-from sampling import cli, images
-from sampling.latents import FileFormatError, z_from_seeds
+from sampling import cli, images, samplers
+from sampling.latents import FileFormatError
 from sampling.synthesis import has_mapping, load_projected_w, set_input_transform, synthesize
 
 
@@ -32,10 +31,7 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
 @click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
-@click.option('--class', 'class_idx', type=lambda text: cli.parse_class(text, keywords=('random',)),
-              metavar='INT|NAME|random',
-              help="Class of a conditional network; ImageNet names work too ('golden retriever'); random (the default): "
-                   "one random class per seed")
+@cli.class_option()
 @click.option('--truncnorm', is_flag=True,
               help="BigGAN's truncation trick: z = --trunc x truncnorm(-2, 2) from each seed, instead of N(0, I)")
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
@@ -70,14 +66,12 @@ def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, p
         names = [f'proj{idx:02d}.png' for idx in range(len(ws))]
         batches = synthesize(G, ws=ws, noise_mode=noise_mode, batch_size=batch_size, exact_nvlabs=exact_nvlabs)
     else:
-        label = cli.seed_labels(G, class_idx, seeds, device)
-        if truncnorm:
-            from training.networks_biggan import truncated_z
-            z = np.stack([truncated_z(1, G.z_dim, truncation=truncation_psi, seed=seed)[0] for seed in seeds])
-        else:
-            z = z_from_seeds(seeds, G.z_dim)
+        # The sampler of the spec 'random' ('truncnorm' with --truncnorm); each seed's latent is its draw(1, seed).
+        source = samplers.term('truncnorm' if truncnorm else 'random')
+        spec = samplers.make_spec([source], psi=truncation_psi, class_idx=cli.resolve_class(G, class_idx))
+        drawn = cli.build_sampler(spec, G, device).draw_seeds(seeds)
         names = [f'seed{seed:04d}.png' for seed in seeds]
-        batches = synthesize(G, z=z, c=label, truncation_psi=truncation_psi, noise_mode=noise_mode,
+        batches = synthesize(G, z=drawn.z, c=drawn.c, truncation_psi=truncation_psi, noise_mode=noise_mode,
                              batch_size=batch_size, exact_nvlabs=exact_nvlabs)
 
     cli.prepare_outdir(outdir)

@@ -43,31 +43,12 @@ import os
 
 import click
 
-from sampling import cli, hub_sampler
+from sampling import cli, hub_sampler, samplers
 from sampling.chunks import ChunkStore, resolve_shard
 from sampling.latents import make_meta, network_sha256
 from sampling.synthesis import has_mapping
 
 _DEFAULT_MAX_BATCHES = 1000
-
-
-def _parse_class(text):
-    return cli.parse_class(text, keywords=('random',))
-
-
-def _check_class(G, class_idx):
-    if G.c_dim == 0:
-        if class_idx is not None:
-            click.echo('warning: --class is ignored for an unconditional network', err=True)
-        return None
-    if class_idx is None:
-        # The embedded default network is conditional, and the README's first command passes no --class.
-        click.echo(f'Conditional network ({G.c_dim} classes) and no --class: a random class per latent '
-                   f'(--class random); pass --class 0..{G.c_dim - 1} for one class', err=True)
-        return 'random'
-    if class_idx != 'random' and class_idx >= G.c_dim:
-        raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
-    return class_idx
 
 
 @click.command(cls=cli.Command, help=__doc__)
@@ -92,9 +73,7 @@ def _check_class(G, class_idx):
               help=f'Stop after this many batches  [default: {_DEFAULT_MAX_BATCHES}; see Shards]')
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True,
               help='Truncation psi (synthesis only)')
-@click.option('--class', 'class_idx', type=_parse_class, metavar='INT|NAME|random',
-              help="Class of a conditional network, or 'random' (random class per latent, seeded by its batch; "
-                   "the default for a conditional network)")
+@cli.class_option(help_more=' (the class also maps the latents to W for scoring)')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--synth-batch', type=click.IntRange(min=1), default=32, show_default=True,
               help='Images per forward pass')
@@ -106,20 +85,13 @@ def _check_class(G, class_idx):
               help='Run the code embedded in the pickle (only for files you trust)')
 def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_self, batch_size, seed, max_batches,
          truncation_psi, class_idx, noise_mode, synth_batch, device, no_images, shard, merge, allow_pickle_code):
+    max_batches_given = max_batches is not None
     if merge and shard is not None:
         raise click.UsageError('pass either --shard (score one shard) or --merge (join all shards), not both')
     try:
         shard_index, shard_count = (0, 1) if merge else resolve_shard(shard)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint='--shard') from None
-    try:
-        search = hub_sampler.HubSearch(space=space or 'w', k=k, count_self=count_self, batch_size=batch_size, seed=seed,
-                                       threshold=threshold, top=top, quantile=quantile)
-        batches = None  # None: a single run (or a merge), which stops as soon as --num hubs are found.
-        if shard_count > 1:
-            batches = hub_sampler.shard_batches(search, num, shard_index, shard_count, max_batches)
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
     max_batches = max_batches or _DEFAULT_MAX_BATCHES
     if seed + max_batches > 2 ** 32:
         raise click.BadParameter('batch seeds --seed + b would pass 2**32 - 1; use a smaller --seed',
@@ -128,10 +100,24 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
     device = cli.resolve_device(device)
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
-    search.class_idx = _check_class(G, class_idx)
-    if space is None and not has_mapping(G):
-        search.space = 'z'  # No W to score in (BigGAN and other generators without a mapping network).
-    space = search.space
+    if space is None:
+        space = 'w' if has_mapping(G) else 'z'  # No W to score in for BigGAN and other generators without mapping.
+    # The sampler of the spec 'hubness:...;class=...': its search, batch by batch, is what this script stores.
+    try:
+        hubness = samplers.term('hubness', k=k, t=threshold, top=top, quantile=quantile, space=space,
+                                batch=batch_size, count_self=count_self, max_batches=max_batches)
+        spec = samplers.make_spec([hubness], class_idx=cli.resolve_class(G, class_idx))
+    except samplers.SamplerSpecError as err:
+        raise click.UsageError(str(err)) from None
+    source = cli.build_sampler(spec, G, device).source
+    search = source.search(seed)
+    try:
+        batches = None  # None: a single run (or a merge), which stops as soon as --num hubs are found.
+        if shard_count > 1:
+            batches = hub_sampler.shard_batches(search, num, shard_index, shard_count, max_batches if
+                                                max_batches_given else None)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     sha256 = network_sha256(network_pkl)
 
     # Everything that defines the outputs; a re-run into the same --outdir must agree on all of it.
@@ -145,7 +131,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
         # Name the whole --outdir: its bank and images belong to the same settings as its chunks.
         raise click.ClickException(str(err).replace(chunk_dir, f'--outdir {outdir}').replace(
             'delete it', f'delete {outdir}')) from None
-    compute = lambda b: hub_sampler.score_batch(G, search, b, device=device)  # noqa: E731
+    compute = lambda b: source.score(search, b)  # noqa: E731
 
     if batches is not None:
         todo = store.run(compute, batches, desc=f'Shard {shard_index}/{shard_count}')

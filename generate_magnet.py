@@ -18,6 +18,8 @@ is pulled toward plain sampling, the more so the larger --num is relative to the
 
 --mix is the fraction of the images drawn from the bank; the rest come from plain random latents
 ("20 % MaGNET" is --mix=0.2). Bank images come first. A bank made for another network is refused.
+The latents are those of the sampler spec 'mix:MIX*polarity(bank=B,rho=R,...)+(1-MIX)*random' of
+calc_metrics.py --sampler with the same --seed (sampling/samplers.py).
 Outputs: magnet000000.png ..., grid.png (--grid), selection.npz (latents, labels, bank_index; -1 for
 random latents; readable with numpy) and selection.json (indices, ESS, weight summary).
 
@@ -30,12 +32,14 @@ Examples:
     python generate_magnet.py --network=net.pkl --bank=vol/volumes.npz --rho=-0.01 --mix=0.2 --trunc=0.9 --num=50000 --outdir=out
 """
 
+import dataclasses
 import json
 import os
 
 import click
+import numpy as np
 
-from sampling import cli, images, latents, magnet_sampler
+from sampling import cli, images, latents, samplers
 from sampling.synthesis import synthesize
 
 
@@ -57,11 +61,13 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Images to generate')
 @click.option('--mix', type=cli.FiniteFloat(0, 1), default=1, show_default=True, help='Fraction from the bank; the rest random')
 @click.option('--replace/--no-replace', default=True, show_default=True, help='Resample with replacement (Algorithm 1) or not (authors\' demo)')
-@click.option('--per-class', is_flag=True, help='Normalise probabilities within each class; equal counts per class')
+@click.option('--per-class/--no-per-class', default=True, show_default=True,
+              help='Labelled bank: normalise probabilities within each class and draw every class equally often '
+                   "(the authors' convention); --no-per-class pools the classes")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi at synthesis')
 @click.option('--z-scale', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
               help="Multiply the chosen latents by this at synthesis (the MaGNET authors' BigGAN-deep setting: 0.9, with --trunc 1)")
-@click.option('--class', 'class_idx', type=cli.parse_class, metavar='INT|NAME', help='Only this class (conditional networks; index or ImageNet name)')
+@cli.class_option(help_more='; N: only the bank latents of class N')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the resampling')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
@@ -74,37 +80,37 @@ def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, trunc
     device = cli.resolve_device(device)
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
-    if G.c_dim == 0 and class_idx is not None:
-        click.echo('warning: --class is ignored for an unconditional network', err=True)
-        class_idx = None
     network_sha256 = latents.network_sha256(network_pkl)
+    # The sampler of the spec 'mix:MIX*polarity(bank=...)+(1-MIX)*random;class=...' ('polarity:...' for --mix 1).
+    polarity = samplers.term('polarity', bank=bank_path, rho=rho, top_k=top_k, replace=replace, per_class=per_class)
+    terms = [polarity] if mix == 1 else [dataclasses.replace(polarity, weight=mix), samplers.term('random', weight=1 - mix)]
+    spec = samplers.make_spec(terms, class_idx=cli.resolve_class(G, class_idx))
+    sampler = cli.build_sampler(spec, G, device, network_sha256=network_sha256)
     try:
-        bank_files = latents.bank_files(bank_path)
-        bank = magnet_sampler.load_bank(bank_path, c_dim=G.c_dim)
-        dropped = int(bank.meta.get('dropped_zero_rows', 0))
-        if dropped:
-            click.echo(f'Dropped {dropped} all-zero rows from {", ".join(bank_path)}; {len(bank)} latents remain',
-                       err=True)
-        for warning in magnet_sampler.check_bank(bank, network_sha256, G.z_dim, G.c_dim):
-            click.echo(f'warning: {warning}', err=True)
-        z, c, bank_index, summary = magnet_sampler.select(
-            bank, num, G.z_dim, G.c_dim, rho=rho, top_k=top_k, mix=mix, replace=replace, per_class=per_class,
-            class_idx=class_idx, seed=seed, normalizes_z=bool(getattr(G, 'normalizes_z', True)))
+        drawn = sampler.draw(num, seed)
     except ValueError as err:
-        raise click.ClickException(str(err)) from None
+        raise cli.UserError(str(err)) from None
+    from_bank = drawn.bank_index >= 0
+    summary = dict(sampler=spec.describe(), num=num, num_from_bank=int(from_bank.sum()),
+                   num_random=int((~from_bank).sum()), rho=float(rho), mix=float(mix), replace=bool(replace),
+                   per_class=bool(per_class), class_idx=spec.class_idx, seed=seed,
+                   distinct_from_bank=int(len(np.unique(drawn.bank_index[from_bank]))),
+                   **sampler.components[0].summary())
     click.echo(f'Effective sample size {summary["ess"]:.1f} of {summary["num_candidates"]} candidates; '
                f'{summary["num_from_bank"]} images from the bank ({summary["distinct_from_bank"]} distinct latents), '
                f'{summary["num_random"]} random', err=True)
 
     cli.prepare_outdir(outdir)
+    bank_files = latents.bank_files(bank_path)
     paths, hashes = [os.path.abspath(f) for f in bank_files], [latents.file_sha256(f) for f in bank_files]
     summary.update(bank=paths[0] if len(paths) == 1 else paths, bank_sha256=hashes[0] if len(hashes) == 1 else hashes,
                    network_sha256=network_sha256, truncation_psi=truncation_psi, z_scale=z_scale, noise_mode=noise_mode,
                    command=cli.command_line())
-    _write_selection(outdir, z, c, bank_index, summary)
+    _write_selection(outdir, drawn.z, drawn.c, drawn.bank_index, summary)
 
     # selection.npz keeps the latents as chosen (the bank's); only synthesis sees them scaled.
-    batches = synthesize(G, z=z * z_scale if z_scale != 1 else z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
+    z = drawn.z * z_scale if z_scale != 1 else drawn.z
+    batches = synthesize(G, z=z, c=drawn.c, truncation_psi=truncation_psi, noise_mode=noise_mode, batch_size=batch_size)
     names = [f'magnet{idx:06d}.png' for idx in range(num)]
     num_written = images.write_images(batches, names, outdir, grid=grid)
     click.echo(f'Wrote {num_written} images to {outdir}')

@@ -100,16 +100,16 @@ def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path
         cols, top_k, truncation_psi, strip):
     """Polarity rho sweep: the same resampling seed for every rho (a frame = generate_magnet.py --rho R --seed S)."""
     from demos import first_run
-    from sampling import magnet_sampler, video
+    from sampling import samplers, video
     if bank_path is None:
         if network_pkl is not None:
             raise click.UsageError('--bank is needed with --network (the shipped bank is for the embedded network)')
         bank_path = first_run.EMBEDDED_BANK
     network_pkl, G = _setup(network_pkl, device, allow_pickle_code)
     try:
-        bank = magnet_sampler.load_bank(bank_path)
-        for warning in magnet_sampler.check_bank(bank, network_sha256(network_pkl), G.z_dim, G.c_dim):
-            click.echo(f'warning: {warning}', err=True)
+        bank, notes = samplers.load_bank(bank_path, G, network_sha256(network_pkl), need='singular values (svds)')
+        for note in notes:
+            click.echo(note, err=True)
         rhos = video.sweep_values(rho_start, rho_stop, frames)
         frame_iter = video.rho_sweep_frames(G, bank, rhos, num, seed=seed, top_k=top_k, truncation_psi=truncation_psi,
                                             cols=cols, scale=scale)
@@ -125,22 +125,16 @@ def rho(network_pkl, out, fps, scale, seed, device, allow_pickle_code, bank_path
 @click.option('--frames', type=click.IntRange(2, 10000), default=41, show_default=True, help='Frames (psi values)')
 @click.option('--num', type=click.IntRange(1, 256), default=10, show_default=True, help='Images per frame')
 @click.option('--cols', type=click.IntRange(min=1), help='Images per row of a frame (default: all in one row)')
-@click.option('--class', 'class_idx', type=int, help='Class of a conditional network (default: a random class each)')
+@cli.class_option()
 @click.option('--strip', type=click.Path(dir_okay=False), help='Also write 5 of the frames as one PNG')
 def trunc(network_pkl, out, fps, scale, seed, device, allow_pickle_code, psi_start, psi_stop, frames, num, cols,
           class_idx, strip):
-    """Truncation sweep: rows 0..NUM-1 of batch seed --seed (labels: random_labels of the seed) at each psi."""
-    from sampling import latents, video
+    """Truncation sweep: the latents of the sampler 'random' with seed --seed (rows 0..NUM-1 of the seed) at each psi."""
+    from sampling import samplers, video
     network_pkl, G = _setup(network_pkl, device, allow_pickle_code)
-    z = latents.z_batch(seed, num, G.z_dim).astype(np.float32)
-    if G.c_dim == 0:
-        c = np.zeros([num, 0], np.float32)
-    elif class_idx is None:
-        c = latents.random_labels(seed, num, G.c_dim)
-    elif not 0 <= class_idx < G.c_dim:
-        raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
-    else:
-        c = latents.one_hot(np.full([num], class_idx), G.c_dim)
+    spec = samplers.make_spec([samplers.term('random')], class_idx=cli.resolve_class(G, class_idx))
+    drawn = cli.build_sampler(spec, G, next(G.parameters()).device).draw(num, seed)
+    z, c = drawn.z, drawn.c
     psis = video.sweep_values(psi_start, psi_stop, frames)
     frame_iter = video.truncation_sweep_frames(G, z, c, psis, cols=cols, scale=scale)
     _write(out or os.path.join(_DEFAULT_DIR, 'truncation_sweep.mp4'), frame_iter, len(psis), fps, strip)
@@ -170,9 +164,9 @@ def lerp(network_pkl, out, fps, scale, seed, device, allow_pickle_code, hubs_pat
     need = paths * keys
     try:
         if hubs_path is not None:
-            bank = latents.LatentBank.load(hubs_path)
-            latents.check_compatible(bank, network_sha256=network_sha256(network_pkl), z_dim=G.z_dim,
-                                     c_dim=G.c_dim if bank.c_dim else None)
+            bank, notes = samplers.load_bank(hubs_path, G, network_sha256(network_pkl))
+            for note in notes:
+                click.echo(note, err=True)
             if len(bank) < need:
                 raise ValueError(f'{hubs_path} holds {len(bank)} hubs; --paths {paths} x --keys {keys} need {need}')
             bank = bank.select(np.arange(need))
@@ -186,7 +180,7 @@ def lerp(network_pkl, out, fps, scale, seed, device, allow_pickle_code, hubs_pat
         frame_iter = video.interpolation_frames(G, ws, paths, steps, translate=translate, rotate=rotate, scale=scale)
         total = (need // paths - 1) * steps + 1
         _write(out or os.path.join(_DEFAULT_DIR, 'hub_interpolation.mp4'), frame_iter, total, fps)
-    except (ValueError, samplers.SamplerSpecError) as err:
+    except ValueError as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
 
 

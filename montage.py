@@ -54,7 +54,7 @@ def _parse_floats(ctx, param, value):
 def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, cols, seed, scale, out, device,
          allow_pickle_code):
     from demos import first_run
-    from sampling import magnet_sampler, montage
+    from sampling import montage, samplers
     from sampling.images import save_png
     from sampling.latents import network_sha256
     if bank_path is None:
@@ -67,10 +67,9 @@ def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, col
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
     try:
-        bank = magnet_sampler.load_bank(bank_path)
-        sha = network_sha256(network_pkl)
-        for warning in magnet_sampler.check_bank(bank, sha, G.z_dim, G.c_dim):
-            click.echo(f'warning: {warning}', err=True)
+        bank, notes = samplers.load_bank(bank_path, G, network_sha256(network_pkl), need='singular values (svds)')
+        for note in notes:
+            click.echo(note, err=True)
         num = rows * cols
         if by == 'psi':
             groups = montage.psi_groups(G, bank, num, rho=rho, top_k=top_k, seed=seed, psis=psis)

@@ -149,28 +149,54 @@ def _os_reason(err, creating_folder=False):
     return err.strerror or str(err)
 
 
-def parse_class(text, keywords=()):
+def parse_class(text, keywords=('random',)):
     """A --class value: None, a class index, one of ``keywords`` ('random', 'all'), or an ImageNet class name or
     WordNet id ('golden retriever', 'n02099601', for 1000-class networks such as BigGAN) -> None, int or keyword."""
-    if text is None or isinstance(text, int):
-        return text
-    text = str(text).strip()
-    if text.lower() in keywords:
-        return text.lower()
-    if re.fullmatch(r'[+-]?\d+', text):
-        value = int(text)
-        if value < 0:
-            raise click.BadParameter(f'class {value} is negative; classes are numbered from 0')
-        return value
-    from sampling import imagenet
+    from sampling.samplers import parse_class as parse
     try:
-        return imagenet.class_index(text)
-    except imagenet.UnknownClassName as err:
-        options = ' or '.join(['a class index'] + [repr(word) for word in keywords])
-        hint = f'; did you mean {", ".join(repr(c) for c in err.close)}?' if err.close else ''
-        raise click.BadParameter(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
-    except ValueError as err:  # A name shared by several classes.
+        return parse(text, keywords)
+    except ValueError as err:
         raise click.BadParameter(str(err)) from None
+
+
+def class_option(keywords=('random',), help_more=''):
+    """``--class``: the one class rule of every script that samples a conditional network (see :func:`resolve_class`)."""
+    words = '|'.join(keywords)
+    meanings = dict(random='random: a random class per latent (the default)',
+                    all="all: every class, --num latents each")
+    text = 'Class of a conditional network: an index, an ImageNet name, or ' + \
+        '; '.join(meanings[word] for word in keywords) + help_more
+    return click.option('--class', 'class_idx', type=lambda value: parse_class(value, keywords),
+                        metavar=f'INT|NAME|{words}', help=text)
+
+
+def resolve_class(G, class_idx):
+    """The --class of a run on `G`: None for an unconditional network (a given --class is ignored, with a warning);
+    for a conditional one a checked index or keyword, and 'random' when --class is absent, said on stderr."""
+    if G.c_dim == 0:
+        if class_idx is not None:
+            click.echo('warning: --class is ignored for an unconditional network', err=True)
+        return None
+    if class_idx is None:
+        click.echo(f'note: this network is conditional ({G.c_dim} classes) and no --class was given: a random class '
+                   f'per latent (--class random); pass --class 0..{G.c_dim - 1} for one class', err=True)
+        return 'random'
+    if isinstance(class_idx, int) and not 0 <= class_idx < G.c_dim:
+        raise click.BadParameter(f'{class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})',
+                                 param_hint='--class')
+    return class_idx
+
+
+def build_sampler(spec, G, device, network_sha256=None, progress=False):
+    """:func:`sampling.samplers.build`, its notes said on stderr and its errors turned into one line."""
+    from sampling import samplers
+    try:
+        sampler = samplers.build(spec, G, device=device, network_sha256=network_sha256, progress=progress)
+    except samplers.SamplerSpecError as err:
+        raise UserError(str(err)) from None
+    for note in sampler.notes:
+        click.echo(note, err=True)
+    return sampler
 
 
 def resolve_device(name):
@@ -216,33 +242,6 @@ def load_generator(network, device, allow_code=False):
         return legacy.load_network(network, allow_code=allow_code, device=device)
     except legacy.NetworkLoadError as err:
         raise click.ClickException(str(err)) from None
-
-
-def seed_labels(G, class_idx, seeds, device):
-    """One-hot labels [len(seeds), c_dim] for generate.py's seeds; an empty [N, 0] tensor for unconditional nets.
-
-    ``class_idx`` is a class index, 'random' (class of seed s: row 0 of :func:`sampling.latents.random_labels` of
-    batch seed s, the class generate_hubness.py gives the latent of seed s) or None, which for a conditional
-    network means 'random', announced on stderr.
-    """
-    from sampling.latents import random_labels
-    if G.c_dim == 0:
-        if class_idx is not None:
-            click.echo('warning: --class is ignored for an unconditional network', err=True)
-        return torch.zeros([len(seeds), 0], device=device)
-    if class_idx is None:
-        click.echo(f'note: this network is conditional ({G.c_dim} classes) and no --class was given: one random class '
-                   'per seed (--class random); pass --class N for one class', err=True)
-        class_idx = 'random'
-    if class_idx == 'random':
-        labels = np.concatenate([random_labels(seed, 1, G.c_dim) for seed in seeds]) if len(seeds) else \
-            np.zeros([0, G.c_dim], dtype=np.float32)
-        return torch.from_numpy(labels).to(device)
-    if not 0 <= class_idx < G.c_dim:
-        raise click.BadParameter(f'--class {class_idx} is out of range for {G.c_dim} classes (0..{G.c_dim - 1})')
-    label = torch.zeros([len(seeds), G.c_dim], device=device)
-    label[:, class_idx] = 1
-    return label
 
 
 class Command(click.Command):

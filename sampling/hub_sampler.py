@@ -166,8 +166,11 @@ def map_to_w(G, z, c, device):
     return torch.cat(out) if out else torch.zeros([0, G.w_dim], dtype=torch.float32, device=device)
 
 
-def score_batch(G, search, batch, device=None, backend='torch'):
+def score_batch(G, search, batch, device=None, backend='torch', labels=None):
     """Score batch `batch` of a search and keep its hubs.
+
+    `labels`, if given, is ``labels(batch_seed, num)`` -> float32 [num, c_dim] in place of :func:`batch_labels`
+    (e.g. labels drawn from a dataset).
 
     Returns
     -------
@@ -182,7 +185,7 @@ def score_batch(G, search, batch, device=None, backend='torch'):
     device = torch.device(device) if device is not None else next(G.parameters()).device
     seed = search.batch_seed(batch)
     z = z_batch(seed, search.batch_size, G.z_dim)
-    c = batch_labels(search, batch, G.c_dim)
+    c = batch_labels(search, batch, G.c_dim) if labels is None else labels(seed, search.batch_size)
     if search.space == 'w':
         require_mapping(G, 'hub scores in W')
     w_all = map_to_w(G, z, c, device) if search.space == 'w' else None
@@ -242,8 +245,8 @@ def collect_hubs(store, num, max_batches, compute=None, progress=True):
 
     Parameters
     ----------
-    store : ChunkStore
-        One chunk per batch index.
+    store : ChunkStore or None
+        One chunk per batch index; None: nothing is stored (the ``hubness`` sampler of :mod:`sampling.samplers`).
     num : int
         Hubs wanted (>= 1).
     max_batches : int
@@ -292,6 +295,8 @@ def _obtain(store, batch, compute, max_batches):
     While another process holds the claim on `batch`, a later batch nobody has claimed is computed meanwhile
     (concurrent runs into one folder share the work), else this waits for it.
     """
+    if store is None:
+        return compute(batch)
     while True:
         chunk = store.load(batch)
         if chunk is not None:

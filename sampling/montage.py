@@ -4,7 +4,7 @@ A montage has one column group per truncation psi (the same latents in every gro
 latent at several psi) or, for a conditional network, per class (naive latents of that class against the
 polarity draw within the class). In each group, ``rows`` rows of naive samples (rows ``0 .. n - 1`` of batch seed
 ``seed``, :mod:`sampling.latents`) sit above ``rows`` rows of bank latents resampled with polarity rho
-(:func:`sampling.magnet_sampler.select`, the draw of ``generate_magnet.py``), ``n = rows * cols``. Group titles
+(:class:`sampling.samplers.PolaritySource`, the draw of ``generate_magnet.py``), ``n = rows * cols``. Group titles
 are written above the groups and the two kinds of rows are named on the left (Pillow text).
 """
 
@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from sampling import latents, magnet_sampler
+from sampling import latents, samplers
 from sampling.video import render
 
 DEFAULT_PSIS = (0.3, 0.5, 0.7, 0.9, 1.0)
@@ -38,11 +38,10 @@ def method_label(rho):
 
 
 def _select(G, bank, num, rho, top_k, seed, class_idx=None):
-    per_class = bank.c_dim > 0 and class_idx is None
-    z, c, _, _ = magnet_sampler.select(bank, num, G.z_dim, G.c_dim, rho=rho, top_k=top_k, per_class=per_class,
-                                       class_idx=class_idx, seed=seed,
-                                       normalizes_z=bool(getattr(G, 'normalizes_z', True)))
-    return z, c
+    source = samplers.PolaritySource(bank, G.z_dim, G.c_dim, rho=rho, top_k=top_k, class_idx=class_idx,
+                                     normalizes_z=bool(getattr(G, 'normalizes_z', True)))
+    drawn = source.draw(num, seed)
+    return drawn.z, drawn.c
 
 
 def psi_groups(G, bank, num, rho=1.0, top_k=None, seed=0, psis=DEFAULT_PSIS):

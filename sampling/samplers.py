@@ -90,10 +90,11 @@ class Term:
 
 @dataclasses.dataclass
 class Spec:
-    """A parsed spec: one or more terms (several = a mixture) and the global truncation psi."""
+    """A parsed spec: one or more terms (several = a mixture), the global truncation psi and class."""
 
     terms: list
     psi: float = 1.0
+    class_idx: object = None
     text: str = ''
 
     @property
@@ -103,17 +104,21 @@ class Spec:
     def describe(self):
         """Canonical text of the spec (every argument explicit), e.g. for result files."""
         parts = []
-        for term in self.terms:
-            args = ','.join(f'{k}={_format_value(v)}' for k, v in term.args.items())
-            body = f'{term.name}({args})' if self.is_mixture and args else term.name + (f':{args}' if args else '')
-            parts.append(body if term.weight is None else f'{_format_value(term.weight)}*{body}')
-        text = ('mix:' if self.is_mixture else '') + '+'.join(parts)
-        return text + (f';trunc={_format_value(self.psi)}' if self.psi != 1 else '')
+        for item in self.terms:
+            args = ','.join(f'{k}={_format_value(v)}' for k, v in item.args.items()
+                            if not (v is None and k in _OMITTED_WHEN_UNSET))
+            body = f'{item.name}({args})' if self.is_mixture and args else item.name + (f':{args}' if args else '')
+            parts.append(body if item.weight is None else f'{_format_value(item.weight)}*{body}')
+        options = [f'trunc={_format_value(self.psi)}'] if self.psi != 1 else []
+        options += [f'class={_format_value(self.class_idx)}'] if self.class_idx is not None else []
+        return ('mix:' if self.is_mixture else '') + '+'.join(parts) + (';' + ','.join(options) if options else '')
 
 
 def _format_value(value):
     if value is None:
         return 'all'
+    if isinstance(value, tuple):
+        return ','.join(map(_format_value, value))
     if isinstance(value, float):
         return repr(value) if value != int(value) else str(int(value))
     if isinstance(value, bool):
@@ -283,6 +288,10 @@ def _to_choice(choices):
 
 
 def _to_path(name, value):
+    if isinstance(value, (list, tuple)) and len(value) > 1:  # The authors' per-class files, from a script.
+        return tuple(_to_path(name, item) for item in value)
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # A file named like a number.
     if not isinstance(value, str) or not value:
@@ -300,17 +309,72 @@ def _optional_int_at_least(lo):
 
 _LABELS = _to_choice(('auto', 'dataset', 'uniform'))
 
+
+def _optional_float(name, value):
+    return None if value in ('none', None) else _to_float(name, value)
+
+
 # name -> {argument: (converter, default)}; a default of ... means required.
 _SAMPLERS = {
     'random': dict(labels=(_LABELS, 'auto')),
     'trunc': dict(psi=(_to_float, ...)),
-    'hubness': dict(k=(_int_at_least(1), 5), t=(_to_float, 50.0), space=(_to_choice(('w', 'z')), 'w'),
+    'truncnorm': dict(labels=(_LABELS, 'auto')),
+    'hubness': dict(k=(_int_at_least(1), 5), t=(_optional_float, None), top=(_optional_int_at_least(1), None),
+                    quantile=(_optional_float, None), space=(_to_choice(('w', 'z')), 'w'),
                     batch=(_int_at_least(2), 10000), count_self=(_to_bool, True),
                     max_batches=(_int_at_least(1), 1000), labels=(_LABELS, 'auto')),
     'polarity': dict(bank=(_to_path, ...), rho=(_to_float, 1.0), top_k=(_optional_int_at_least(1), None),
                      eps=(_to_float, 0.0), replace=(_to_bool, True), per_class=(_to_bool, True)),
     'bank': dict(path=(_to_path, ...)),
 }
+
+# Arguments left out of a spec's text when unset (the hub selection rules: exactly one is set).
+_OMITTED_WHEN_UNSET = ('t', 'top', 'quantile')
+
+
+def _finish_hubness(args):
+    rules = [name for name in _OMITTED_WHEN_UNSET if args[name] is not None]
+    if len(rules) > 1:
+        names = ['threshold' if name == 't' else name for name in rules]
+        raise SamplerSpecError(f'choose one selection rule, got {" and ".join(names)} (hubness: t, top or quantile)')
+    if not rules:
+        args['t'] = 50.0  # The authors' threshold.
+    if args['quantile'] is not None and not 0 <= args['quantile'] <= 1:
+        raise SamplerSpecError(f'hubness argument quantile must be in [0, 1], got {args["quantile"]}')
+    return args
+
+
+# Checks that involve several arguments of one sampler.
+_FINISH = {'hubness': _finish_hubness}
+
+
+def parse_class(value, keywords=('random',)):
+    """A class of a conditional network: an index, one of ``keywords``, or an ImageNet class name or WordNet id
+    ('golden retriever', 'n02099601') -> int or keyword. Raises ValueError with a one-line message."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f'class {value} is negative; classes are numbered from 0')
+        return value
+    text = str(value).strip()
+    if text.lower() in keywords:
+        return text.lower()
+    if re.fullmatch(r'[+-]?\d+', text):
+        return parse_class(int(text), keywords)
+    from sampling import imagenet
+    try:
+        return imagenet.class_index(text)
+    except imagenet.UnknownClassName as err:
+        options = ' or '.join(['a class index'] + [repr(word) for word in keywords])
+        hint = f'; did you mean {", ".join(repr(c) for c in err.close)}?' if err.close else ''
+        raise ValueError(f'{text!r} is not {options}, nor an ImageNet class name{hint}') from None
+
+
+def _to_class(name, value):
+    try:
+        return parse_class(value)
+    except ValueError as err:
+        raise SamplerSpecError(f'{name}: {err}') from None
+
 
 # The one argument a bare value stands for (trunc:0.7, bank:hubs.npz).
 _POSITIONAL = {'trunc': 'psi', 'bank': 'path', 'polarity': 'bank'}
@@ -324,21 +388,48 @@ def _make_term(parser, name, named, positional, weight):
         if len(positional) > 1 or name not in _POSITIONAL or _POSITIONAL[name] in named:
             parser.fail(f'{name} takes KEY=VALUE arguments ({", ".join(schema)})')
         named = dict(named, **{_POSITIONAL[name]: positional[0]})
-    args = {}
     for key in named:
         if key not in schema:
             parser.fail(f'unknown argument {key!r} of {name} (known: {", ".join(schema)})')
-    for key, (convert, default) in schema.items():
-        if key in named:
-            try:
-                args[key] = convert(f'{name} argument {key}', named[key])
-            except SamplerSpecError as err:
-                raise SamplerSpecError(f'bad sampler spec {parser.text!r}: {err}') from None
-        elif default is ...:
+    for key, (_, default) in schema.items():
+        if default is ... and key not in named:
             parser.fail(f'{name} needs {key}=...')
+    try:
+        return term(name, weight=weight, **named)
+    except SamplerSpecError as err:
+        raise SamplerSpecError(f'bad sampler spec {parser.text!r}: {err}') from None
+
+
+def term(name, weight=None, **named):
+    """One sampler of a spec, its arguments checked and completed with their defaults as :func:`parse` does:
+    ``term('polarity', bank='b.npz', rho=-1)``. Scripts build their samplers with it from their options."""
+    if name not in _SAMPLERS:
+        raise SamplerSpecError(f'unknown sampler {name!r} (known: {", ".join(_SAMPLERS)})')
+    schema = _SAMPLERS[name]
+    unknown = sorted(set(named) - set(schema))
+    if unknown:
+        raise SamplerSpecError(f'unknown argument {unknown[0]!r} of {name} (known: {", ".join(schema)})')
+    args = {}
+    for key, (convert, default) in schema.items():
+        if key in named and named[key] is not None:
+            args[key] = convert(f'{name} argument {key}', named[key])
+        elif default is ...:
+            raise SamplerSpecError(f'{name} needs {key}=...')
         else:
             args[key] = default
-    return Term(name=name, args=args, weight=weight)
+    return Term(name=name, args=_FINISH.get(name, dict)(args), weight=weight)
+
+
+def make_spec(terms, psi=1.0, class_idx=None):
+    """A :class:`Spec` from :func:`term` results (several, with weights: a mixture), checked as :func:`parse` does."""
+    terms = list(terms)
+    spec = Spec(terms=terms, psi=_to_float('trunc', psi), class_idx=_to_class('class', class_idx))
+    if spec.is_mixture:
+        weights = [item.weight for item in terms]
+        if any(w is None or w < 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
+            raise SamplerSpecError(f'mixture weights must be >= 0 and sum to 1, got {weights}')
+    spec.text = spec.describe()
+    return spec
 
 
 def parse(text):
@@ -357,11 +448,14 @@ def parse(text):
     mixture, raw_terms, options = parser.spec()
     terms = [_make_term(parser, name, named, positional, weight) for name, named, positional, weight, _ in raw_terms]
 
-    psi = 1.0
+    psi, class_idx = 1.0, None
     for key, value in options.items():
-        if key != 'trunc':
-            parser.fail(f'unknown global option {key!r} (known: trunc)')
-        psi = _to_float('trunc', value)
+        if key == 'trunc':
+            psi = _to_float('trunc', value)
+        elif key == 'class':
+            class_idx = _to_class('class', value)
+        else:
+            parser.fail(f'unknown global option {key!r} (known: trunc, class)')
     if len(terms) == 1 and terms[0].name == 'trunc':
         if 'trunc' in options:
             parser.fail('truncation given twice (trunc:PSI and ;trunc=PSI)')
@@ -369,20 +463,38 @@ def parse(text):
         terms = [Term(name='random', args=dict(labels='auto'), weight=terms[0].weight)]
 
     if mixture or len(terms) > 1:
-        if any(term.name == 'trunc' for term in terms):
+        if any(item.name == 'trunc' for item in terms):
             parser.fail('trunc:PSI cannot be a mixture component: truncation applies to the whole sampler, '
                         'add ;trunc=PSI at the end')
-        if any(term.weight is None for term in terms):
+        if any(item.weight is None for item in terms):
             parser.fail('give every mixture component a weight, e.g. 0.2*polarity(bank=b.npz)+0.8*random')
-        weights = [term.weight for term in terms]
+        weights = [item.weight for item in terms]
         if any(w < 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
             parser.fail(f'mixture weights must be >= 0 and sum to 1, got {" + ".join(map(str, weights))}')
     elif terms[0].weight is not None and terms[0].weight != 1:
         parser.fail(f'a single sampler cannot have weight {terms[0].weight}; use a mixture or drop the weight')
-    return Spec(terms=terms, psi=psi, text=text)
+    return Spec(terms=terms, psi=psi, class_idx=class_idx, text=text)
 
 # ----------------------------------------------------------------------------
-# Sources: draw(num, seed) -> (z float32 [num, z_dim], c float32 [num, c_dim]).
+# Sources: draw(num, seed) -> Draw.
+
+@dataclasses.dataclass
+class Draw:
+    """Latents drawn by a source: ``z`` float32 [num, z_dim], ``c`` float32 [num, c_dim] and ``bank_index`` int64
+    [num], the row of a latent bank each latent was taken from (-1 for latents not taken from a bank)."""
+
+    z: np.ndarray
+    c: np.ndarray
+    bank_index: np.ndarray
+
+    @classmethod
+    def fresh(cls, z, c):
+        return cls(z, c, np.full([len(z)], -1, dtype=np.int64))
+
+    @classmethod
+    def concatenate(cls, draws):
+        return cls(*(np.concatenate([getattr(d, name) for d in draws]) for name in ('z', 'c', 'bank_index')))
+
 
 def derive_seed(seed, index):
     """Seed of component `index` of a mixture with base seed `seed`, in [0, 2**32)."""
@@ -396,126 +508,217 @@ def _check_seed(seed):
 
 
 class _Labels:
-    """Labels of the ``random`` and ``hubness`` samplers (see the module docstring)."""
+    """Labels of the samplers that draw fresh latents (``random``, ``truncnorm``, ``hubness``): see the module
+    docstring. ``labels(seed, num)`` -> float32 [num, c_dim]."""
 
-    def __init__(self, c_dim, mode, label_pool):
-        if label_pool is not None:
+    def __init__(self, c_dim, mode, label_pool, class_idx=None):
+        if class_idx == 'random':
+            mode = 'uniform'
+        elif class_idx is not None:
+            mode = 'class'
+            _check_class_range(class_idx, c_dim)
+        if label_pool is not None and mode != 'uniform':
             label_pool = np.asarray(label_pool, dtype=np.float32).reshape(len(label_pool), -1)
             if c_dim and (label_pool.shape[1] != c_dim or len(label_pool) == 0):
                 raise SamplerSpecError(f'the dataset labels have shape {list(label_pool.shape)} but the network '
                                        f'expects {c_dim} label values')
         if mode == 'dataset' and c_dim and label_pool is None:
             raise SamplerSpecError('labels=dataset needs a dataset with labels (pass --data); or use labels=uniform')
-        self.c_dim = c_dim
-        self.pool = label_pool if mode != 'uniform' else None
+        self.c_dim, self.class_idx = c_dim, class_idx
+        self.pool = label_pool if mode in ('auto', 'dataset') else None
 
     def __call__(self, seed, num):
         if self.c_dim == 0:
             return np.zeros([num, 0], dtype=np.float32)
+        if self.class_idx not in (None, 'random'):
+            return latent_utils.one_hot(np.full([num], self.class_idx), self.c_dim)
         if self.pool is not None:
             rows = np.random.RandomState([seed, 1]).randint(len(self.pool), size=num)
             return self.pool[rows].copy()
         return latent_utils.random_labels(seed, num, self.c_dim)
 
 
+def _check_class_range(class_idx, c_dim):
+    if c_dim and not 0 <= class_idx < c_dim:
+        raise SamplerSpecError(f'class {class_idx} is out of range for {c_dim} classes (0..{c_dim - 1})')
+
+
 class RandomSource:
     """``random``: rows of ``RandomState(seed).standard_normal``, labels from a separate stream."""
 
-    def __init__(self, z_dim, c_dim, labels='auto', label_pool=None):
-        self.z_dim = z_dim
-        self.labels = _Labels(c_dim, labels, label_pool)
+    def __init__(self, z_dim, labels):
+        self.z_dim, self.labels = z_dim, labels
 
     def draw(self, num, seed):
         z = latent_utils.z_batch(seed, num, self.z_dim).astype(np.float32)
-        return z, self.labels(seed, num)
+        return Draw.fresh(z, self.labels(seed, num))
+
+
+class TruncnormSource:
+    """``truncnorm``: BigGAN's ``psi * truncnorm(-2, 2)`` latents of ``RandomState(seed)`` (labels as ``random``)."""
+
+    def __init__(self, z_dim, labels, psi):
+        self.z_dim, self.labels, self.psi = z_dim, labels, psi
+
+    def draw(self, num, seed):
+        from training.networks_biggan import truncated_z
+        return Draw.fresh(truncated_z(num, self.z_dim, truncation=self.psi, seed=seed), self.labels(seed, num))
 
 
 class HubnessSource:
-    """``hubness``: the first hubs of seeded batches (see the module docstring)."""
+    """``hubness``: the first hubs of seeded batches (:mod:`sampling.hub_sampler`, the search of
+    ``generate_hubness.py``; see the module docstring)."""
 
-    def __init__(self, G, device, k, t, space, batch, count_self, max_batches, labels='auto', label_pool=None,
-                 progress=False):
-        if k > (batch if count_self else batch - 1):
-            raise SamplerSpecError(f'hubness: k={k} is too large for batch={batch}')
-        if space == 'w' and not has_mapping(G):
+    def __init__(self, G, device, args, labels, progress=False):
+        from sampling import hub_sampler
+
+        if args['space'] == 'w' and not has_mapping(G):
             raise SamplerSpecError(f'hubness: space=w needs a mapping network, and this {type(G).__name__} has '
                                    'none: use space=z')
-        self.G, self.device = G, device
-        self.k, self.t, self.space, self.batch = k, t, space, batch
-        self.count_self, self.max_batches = count_self, max_batches
-        self.labels = _Labels(G.c_dim, labels, label_pool)
-        self.progress = progress
+        self.G, self.device, self.labels, self.progress = G, device, labels, progress
+        self.max_batches = args['max_batches']
+        self.settings = dict(space=args['space'], k=args['k'], count_self=args['count_self'],
+                             batch_size=args['batch'], threshold=args['t'], top=args['top'],
+                             quantile=args['quantile'])
+        try:
+            self.search(0)
+        except ValueError as err:
+            raise SamplerSpecError(f'hubness: {err}') from None
+        # Dataset labels are not a class setting a search records: they come in through score().
+        self._custom_labels = labels.pool is not None
 
-    @torch.no_grad()
-    def _points(self, z, c):
-        if self.space == 'z':
-            return torch.from_numpy(z)  # float64, as generate_hubness.py scores it.
-        out = []
-        for i0 in range(0, len(z), 4096):  # Fixed block: W does not depend on any user batch size.
-            zb = torch.from_numpy(z[i0:i0 + 4096]).to(self.device, torch.float32)
-            cb = torch.from_numpy(c[i0:i0 + 4096]).to(self.device)
-            out.append(self.G.mapping(zb, cb, truncation_psi=1)[:, 0].float())
-        return torch.cat(out)
+    def search(self, seed):
+        """The :class:`~sampling.hub_sampler.HubSearch` of base seed `seed`."""
+        from sampling import hub_sampler
+
+        class_idx = None
+        if self.G.c_dim:
+            class_idx = 'random' if self.labels.class_idx in (None, 'random') else int(self.labels.class_idx)
+        return hub_sampler.HubSearch(seed=seed, class_idx=class_idx, **self.settings)
+
+    def score(self, search, batch):
+        """Score batch `batch` of `search` and keep its hubs: a chunk (:func:`sampling.hub_sampler.score_batch`)."""
+        from sampling import hub_sampler
+
+        labels = self.labels if self._custom_labels else None
+        return hub_sampler.score_batch(self.G, search, batch, device=self.device, labels=labels)
 
     def draw(self, num, seed):
-        from tqdm import tqdm
+        from sampling import hub_sampler
 
-        from sampling.hubness import k_occurrence
-
-        zs, cs, found = [], [], 0
-        with tqdm(total=num, unit='hub', desc='Hub latents', disable=not self.progress, leave=False) as bar:
-            for b in range(self.max_batches):
-                if found >= num:
-                    break
-                batch_seed = (seed + b) % _MAX_SEED
-                z = latent_utils.z_batch(batch_seed, self.batch, self.G.z_dim)
-                c = self.labels(batch_seed, self.batch)
-                scores = k_occurrence(self._points(z, c), self.k, count_self=self.count_self, device=self.device)
-                keep = np.flatnonzero(scores.numpy() >= self.t)
-                zs.append(z[keep])
-                cs.append(c[keep])
-                bar.update(min(len(keep), num - found))
-                found += len(keep)
-        if found < num:
-            raise ValueError(f'hubness sampler: found only {found} of {num} hubs in {self.max_batches} batches of '
-                             f'{self.batch}; lower t, or raise max_batches')
-        return np.concatenate(zs)[:num], np.concatenate(cs)[:num]
+        search = self.search(seed)
+        result = hub_sampler.collect_hubs(None, num, self.max_batches, compute=lambda b: self.score(search, b),
+                                          progress=self.progress)
+        if not result.complete:
+            raise ValueError(f'hubness sampler: found only {len(result.bank)} of {num} hubs in {self.max_batches} '
+                             f'batches of {search.batch_size}; lower t, or raise max_batches')
+        return Draw.fresh(result.bank.latents.astype(np.float32), result.bank.labels.astype(np.float32))
 
 
-def _load_bank(path, G, network_sha256):
+def load_bank(path, G, network_sha256=None, need=None):
+    """Read and check a latent bank for network `G` (ours, the MaGNET authors', or their per-class files).
+
+    Refuses a bank recorded for another network or with other dimensions; a bank without labels may serve a
+    conditional network (with a class). `need`, e.g. 'singular values (svds) or log_volume', asks for a volume
+    bank: ``svds`` or ``log_volume``. Returns ``(bank, notes)``: what the user should hear (a bank recording no network, rows
+    dropped). Raises :class:`SamplerSpecError` with a one-line message.
+    """
+    where = ', '.join(map(str, path)) if isinstance(path, (list, tuple)) else path
     try:
         bank = latent_utils.load_bank(path, c_dim=G.c_dim)
     except FileNotFoundError:
-        raise SamplerSpecError(f'latent bank not found: {path}') from None
+        raise SamplerSpecError(f'latent bank not found: {where}') from None
     except latent_utils.FileFormatError as err:
         raise SamplerSpecError(f'latent bank {err}') from None
     except (OSError, ValueError) as err:
-        raise SamplerSpecError(f'cannot read latent bank {path}: {str(err).splitlines()[0]}') from None
+        raise SamplerSpecError(f'cannot read latent bank {where}: {str(err).splitlines()[0]}') from None
     try:
-        latent_utils.check_compatible(bank, network_sha256=network_sha256, z_dim=G.z_dim, c_dim=G.c_dim)
+        latent_utils.check_compatible(bank.meta, network_sha256=network_sha256, z_dim=G.z_dim,
+                                      c_dim=G.c_dim if bank.c_dim else None)
+        latent_utils.check_compatible(bank, z_dim=G.z_dim, c_dim=G.c_dim if bank.c_dim else None)
     except ValueError as err:
-        raise SamplerSpecError(f'{path}: {err}') from None
-    return bank
+        raise SamplerSpecError(f'{where}: {err}') from None
+    if need and 'svds' not in bank and 'log_volume' not in bank:
+        raise SamplerSpecError(f'{where}: the bank has no {need}; compute them with compute_volume_scalars.py')
+    if len(bank) == 0:
+        raise SamplerSpecError(f'{where}: the bank holds no latents')
+    notes = []
+    if bank.meta.get('network_sha256') is None:
+        notes.append(f'warning: the bank records no network (e.g. a MaGNET authors\' file, {where}): cannot check that it '
+                     'was computed for this network')
+    dropped = int(bank.meta.get('dropped_zero_rows', 0))
+    if dropped:
+        notes.append(f'Dropped {dropped} all-zero rows from {where}; {len(bank)} latents remain')
+    return bank, notes
+
+
+def _bank_rows(bank, c_dim, class_idx, path):
+    """The rows of `bank` a draw of class `class_idx` may use, and their float32 labels [rows, c_dim]."""
+    rows = np.arange(len(bank))
+    if c_dim == 0:
+        return rows, np.zeros([len(rows), 0], dtype=np.float32)
+    concrete = class_idx not in (None, 'random')
+    if concrete:
+        _check_class_range(class_idx, c_dim)
+    if bank.c_dim == 0:
+        if not concrete:
+            raise SamplerSpecError(f'{path}: the bank has no labels but the network is conditional ({c_dim} classes): '
+                                   'choose the class its latents were computed for (--class N, or ;class=N)')
+        return rows, latent_utils.one_hot(np.full([len(rows)], class_idx), c_dim)
+    labels = bank.labels.astype(np.float32)
+    if concrete:
+        rows = np.flatnonzero(labels[:, class_idx] == 1)
+        if len(rows) == 0:
+            raise SamplerSpecError(f'{path}: the bank has no latents of class {class_idx}')
+    return rows, labels[rows]
 
 
 class PolaritySource:
-    """``polarity``: resampling of a bank's latents by their volume (see the module docstring)."""
+    """``polarity``: resampling of a bank's latents by their volume (see the module docstring).
 
-    def __init__(self, bank, rho, top_k, eps, replace, per_class, path=''):
-        from sampling import polarity
+    Parameters
+    ----------
+    bank : LatentBank
+        With ``svds`` [N, M] or ``log_volume`` [N] (:func:`load_bank`).
+    z_dim, c_dim : int
+        The network's.
+    rho, top_k, eps, replace, per_class :
+        As the spec's arguments.
+    class_idx : int, 'random' or None
+        A class index keeps only the bank's latents of that class (or labels an unlabelled bank with it).
+    normalizes_z : bool, default=True
+        The generator normalises z, so ``top_k`` must stay below ``z_dim``.
+    """
 
+    def __init__(self, bank, z_dim, c_dim, rho=1.0, top_k=None, eps=0.0, replace=True, per_class=True,
+                 class_idx=None, normalizes_z=True, path='the bank'):
+        from sampling import polarity, volume
+
+        self.rows, self.row_labels = _bank_rows(bank, c_dim, class_idx, path)
         if 'svds' in bank:
-            log_w = polarity.log_weights(bank['svds'].reshape(len(bank), -1), rho, top_k=top_k, eps=eps)
+            svds = np.asarray(bank['svds']).reshape(len(bank), -1)
+            try:
+                top_k = volume.check_top_k(svds.shape[1] if top_k is None else top_k, z_dim,
+                                           normalizes_z=normalizes_z)
+            except ValueError as err:
+                raise SamplerSpecError(f'{path}: {err}') from None
+            if top_k > svds.shape[1]:
+                raise SamplerSpecError(f'{path}: top_k={top_k} exceeds the {svds.shape[1]} singular values stored in '
+                                       'the bank')
+            log_w = polarity.log_weights(svds[self.rows], rho, top_k=top_k, eps=eps)
         elif 'log_volume' in bank:
-            log_w = float(rho) * np.asarray(bank['log_volume'], dtype=np.float64).reshape(-1)
+            log_w = float(rho) * np.asarray(bank['log_volume'], dtype=np.float64).reshape(-1)[self.rows]
         else:
             raise SamplerSpecError(f'{path}: the bank has no singular values (svds) or log_volume; compute them '
                                    'with compute_volume_scalars.py')
         if not np.isfinite(log_w).any():
             raise SamplerSpecError(f'{path}: no latent of the bank has a finite weight (zero singular values?); '
                                    'set eps > 0')
-        self.bank, self.log_w, self.replace = bank, log_w, replace
-        self.per_class = per_class and bank.c_dim > 0
+        self.bank, self.log_w, self.replace, self.top_k = bank, log_w, replace, top_k
+        self.per_class = bool(per_class) and c_dim > 0
+
+    def _class_ids(self):
+        return self.row_labels.argmax(axis=1)
 
     def effective_sample_size(self):
         """Kish's effective number of bank latents behind the draws (see :func:`polarity.effective_sample_size`).
@@ -523,41 +726,60 @@ class PolaritySource:
         With per-class normalisation, the sum of the classes' own effective sizes. Far below the number of
         samples drawn, the resampled set mostly repeats a few latents.
         """
+        return float(sum(self.effective_sample_sizes().values()))
+
+    def effective_sample_sizes(self):
+        """{class: ESS} with per-class normalisation, else {'all': ESS}."""
         from sampling import polarity
 
         if not self.per_class:
-            return polarity.effective_sample_size(self.log_w)
-        ids = self.bank.labels.argmax(axis=1)
-        per_class = [self.log_w[ids == c] for c in np.unique(ids)]
-        return float(sum(polarity.effective_sample_size(log_w) for log_w in per_class if np.isfinite(log_w).any()))
+            return {'all': polarity.effective_sample_size(self.log_w)}
+        ids = self._class_ids()
+        return {int(c): polarity.effective_sample_size(self.log_w[ids == c]) for c in np.unique(ids)
+                if np.isfinite(self.log_w[ids == c]).any()}
+
+    def summary(self):
+        """The weights at a glance (JSON-ready): candidates, effective sample size, largest probability, range."""
+        finite = self.log_w[np.isfinite(self.log_w)]
+        p = np.exp(self.log_w - finite.max())
+        summary = dict(num_candidates=len(self.rows), ess=self.effective_sample_size(),
+                       max_probability=float(p.max() / p.sum()), log_weight_min=float(finite.min()),
+                       log_weight_max=float(finite.max()), top_k=self.top_k,
+                       dropped_zero_rows=int(self.bank.meta.get('dropped_zero_rows', 0)))
+        if self.per_class:
+            summary['ess_per_class'] = {str(k): v for k, v in self.effective_sample_sizes().items()}
+        return summary
 
     def draw(self, num, seed):
         from sampling import polarity
 
         rng = np.random.default_rng(seed)
         if self.per_class:  # Equal counts for the classes the bank has (per-class files may cover a few).
-            present = np.unique(self.bank.labels.argmax(axis=1)).tolist()
+            present = np.unique(self._class_ids()).tolist()
             counts = dict(zip(present, polarity.split_counts(num, [1 / len(present)] * len(present))))
-            idx = polarity.resample_per_class(self.log_w, self.bank.labels, counts, rng, replace=self.replace)
+            picked = polarity.resample_per_class(self.log_w, self.row_labels, counts, rng, replace=self.replace)
         elif self.replace:
-            idx = polarity.resample_with_replacement(self.log_w, num, rng)
+            picked = polarity.resample_with_replacement(self.log_w, num, rng)
         else:
-            idx = polarity.resample_without_replacement(self.log_w, num, rng)
-        return (self.bank.latents[idx].astype(np.float32), self.bank.labels[idx].astype(np.float32))
+            picked = polarity.resample_without_replacement(self.log_w, num, rng)
+        rows = self.rows[picked]
+        return Draw(self.bank.latents[rows].astype(np.float32), self.row_labels[picked], rows.astype(np.int64))
 
 
 class BankSource:
-    """``bank``: the first latents of a bank, in order."""
+    """``bank``: the first latents of a bank (of the class, with a class), in order."""
 
-    def __init__(self, bank, path=''):
+    def __init__(self, bank, c_dim, class_idx=None, path=''):
         self.bank, self.path = bank, path
+        self.rows, self.row_labels = _bank_rows(bank, c_dim, class_idx, path)
 
     def draw(self, num, seed):
         del seed  # A bank is already a fixed list of latents.
-        if num > len(self.bank):
-            raise ValueError(f'{self.path} holds {len(self.bank)} latents, fewer than the {num} needed; '
+        if num > len(self.rows):
+            raise ValueError(f'{self.path} holds {len(self.rows)} latents, fewer than the {num} needed; '
                              'make a larger bank')
-        return self.bank.latents[:num].astype(np.float32), self.bank.labels[:num].astype(np.float32)
+        rows = self.rows[:num]
+        return Draw(self.bank.latents[rows].astype(np.float32), self.row_labels[:num], rows.astype(np.int64))
 
 
 class MixtureSource:
@@ -571,13 +793,8 @@ class MixtureSource:
         return split_counts(num, self.fractions)
 
     def draw(self, num, seed):
-        zs, cs = [], []
-        for i, (source, count) in enumerate(zip(self.sources, self.counts(num))):
-            if count:
-                z, c = source.draw(count, derive_seed(seed, i))
-                zs.append(z)
-                cs.append(c)
-        return np.concatenate(zs), np.concatenate(cs)
+        return Draw.concatenate([source.draw(count, derive_seed(seed, i))
+                                 for i, (source, count) in enumerate(zip(self.sources, self.counts(num))) if count])
 
 # ----------------------------------------------------------------------------
 
@@ -587,14 +804,16 @@ class Sampler:
     Attributes
     ----------
     spec : Spec
-    source : object with ``draw(num, seed) -> (z, c)``
+    source : object with ``draw(num, seed) -> Draw``
     psi : float
         Truncation psi applied at synthesis.
+    notes : list of str
+        What the user should be told about the sampler's inputs (e.g. a bank that records no network).
     """
 
-    def __init__(self, spec, source, z_dim, c_dim):
+    def __init__(self, spec, source, z_dim, c_dim, notes=()):
         self.spec, self.source, self.psi = spec, source, float(spec.psi)
-        self.z_dim, self.c_dim = z_dim, c_dim
+        self.z_dim, self.c_dim, self.notes = z_dim, c_dim, list(notes)
         self._memo = {}
 
     def __repr__(self):
@@ -603,10 +822,40 @@ class Sampler:
     def describe(self):
         return self.spec.describe()
 
+    @property
+    def components(self):
+        """The sources of a mixture's components, in order (one source for a single sampler)."""
+        return list(getattr(self.source, 'sources', [self.source]))
+
     def effective_sample_size(self):
         """Effective number of bank latents behind the draws of a resampling sampler (``polarity``); else ``None``."""
         ess = getattr(self.source, 'effective_sample_size', None)
         return None if ess is None else ess()
+
+    def draw(self, num, seed=0):
+        """The latents of ``sample(num, seed)`` as a :class:`Draw` (with the bank row of each latent)."""
+        num, seed = int(num), _check_seed(seed)
+        if num < 1:
+            raise ValueError(f'num must be >= 1, got {num}')
+        key = (num, seed)
+        if key not in self._memo:  # Several metrics of one run ask for the same latents; hub searches are slow.
+            drawn = self.source.draw(num, seed)
+            drawn = Draw(np.ascontiguousarray(drawn.z, dtype=np.float32),
+                         np.ascontiguousarray(drawn.c, dtype=np.float32).reshape(num, self.c_dim),
+                         np.asarray(drawn.bank_index, dtype=np.int64))
+            assert drawn.z.shape == (num, self.z_dim), (drawn.z.shape, num, self.z_dim)
+            self._memo = {key: drawn}
+        drawn = self._memo[key]
+        return Draw(drawn.z.copy(), drawn.c.copy(), drawn.bank_index.copy())
+
+    def draw_seeds(self, seeds):
+        """One latent per seed, the first of ``draw(1, seed)``: generate.py's latent of each seed."""
+        draws = [self.source.draw(1, _check_seed(seed)) for seed in seeds]
+        if not draws:
+            return Draw(np.zeros([0, self.z_dim], np.float32), np.zeros([0, self.c_dim], np.float32),
+                        np.zeros([0], np.int64))
+        drawn = Draw.concatenate(draws)
+        return Draw(drawn.z.astype(np.float32), drawn.c.astype(np.float32).reshape(len(draws), self.c_dim), drawn.bank_index)
 
     def sample(self, num, seed=0):
         """Draw the latents of an evaluation.
@@ -625,33 +874,29 @@ class Sampler:
         psi : float
             Truncation psi to synthesise them with.
         """
-        num, seed = int(num), _check_seed(seed)
-        if num < 1:
-            raise ValueError(f'num must be >= 1, got {num}')
-        key = (num, seed)
-        if key not in self._memo:  # Several metrics of one run ask for the same latents; hub searches are slow.
-            z, c = self.source.draw(num, seed)
-            z = np.ascontiguousarray(z, dtype=np.float32)
-            c = np.ascontiguousarray(c, dtype=np.float32).reshape(num, self.c_dim)
-            assert z.shape == (num, self.z_dim), (z.shape, num, self.z_dim)
-            self._memo = {key: (z, c)}
-        z, c = self._memo[key]
-        return z.copy(), c.copy(), self.psi
+        drawn = self.draw(num, seed)
+        return drawn.z, drawn.c, self.psi
 
 
-def _build_source(term, G, device, label_pool, network_sha256, progress):
-    args = term.args
-    if term.name == 'random':
-        return RandomSource(G.z_dim, G.c_dim, labels=args['labels'], label_pool=label_pool)
-    if term.name == 'hubness':
-        return HubnessSource(G, device, args['k'], args['t'], args['space'], args['batch'], args['count_self'],
-                             args['max_batches'], labels=args['labels'], label_pool=label_pool, progress=progress)
+def _build_source(term, spec, G, device, label_pool, network_sha256, progress, notes):
+    args, class_idx = term.args, spec.class_idx
+    if term.name in ('random', 'truncnorm', 'hubness'):
+        labels = _Labels(G.c_dim, args['labels'], label_pool, class_idx=class_idx)
+        if term.name == 'random':
+            return RandomSource(G.z_dim, labels)
+        if term.name == 'truncnorm':
+            return TruncnormSource(G.z_dim, labels, spec.psi)
+        return HubnessSource(G, device, args, labels, progress=progress)
     if term.name == 'polarity':
-        bank = _load_bank(args['bank'], G, network_sha256)
-        return PolaritySource(bank, args['rho'], args['top_k'], args['eps'], args['replace'], args['per_class'],
-                              path=args['bank'])
+        bank, bank_notes = load_bank(args['bank'], G, network_sha256, need='singular values (svds) or log_volume')
+        notes.extend(bank_notes)
+        return PolaritySource(bank, G.z_dim, G.c_dim, rho=args['rho'], top_k=args['top_k'], eps=args['eps'],
+                              replace=args['replace'], per_class=args['per_class'], class_idx=class_idx,
+                              normalizes_z=bool(getattr(G, 'normalizes_z', True)), path=args['bank'])
     if term.name == 'bank':
-        return BankSource(_load_bank(args['path'], G, network_sha256), path=args['path'])
+        bank, bank_notes = load_bank(args['path'], G, network_sha256)
+        notes.extend(bank_notes)
+        return BankSource(bank, G.c_dim, class_idx=class_idx, path=args['path'])
     raise AssertionError(f'unhandled sampler {term.name}')
 
 
@@ -682,11 +927,15 @@ def build(spec, G, device=None, label_pool=None, network_sha256=None, progress=F
         params = list(G.parameters()) if hasattr(G, 'parameters') else []
         device = params[0].device if params else torch.device('cpu')
     device = torch.device(device)
-    sources = [_build_source(term, G, device, label_pool, network_sha256, progress) for term in spec.terms]
+    if G.c_dim == 0:
+        spec = dataclasses.replace(spec, class_idx=None)  # A class means nothing to an unconditional network.
+    notes = []
+    sources = [_build_source(item, spec, G, device, label_pool, network_sha256, progress, notes)
+               for item in spec.terms]
     if spec.is_mixture:
-        source = MixtureSource(sources, [term.weight for term in spec.terms])
+        source = MixtureSource(sources, [item.weight for item in spec.terms])
     else:
         source = sources[0]
-    return Sampler(spec, source, G.z_dim, G.c_dim)
+    return Sampler(spec, source, G.z_dim, G.c_dim, notes=notes)
 
 # ----------------------------------------------------------------------------

@@ -78,17 +78,19 @@ def rho_sweep_frames(G, bank, rhos, num, seed=0, top_k=None, per_class=None, tru
                      noise_mode='const'):
     """Yield one captioned frame per rho: ``num`` latents of ``bank`` drawn with polarity rho and seed ``seed``.
 
-    The draw is that of ``generate_magnet.py`` (:func:`sampling.magnet_sampler.select`, with replacement;
+    The draw is that of ``generate_magnet.py`` (:class:`sampling.samplers.PolaritySource`, with replacement;
     ``per_class`` defaults to True for a labelled bank), so a frame equals ``generate_magnet.py --rho R --seed S``.
     """
-    from sampling import magnet_sampler, volume, volume_report
+    from sampling import samplers, volume, volume_report
     per_class = bank.c_dim > 0 if per_class is None else per_class
     cols = cols or num
     log_volume = volume.log_volume(np.asarray(bank['svds'], dtype=np.float64), top_k=top_k)
     ids = volume_report.class_ids(bank) if per_class else None
     for rho in rhos:
-        z, c, _, _ = magnet_sampler.select(bank, num, G.z_dim, G.c_dim, rho=rho, top_k=top_k, per_class=per_class,
-                                           seed=seed, normalizes_z=bool(getattr(G, 'normalizes_z', True)))
+        source = samplers.PolaritySource(bank, G.z_dim, G.c_dim, rho=rho, top_k=top_k, per_class=per_class,
+                                         normalizes_z=bool(getattr(G, 'normalizes_z', True)))
+        drawn = source.draw(num, seed)
+        z, c = drawn.z, drawn.c
         images = render(G, z=z, c=c, truncation_psi=truncation_psi, noise_mode=noise_mode)
         ess = volume_report.ess_curve(log_volume, [rho], ids)[0]  # As the bank report gives it.
         yield captioned(grid_frame(images, cols, scale), f'rho = {rho:+.3f}   (bank ESS {ess:.0f} of {len(bank)})')

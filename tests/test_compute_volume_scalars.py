@@ -213,7 +213,6 @@ def test_refusals(nets, tmp_path):
         (['--top-k', 4, '--space', 'feature'], '--embedder'),
         (['--top-k', 4, '--resize', 8], '--resize'),
         (['--top-k', 4, '--shard', '2/2'], 'shard'),
-        (['--top-k', 4, '--class', 1], 'unconditional'),
         (['--top-k', 4, '--class', 'some'], "'all'"),
         (['--top-k', 4, '--merge'], 'not finished'),
     ]

@@ -120,7 +120,7 @@ def test_generate_conditional_without_class_draws_a_class_per_seed(tmp_path):
         result = _run('--network', str(tmp_path / 'cond.pkl'), '--seeds', '0-5', '--outdir', str(tmp_path / folder),
                       '--device', 'cpu', *extra)
         assert result.returncode == 0, result.stderr
-        assert ('one random class per seed' in result.stderr) == (not extra)
+        assert ('a random class per latent (--class random)' in result.stderr) == (not extra)
         for seed in range(6):
             class_idx = int(np.random.RandomState([seed, 1]).randint(3))
             got = load_png(tmp_path / folder / f'seed{seed:04d}.png').astype(int)

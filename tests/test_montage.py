@@ -9,7 +9,7 @@ from helpers import tiny_generator
 
 import legacy
 import montage as montage_script
-from sampling import latents, magnet_sampler
+from sampling import latents, samplers
 from sampling.montage import GROUP_GAP, HEADER_HEIGHT, KIND_GAP, LABEL_WIDTH
 
 ROWS, COLS, SEED, RHO = 2, 3, 4, -0.5
@@ -76,8 +76,8 @@ def test_psi_groups_same_latents_in_every_group(net, tmp_path):
     assert picture.shape == (HEADER_HEIGHT + 2 * ROWS * 16 + KIND_GAP, LABEL_WIDTH + 2 * COLS * 16 + GROUP_GAP)
     _check_labels(picture, 2)
     num = ROWS * COLS
-    z_pol, c_pol, _, _ = magnet_sampler.select(magnet_sampler.load_bank(cond['bank']), num, G.z_dim, 3, rho=RHO,
-                                               per_class=True, seed=SEED)
+    # The polarity rows are the draw of generate_magnet.py --rho RHO --seed SEED (its sampler spec).
+    z_pol, c_pol, _ = samplers.build(f"polarity:bank={cond['bank']},rho={RHO}", G).sample(num, seed=SEED)
     z_naive = np.random.RandomState(SEED).standard_normal([num, G.z_dim])
     for g, psi in enumerate((0.5, 1)):
         for tile, image in zip(_block(picture, g, 0), _images(G, z_naive, c_pol, psi)):
@@ -96,13 +96,12 @@ def test_class_groups(net, tmp_path):
     assert picture.shape[1] == LABEL_WIDTH + 3 * COLS * 16 + 2 * GROUP_GAP
     _check_labels(picture, 3)
     num = ROWS * COLS
-    bank = magnet_sampler.load_bank(cond['bank'])
     z_naive = np.random.RandomState(SEED).standard_normal([num, G.z_dim])
     for k in range(3):
         c = latents.one_hot(np.full([num], k), 3)
         for tile, image in zip(_block(picture, k, 0), _images(G, z_naive, c, 0.7)):
             _assert_same_image(tile, image)
-        z_k, c_k, _, _ = magnet_sampler.select(bank, num, G.z_dim, 3, rho=RHO, class_idx=k, seed=SEED)
+        z_k, c_k, _ = samplers.build(f"polarity:bank={cond['bank']},rho={RHO};class={k}", G).sample(num, seed=SEED)
         assert (c_k.argmax(axis=1) == k).all()
         for tile, image in zip(_block(picture, k, 1), _images(G, z_k, c_k, 0.7)):
             _assert_same_image(tile, image)

@@ -53,8 +53,8 @@ def test_parse_forms():
     assert [t.name for t in spec.terms] == ['random'] and spec.psi == 0.7
 
     spec = samplers.parse('hubness:k=3,t=10,space=z,batch=500,count_self=0;trunc=0.8')
-    assert spec.terms[0].args == dict(k=3, t=10.0, space='z', batch=500, count_self=False, max_batches=1000,
-                                      labels='auto')
+    assert spec.terms[0].args == dict(k=3, t=10.0, top=None, quantile=None, space='z', batch=500, count_self=False,
+                                      max_batches=1000, labels='auto')
     assert spec.psi == 0.8
 
     spec = samplers.parse('mix:0.2*polarity(bank=/x/b.npz,rho=-1e-2,top_k=30)+0.8*random;trunc=0.9')

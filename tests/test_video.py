@@ -12,7 +12,7 @@ from helpers import tiny_generator
 
 import generate_video
 import legacy
-from sampling import latents, magnet_sampler, video
+from sampling import latents, samplers, video
 from sampling.synthesis import set_input_transform
 from training import networks_stylegan3 as n3
 
@@ -72,11 +72,10 @@ def test_rho_sweep_frames_show_generate_magnets_draws(net, tmp_path):
     # The strip holds all three frames losslessly: each is the draw of generate_magnet.py --rho R --seed 5.
     picture = np.asarray(PIL.Image.open(strip).convert('RGB'))
     assert picture.shape == (3 * (CAP + 16) + 2 * 4, 64, 3)
-    bank = magnet_sampler.load_bank(net['bank'])
     for k, rho in enumerate([-1, 0, 1]):
         frame = picture[k * (CAP + 16 + 4):k * (CAP + 16 + 4) + CAP + 16]
         assert (frame[:CAP] < 128).sum() > 30  # The caption (rho = ...) is drawn.
-        z, c, _, _ = magnet_sampler.select(bank, 4, net['G'].z_dim, 3, rho=rho, per_class=True, seed=5)
+        z, c, _ = samplers.build(f"polarity:bank={net['bank']},rho={rho}", net['G']).sample(4, seed=5)
         with torch.no_grad():
             expected = _uint8(net['G'](torch.from_numpy(z), torch.from_numpy(c), noise_mode='const'))
         for tile, image in zip(_tiles(frame, 4, 16), expected):
