@@ -22,7 +22,6 @@ import os
 import sys
 
 import click
-import numpy as np
 import torch
 
 from sampling import cli
@@ -133,7 +132,7 @@ def trunc(network_pkl, out, fps, scale, seed, device, allow_pickle_code, psi_sta
     from sampling import samplers, video
     network_pkl, G = _setup(network_pkl, device, allow_pickle_code)
     spec = samplers.make_spec([samplers.term('random')], class_idx=cli.resolve_class(G, class_idx))
-    drawn = cli.build_sampler(spec, G, next(G.parameters()).device).draw(num, seed)
+    drawn = cli.build_sampler(spec, G).draw(num, seed)
     z, c = drawn.z, drawn.c
     psis = video.sweep_values(psi_start, psi_stop, frames)
     frame_iter = video.truncation_sweep_frames(G, z, c, psis, cols=cols, scale=scale)
@@ -163,13 +162,13 @@ def lerp(network_pkl, out, fps, scale, seed, device, allow_pickle_code, hubs_pat
         translate, rotate = (0, 0), 0
     need = paths * keys
     try:
-        if hubs_path is not None:
-            bank, notes = samplers.load_bank(hubs_path, G, network_sha256(network_pkl))
-            for note in notes:
-                click.echo(note, err=True)
-            if len(bank) < need:
-                raise ValueError(f'{hubs_path} holds {len(bank)} hubs; --paths {paths} x --keys {keys} need {need}')
-            bank = bank.select(np.arange(need))
+        if hubs_path is not None:  # The sampler 'bank:HUBS': the first hubs, with their stored w.
+            sampler = cli.build_sampler(samplers.make_spec([samplers.term('bank', path=hubs_path)]), G,
+                                        network_sha256=network_sha256(network_pkl))
+            if len(sampler.source.rows) < need:
+                raise ValueError(f'{hubs_path} holds {len(sampler.source.rows)} hubs; --paths {paths} x --keys {keys} '
+                                 f'need {need}')
+            bank = sampler.source.bank.select(sampler.draw(need).bank_index)
         else:
             spec = f'hubness:k=5,t={hub_threshold:g},space=w,labels=uniform'
             click.echo(f'No --hubs: finding {need} hubs ({spec})', err=True)

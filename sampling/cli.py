@@ -16,10 +16,7 @@ import sys
 import tempfile
 
 import click
-import numpy as np
 import torch
-
-from sampling.latents import network_sha256  # noqa: F401 (re-exported for the scripts)
 
 # The small network this repository trains and ships (see README); scripts use it without --network.
 DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -187,7 +184,7 @@ def resolve_class(G, class_idx):
     return class_idx
 
 
-def build_sampler(spec, G, device, network_sha256=None, progress=False):
+def build_sampler(spec, G, device=None, network_sha256=None, progress=False):
     """:func:`sampling.samplers.build`, its notes said on stderr and its errors turned into one line."""
     from sampling import samplers
     try:

@@ -107,24 +107,6 @@ def z_batch(batch_seed, num, z_dim, start=0, dtype=np.float64):
     return rs.standard_normal(num * z_dim).reshape(num, z_dim).astype(dtype, copy=False)
 
 
-def z_from_addresses(batch_seeds, indices, z_dim, dtype=np.float64):
-    """Latents of arbitrary (batch seed, index) pairs, e.g. the ``seeds`` and ``indices`` of a bank.
-
-    Each distinct batch seed is drawn once, up to its largest requested index.
-    """
-    batch_seeds = np.asarray(batch_seeds, dtype=np.int64).ravel()
-    indices = np.asarray(indices, dtype=np.int64).ravel()
-    if batch_seeds.shape != indices.shape:
-        raise ValueError(f'{batch_seeds.size} batch seeds but {indices.size} indices')
-    if indices.size and indices.min() < 0:
-        raise ValueError('indices must be >= 0')
-    z = np.empty([indices.size, z_dim], dtype=dtype)
-    for seed in np.unique(batch_seeds):
-        rows = np.flatnonzero(batch_seeds == seed)
-        z[rows] = z_batch(int(seed), int(indices[rows].max()) + 1, z_dim, dtype=dtype)[indices[rows]]
-    return z
-
-
 def one_hot(classes, c_dim):
     """One-hot float32 labels [len(classes), c_dim], NVlabs' label convention."""
     classes = np.asarray(classes, dtype=np.int64).ravel()

@@ -17,13 +17,11 @@ Contents:
 * :func:`resample_with_replacement` -- the paper's Algorithm 1 (softmax of the log weights).
 * :func:`resample_without_replacement` -- successive sampling, the semantics of the authors' demo.
 * :func:`resample_per_class` -- probabilities normalised within each class (conditional banks).
-* :func:`log_weights_uniform`, :func:`effective_sample_size` -- the exact-uniform variant.
-* :class:`RejectionSampler` -- online accept/reject of candidates, no bank needed.
-* :func:`split_counts`, :class:`Mixture` -- "20 % MaGNET + 80 % random" as exact counts.
+* :func:`effective_sample_size` -- how many candidates the weights effectively keep.
+* :func:`split_counts` -- "20 % MaGNET + 80 % random" as exact counts (mixtures: :mod:`sampling.samplers`).
 """
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -228,140 +226,6 @@ def resample_per_class(log_w, labels, counts, seed=0, replace=True):
     return np.concatenate(out) if out else np.zeros([0], dtype=np.int64)
 
 # ----------------------------------------------------------------------------
-# Exact-uniform variant.
-
-
-def log_weights_uniform(svds, latents, rho=1, top_k=None, eps=0.0, prior='normal', bound=None, domain='box'):
-    """Importance log weights ``rho * log vol(z) - log p_z(z)`` on a bounded latent domain.
-
-    The theory of MaGNET assumes a uniform prior on a bounded domain; the released code samples
-    ``z ~ N(0, I)`` and never divides by the prior, so it targets density ``N(z)`` on the manifold, not a
-    uniform one. Dividing by the density ``p_z`` the candidates were drawn from, and dropping candidates
-    outside the domain (``-inf``), targets ``vol(z)^rho`` on the domain: with ``rho = 1`` exactly uniform
-    on ``G(domain)``.
-
-    The price is variance: ``1 / N(z)`` grows like ``exp(|z|^2 / 2)``, so in high dimension (``z_dim`` =
-    512) a handful of candidates carry almost all the weight. Check :func:`effective_sample_size`
-    before trusting the result; resampling more latents than the effective sample size mostly repeats
-    the same ones.
-
-    Parameters
-    ----------
-    svds : array-like of shape (N, M)
-    latents : array-like of shape (N, d)
-        The candidates, drawn from ``prior``.
-    rho : float, default=1
-    top_k, eps :
-        As in :func:`log_weights`.
-    prior : {'normal', 'uniform'}, default='normal'
-        The density the candidates were drawn from: standard normal, or uniform on the domain.
-    bound : float
-        Half-width of the box ``[-bound, bound]^d`` or radius of the ball. Required: on an unbounded
-        domain the weights have infinite variance.
-    domain : {'box', 'ball'}, default='box'
-
-    Returns
-    -------
-    log_w : ndarray of shape (N,), float64; ``-inf`` outside the domain
-    """
-    if bound is None or not bound > 0:
-        raise ValueError('bound must be a positive number: the exact-uniform weights need a bounded latent domain')
-    if prior not in ('normal', 'uniform'):
-        raise ValueError(f"prior must be 'normal' or 'uniform', got {prior!r}")
-    if domain not in ('box', 'ball'):
-        raise ValueError(f"domain must be 'box' or 'ball', got {domain!r}")
-    z = _as_float64(latents)
-    svds = _as_float64(svds)
-    if z.ndim != 2 or len(z) != len(svds):
-        raise ValueError(f'latents must have shape [N, d] with N = {len(svds)}, got {z.shape}')
-    inside = np.all(np.abs(z) <= bound, axis=1) if domain == 'box' else np.linalg.norm(z, axis=1) <= bound
-    logvol = volume.log_volume(svds, top_k=top_k, eps=eps)
-    log_w = float(rho) * logvol if rho != 0 else np.zeros_like(logvol)
-    if prior == 'normal':
-        log_p = -0.5 * np.sum(z * z, axis=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
-        log_w = log_w - log_p
-    # A uniform prior is constant on the domain and cancels after normalisation.
-    log_w = np.where(inside, log_w, -np.inf)
-    if np.isnan(log_w).any() or (log_w == np.inf).any():
-        raise ValueError('some candidates inside the domain have a zero or invalid singular value: drop them or set eps > 0')
-    return log_w
-
-# ----------------------------------------------------------------------------
-# Online rejection.
-
-
-class RejectionSampler:
-    """Accept each candidate ``z`` with probability ``min(1, exp(rho * logvol(z) - log_M))``.
-
-    With candidates drawn from ``p_z``, the accepted ones have density proportional to
-    ``p_z(z) * vol(z)^rho`` exactly, provided ``rho * logvol(z) <= log_M`` everywhere. Where a candidate
-    exceeds the bound its probability is clipped to 1 (the result is then biased toward plain
-    sampling there): ``num_exceeded`` counts those, ``max_log_ratio`` records the largest
-    ``rho * logvol - log_M`` seen, and a warning is issued the first time.
-
-    The uniforms come from one generator, one per candidate in order, so the decisions do not depend
-    on how the candidates are split into batches.
-
-    Parameters
-    ----------
-    score_fn : callable
-        ``z [B, d] -> logvol [B]`` (Tensor or array), e.g.
-        ``lambda z: log_volume(jacobian_singular_values(f, z), top_k=30)``.
-    rho : float
-    log_M : float
-        Upper bound of ``rho * logvol``. A pilot batch gives it: its maximum plus a margin.
-    seed : int or numpy.random.Generator, default=0
-    """
-
-    def __init__(self, score_fn, rho, log_M, seed=0):
-        self.score_fn = score_fn
-        self.rho = float(rho)
-        self.log_M = float(log_M)
-        self.rng = _rng(seed)
-        self.num_seen = 0
-        self.num_accepted = 0
-        self.num_exceeded = 0
-        self.max_log_ratio = -np.inf
-
-    def accept(self, z):
-        """Score a batch and return the boolean mask ``[B]`` of accepted candidates."""
-        logvol = _as_float64(self.score_fn(z)).reshape(-1)
-        log_ratio = self.rho * logvol - self.log_M if self.rho != 0 else np.full_like(logvol, -self.log_M)
-        if np.isnan(log_ratio).any():
-            raise ValueError('score_fn returned NaN')
-        exceeded = int(np.count_nonzero(log_ratio > 0))
-        if exceeded:
-            if self.num_exceeded == 0:
-                warnings.warn(f'rho * logvol exceeds log_M={self.log_M} (by up to {log_ratio.max():.3g}); acceptance is '
-                              f'clipped at 1 and the samples are biased. Raise log_M.', RuntimeWarning, stacklevel=2)
-            self.num_exceeded += exceeded
-        if len(log_ratio):
-            self.max_log_ratio = max(self.max_log_ratio, float(log_ratio.max()))
-        u = self.rng.random(len(log_ratio))
-        mask = np.log(u) < np.minimum(log_ratio, 0)
-        self.num_seen += len(mask)
-        self.num_accepted += int(mask.sum())
-        return mask
-
-    def sample(self, batches, num):
-        """Accept candidates from an iterable of latent batches until ``num`` are accepted.
-
-        Returns
-        -------
-        z : Tensor of shape (num, d)
-            The first ``num`` accepted candidates, in order.
-        """
-        kept, total = [], 0
-        for z in batches:
-            z = torch.as_tensor(z)
-            mask = torch.as_tensor(self.accept(z), device=z.device)
-            kept.append(z[mask])
-            total += int(mask.sum())
-            if total >= num:
-                return torch.cat(kept)[:num]
-        raise ValueError(f'the candidates ran out after {total} of {num} acceptances')
-
-# ----------------------------------------------------------------------------
 # Mixtures.
 
 
@@ -381,67 +245,5 @@ def split_counts(total, fractions):
         counts.append(min(int(math.floor(total * f + 0.5)), total - sum(counts)))
     counts.append(total - sum(counts))
     return counts
-
-
-class Mixture:
-    """A fixed-count mixture of latent sources, e.g. "20 % polarity(rho=1) + 80 % random".
-
-    Each component is ``(fraction, draw)`` where ``draw(num, rng)`` returns ``num`` latents (array or
-    Tensor, first axis ``num``) using the ``numpy.random.Generator`` it is given. Component ``i`` gets its
-    own generator, spawned from ``numpy.random.SeedSequence(seed)``, so its draws depend only on
-    ``(seed, i, its count)``, not on the other components.
-
-    Example::
-
-        bank_z = ...; log_w = log_weights(svds, rho=1, top_k=30)
-        mix = Mixture([(0.2, lambda n, rng: bank_z[resample_with_replacement(log_w, n, rng)]),
-                       (0.8, lambda n, rng: rng.standard_normal([n, 512]))])
-        z, source = mix.sample(50000, seed=0)
-    """
-
-    def __init__(self, components):
-        if not components:
-            raise ValueError('a mixture needs at least one component')
-        self.fractions = [float(frac) for frac, _ in components]
-        self.draws = [draw for _, draw in components]
-        split_counts(0, self.fractions)   # validates the fractions
-
-    def counts(self, total):
-        """Latents per component for ``total`` latents (:func:`split_counts`)."""
-        return split_counts(total, self.fractions)
-
-    def sample(self, total, seed=0, shuffle=False):
-        """Draw ``total`` latents.
-
-        Returns
-        -------
-        z : array or Tensor of shape (total, ...)
-            Concatenated by component (or shuffled with a further spawned generator if ``shuffle``).
-        source : ndarray of shape (total,), int64
-            The component of each row.
-        """
-        if int(total) < 1:
-            raise ValueError(f'total must be positive, got {total}')
-        counts = self.counts(total)
-        seqs = np.random.SeedSequence(seed).spawn(len(counts) + 1)
-        parts, sources = [], []
-        for i, (num, draw) in enumerate(zip(counts, self.draws)):
-            if num == 0:
-                continue
-            part = draw(num, np.random.default_rng(seqs[i]))
-            if len(part) != num:
-                raise ValueError(f'component {i} returned {len(part)} latents instead of {num}')
-            parts.append(part)
-            sources.append(np.full([num], i, dtype=np.int64))
-        if any(isinstance(p, torch.Tensor) for p in parts):
-            z = torch.cat([torch.as_tensor(p) for p in parts])
-        else:
-            z = np.concatenate([np.asarray(p) for p in parts])
-        source = np.concatenate(sources)
-        if shuffle:
-            order = np.random.default_rng(seqs[-1]).permutation(total)
-            z = z[torch.as_tensor(order)] if isinstance(z, torch.Tensor) else z[order]
-            source = source[order]
-        return z, source
 
 # ----------------------------------------------------------------------------

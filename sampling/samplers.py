@@ -570,8 +570,6 @@ class HubnessSource:
     ``generate_hubness.py``; see the module docstring)."""
 
     def __init__(self, G, device, args, labels, progress=False):
-        from sampling import hub_sampler
-
         if args['space'] == 'w' and not has_mapping(G):
             raise SamplerSpecError(f'hubness: space=w needs a mapping network, and this {type(G).__name__} has '
                                    'none: use space=z')

@@ -47,14 +47,6 @@ def test_z_batch_rows_do_not_depend_on_how_many_are_drawn(monkeypatch):
     assert L.z_batch(seed, 3, z_dim, dtype=np.float32).dtype == np.float32
 
 
-def test_z_from_addresses():
-    seeds = np.array([5, 9, 5, 5, 9])
-    indices = np.array([3, 0, 0, 7, 2])
-    z = L.z_from_addresses(seeds, indices, 6)
-    for row, (s, j) in enumerate(zip(seeds, indices)):
-        assert np.array_equal(z[row], np.random.RandomState(s).randn(j + 1, 6)[j])
-
-
 def test_random_labels_one_hot_and_prefix_consistent():
     c_dim, seed = 10, 77
     classes = np.random.RandomState([seed, 1]).randint(c_dim, size=50)
@@ -85,7 +77,6 @@ def test_network_sha256_of_a_file_a_url_and_a_checkpoint_folder(tmp_path, monkey
     from helpers import LocalHTTPServer, Reply
 
     from dnnlib import util
-    from sampling import cli
     for var in ('http_proxy', 'https_proxy', 'all_proxy', 'HTTP_PROXY', 'HTTPS_PROXY', 'ALL_PROXY'):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
@@ -114,7 +105,6 @@ def test_network_sha256_of_a_file_a_url_and_a_checkpoint_folder(tmp_path, monkey
         assert server.hits['/net.pkl'] == 1
     finally:
         server.close()
-    assert cli.network_sha256 is L.network_sha256  # The scripts' name is the same helper.
 
 
 def _bank(num=6, z_dim=4, c_dim=0, seed=0):

@@ -1,4 +1,4 @@
-"""Tests for sampling/polarity.py: weights, resampling semantics, exact-uniform variant, rejection, mixtures.
+"""Tests for sampling/polarity.py: weights, resampling semantics, class-wise draws, mixture counts.
 
 The toy generator is a folded sheet R^2 -> R^3 made of two planar pieces with stretch factors 1 and 4,
 rotated into R^3, so its Jacobian volume, its induced density and an area coordinate on the surface are
@@ -46,28 +46,7 @@ def test_sheet_volume(candidates):
     np.testing.assert_allclose(np.exp(volume.log_volume(svds)), expected, rtol=1e-5)
 
 # ----------------------------------------------------------------------------
-# Exact-uniform variant and polarity on the sheet.
-
-
-def test_exact_uniform_variant_is_uniform_on_the_surface(candidates):
-    z, svds = candidates
-    bound = 1.0
-    log_w = polarity.log_weights_uniform(svds, z, rho=1, prior='normal', bound=bound)
-    inside = np.flatnonzero(np.isfinite(log_w))
-    assert np.array_equal(inside, np.flatnonzero(np.all(np.abs(z.numpy()) <= bound, axis=1)))
-    ess = polarity.effective_sample_size(log_w)
-    assert 0.5 * len(inside) < ess < len(inside)
-
-    idx = polarity.resample_with_replacement(log_w, 3000, seed=0)
-    assert np.all(np.isin(idx, inside))
-    assert scipy.stats.kstest(arc_fraction(sheet(z[idx]), bound), 'uniform').pvalue > 0.01
-    # Plain sampling (the candidates inside the box) puts half the mass on the piece with 1/5 of the area.
-    plain = inside[:3000]
-    assert scipy.stats.kstest(arc_fraction(sheet(z[plain]), bound), 'uniform').pvalue < 1e-3
-    # The released MaGNET weights (no division by the normal prior) fix the pieces but not the prior.
-    released = np.where(np.isfinite(log_w), polarity.log_weights(svds, rho=1), -np.inf)
-    idx = polarity.resample_with_replacement(released, 3000, seed=0)
-    assert scipy.stats.kstest(arc_fraction(sheet(z[idx]), bound), 'uniform').pvalue < 1e-3
+# Polarity on the sheet.
 
 
 @pytest.mark.parametrize('rho', [-1.0, 0.0, 1.0])
@@ -85,37 +64,11 @@ def test_polarity_moves_mass_toward_or_away_from_the_densest_piece(candidates, r
         assert share < 0.3
 
 
-def test_rejection_sampler_on_the_sheet(candidates):
-    z, _ = candidates
-
-    def score(zz):
-        return volume.log_volume(volume.jacobian_singular_values(sheet, zz))
-    rho = -1.0
-    log_M = -np.log(SCALE ** 2 * S1 * T)          # max of rho * logvol, reached on piece 1
-    sampler = polarity.RejectionSampler(score, rho, log_M, seed=3)
-    batches = torch.split(z[:20000], 1000)
-    out = sampler.sample(batches, 6000)
-    assert out.shape == (6000, 2) and sampler.num_exceeded == 0
-    assert abs(float(np.mean(out[:, 0].numpy() < 0)) - 0.8) < 0.02
-    # Acceptance rate: 1/2 on piece 1 plus (S1 / S2) / 2 on piece 2.
-    assert abs(sampler.num_accepted / sampler.num_seen - 0.625) < 0.02
-    # The decisions depend on the candidate order only, not on the batching.
-    one = polarity.RejectionSampler(score, rho, log_M, seed=4).accept(z[:3000])
-    parts = polarity.RejectionSampler(score, rho, log_M, seed=4)
-    split = np.concatenate([parts.accept(b) for b in torch.split(z[:3000], 700)])
-    assert np.array_equal(one, split)
-    # A bound that is too low is reported.
-    low = polarity.RejectionSampler(score, rho, log_M - 1.0, seed=0)
-    with pytest.warns(RuntimeWarning, match='log_M'):
-        low.accept(z[:100])
-    assert low.num_exceeded == int(np.sum(z[:100, 0].numpy() < 0))
-    assert low.max_log_ratio == pytest.approx(1.0, abs=1e-5)
-
 # ----------------------------------------------------------------------------
 # Weights.
 
 
-def test_log_weights_and_uniform_weights():
+def test_log_weights():
     rng = np.random.default_rng(0)
     svds = rng.uniform(0.2, 3.0, size=(7, 6))
     brute = np.array([np.sum(np.log(np.sort(r)[::-1][:4])) for r in svds])
@@ -128,17 +81,6 @@ def test_log_weights_and_uniform_weights():
         polarity.log_weights(padded, -1.0)
     assert np.isfinite(polarity.log_weights(padded, -1.0, eps=1e-3)).all()
 
-    z = rng.normal(size=(7, 2)) * 0.8
-    for domain in ('box', 'ball'):
-        got = polarity.log_weights_uniform(svds, z, rho=0.5, top_k=4, bound=1.0, domain=domain)
-        inside = np.all(np.abs(z) <= 1, 1) if domain == 'box' else np.sqrt((z ** 2).sum(1)) <= 1
-        log_normal = np.array([scipy.stats.multivariate_normal(np.zeros(2), np.eye(2)).logpdf(zz) for zz in z])
-        np.testing.assert_allclose(got[inside], 0.5 * brute[inside] - log_normal[inside], rtol=1e-12)
-        assert np.all(got[~inside] == -np.inf)
-    uni = polarity.log_weights_uniform(svds, z, rho=1, top_k=4, prior='uniform', bound=1.0)
-    np.testing.assert_allclose(uni[np.isfinite(uni)], brute[np.isfinite(uni)], rtol=1e-12)
-    with pytest.raises(ValueError, match='bounded'):
-        polarity.log_weights_uniform(svds, z)
 
 
 def test_effective_sample_size():
@@ -258,33 +200,5 @@ def test_split_counts():
         polarity.split_counts(10, [0.5, 0.6])
     with pytest.raises(ValueError):
         polarity.split_counts(10, [1.2, -0.2])
-
-
-def test_mixture():
-    bank = np.arange(100, dtype=np.float64)[:, None]
-    log_w = np.log(np.linspace(1, 2, 100))
-
-    def magnet(n, rng):
-        return bank[polarity.resample_with_replacement(log_w, n, rng)]
-
-    def random(n, rng):
-        return rng.standard_normal([n, 1]) + 1000.0
-
-    mix = polarity.Mixture([(0.2, magnet), (0.8, random)])
-    assert mix.counts(1000) == [200, 800]
-    z, source = mix.sample(1000, seed=3)
-    assert z.shape == (1000, 1) and np.array_equal(np.bincount(source), [200, 800])
-    assert np.all(z[source == 0] < 100) and np.all(z[source == 1] > 900)
-    z2, _ = mix.sample(1000, seed=3)
-    assert np.array_equal(z, z2)
-    assert not np.array_equal(z, mix.sample(1000, seed=4)[0])
-    # A component's draws depend on its own generator only.
-    other = polarity.Mixture([(0.2, magnet), (0.8, lambda n, rng: np.zeros([n, 1]))])
-    assert np.array_equal(other.sample(1000, seed=3)[0][:200], z[:200])
-    zs, ss = mix.sample(1000, seed=3, shuffle=True)
-    assert np.array_equal(np.sort(zs.ravel()), np.sort(z.ravel()))
-    assert np.all((zs[:, 0] < 100) == (ss == 0)) and not np.array_equal(ss, source)
-    zt, _ = polarity.Mixture([(0.5, lambda n, rng: torch.zeros([n, 2])), (0.5, lambda n, rng: torch.ones([n, 2]))]).sample(5)
-    assert isinstance(zt, torch.Tensor) and zt.shape == (5, 2) and float(zt.sum()) == 4.0
 
 # ----------------------------------------------------------------------------
