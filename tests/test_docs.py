@@ -35,6 +35,25 @@ def test_readme_layout_and_architecture_name_every_package_and_script():
         assert not missing, f'{where} does not mention: {", ".join(missing)}'
 
 
+def _modules(package):
+    folder = os.path.join(REPO_ROOT, package)
+    return sorted(n[:-3] for n in os.listdir(folder) if n.endswith('.py') and n != '__init__.py')
+
+
+def test_readme_layout_and_architecture_name_every_module():
+    """Every module of the product packages is named, and the sampling/ entry of the Layout names no module that
+    is gone (a module name is a word outside parentheses)."""
+    layout, architecture = _readme_layout(), _read('docs', 'architecture.md')
+    for package in ('dnnlib', 'torch_utils', 'training', 'sampling', 'metrics', 'paper_tables', 'demos',
+                    'classifier_training'):
+        for module in _modules(package):
+            for where, text in (('README.md Layout', layout), ('docs/architecture.md', architecture)):
+                assert re.search(rf'\b{module}\b', text), f'{where} does not mention {package}/{module}.py'
+    entry = re.search(r'^sampling/ +(.*?)\n(?=\S)', layout, re.M | re.S).group(1)
+    named = re.findall(r'[a-z_]+', re.sub(r'\([^)]*\)', '', entry))
+    assert named and set(named) <= set(_modules('sampling')), sorted(set(named) - set(_modules('sampling')))
+
+
 def test_cited_docs_exist():
     cited = set()
     for dirpath, dirnames, filenames in os.walk(REPO_ROOT):
