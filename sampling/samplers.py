@@ -8,7 +8,7 @@ Spec language
 -------------
 ::
 
-    SPEC    := BODY [';' OPTION (',' OPTION)*]      global options, e.g.  ;trunc=0.7
+    SPEC    := BODY [';' OPTION (',' OPTION)*]      global options, e.g.  ;trunc=0.7,class=3
     BODY    := ['mix:'] TERM ('+' TERM)*              several terms = a mixture
     TERM    := [WEIGHT '*'] SAMPLER                  WEIGHT: a fraction; mixture weights sum to 1
     SAMPLER := NAME | NAME ':' ARGS | NAME '(' ARGS ')'
@@ -26,14 +26,18 @@ Samplers (defaults in brackets):
     is known, else ``uniform``.
 ``trunc:PSI``
     ``random`` with truncation psi PSI (same as ``random;trunc=PSI``). Not allowed inside a mixture.
-``hubness`` [k=5, t=50, space=w, batch=10000, count_self=1, max_batches=1000, labels=auto]
+``truncnorm`` [labels=auto]
+    BigGAN's truncation trick: ``psi * truncnorm(-2, 2)`` latents of ``RandomState(seed)``
+    (:func:`training.networks_biggan.truncated_z`), psi being the global ``trunc`` (``generate.py --truncnorm``).
+``hubness`` [k=5, t=50 | top=M | quantile=Q, space=w, batch=10000, count_self=1, max_batches=1000, labels=auto]
     Hubness priors (Liang et al. 2022), the authors' convention by default: batch b holds ``batch`` random
     latents of batch seed ``seed + b`` (labels as for ``random``), scored by their exact k-occurrence
     (:func:`sampling.hubness.k_occurrence`) in W (``G.mapping(z, c, truncation_psi=1)[:, 0]``, ``space=w``) or
-    in Z (``space=z``); a latent is a hub if its score is >= t. ``count_self=1`` counts every latent as its
-    own first neighbour, as the authors' code does (``count_self=0``: the textbook N_k). The first ``num``
-    hubs in (batch, index) order are returned: the same hubs ``generate_hubness.py`` finds with these settings
-    (for a conditional network, with ``labels=uniform``, its ``--class random``).
+    in Z (``space=z``); a latent is a hub if its score is >= t (or one of the ``top`` M highest scores of its
+    batch, or >= the ``quantile`` Q of its batch's scores). ``count_self=1`` counts every latent as its own
+    first neighbour, as the authors' code does (``count_self=0``: the textbook N_k). The first ``num`` hubs in
+    (batch, index) order are returned: the search of ``generate_hubness.py`` (:mod:`sampling.hub_sampler`),
+    which gives the same hubs with the same settings and ``--seed``.
 ``polarity`` [bank=PATH (required), rho=1, top_k=all, eps=0, replace=1, per_class=1]
     Polarity / MaGNET resampling (Humayun et al. 2022) of a latent bank with singular values (``svds``, e.g.
     from ``compute_volume_scalars.py`` or the MaGNET authors' files; a ``log_volume`` array is used if there is
@@ -54,6 +58,15 @@ order. All components share the global truncation.
 Global option ``trunc=PSI`` (default 1) applies truncation psi PSI to any sampler at synthesis time; latents
 are always chosen at psi = 1 (hub scores and volumes are computed untruncated, as both papers do):
 ``hubness:k=5,t=50;trunc=0.7``, ``mix:0.2*polarity(bank=b.npz)+0.8*random;trunc=0.9``.
+
+Global option ``class=N|random`` (the scripts' ``--class``; an ImageNet name works too, quoted) for conditional
+networks: ``N`` gives every fresh latent class N and keeps only a bank's latents of class N (or labels an
+unlabelled bank with N); ``random`` gives fresh latents uniform random classes (``labels=uniform``) and leaves a
+bank's labels as they are. Without it, ``labels=`` decides. Ignored for unconditional networks.
+
+The scripts build their samplers here (:func:`term`, :func:`make_spec`): ``generate.py`` draws ``random``
+(``truncnorm``) once per seed, ``generate_hubness.py`` runs the ``hubness`` search, ``generate_magnet.py``
+draws ``polarity`` (``--mix M``: ``mix:M*polarity(...)+(1-M)*random``), so each gives the latents of its spec.
 
 Parse errors raise :class:`SamplerSpecError` with a one-line message.
 """
