@@ -25,7 +25,7 @@ from sampling import cli
 from training import networks_nvae, nvae_checkpoint
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
 @click.option('--source', required=True, metavar='PATH|URL', help='NVAE checkpoint (checkpoint.pt)')
 @click.option('--dest', required=True, metavar='PATH', help='Network pickle to write')
@@ -47,8 +47,6 @@ def main(source, dest, passes, batch_size, temperature, crop, seed, device):
                 raise click.ClickException(f'{source} is not a PyTorch checkpoint (torch.save file); '
                                            'pass an NVAE checkpoint.pt')
             G, info = nvae_checkpoint.load_nvae_checkpoint(f, source, crop=None if crop == 'none' else int(crop))
-    except nvae_checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
     except OSError as err:
         raise click.ClickException(f'cannot read {source}: {err}') from None
     click.echo(f'NVAE decoder from {source} (epoch {info["epoch"]}, dataset {info["args"].get("dataset")}): '

@@ -20,52 +20,47 @@ import time
 import click
 import torch
 
-from demos import comparison as demo
 from demos import first_run
 from metrics.mnist_classifier import DEFAULT_CLASSIFIER
 from sampling import cli
 
 
-class _Failure(Exception):
-    """Bad input: one line for the user."""
-
-
 def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_threshold, rho, top_k, scale, device,
         threads):
-    """Everything after option parsing; raises _Failure (or demo.DemoError) for bad input."""
+    """Everything after option parsing; raises a user error (cli.UserError, demo.DemoError) for bad input."""
     start = time.perf_counter()
     from metrics import mnist_classifier
     from sampling.latents import network_sha256 as sha256_of
 
     if not hub_threshold > 0:
-        raise _Failure(f'--hub-threshold must be positive, got {hub_threshold:g}')
+        raise cli.UserError(f'--hub-threshold must be positive, got {hub_threshold:g}')
     try:
         device = cli.resolve_device(device)
     except click.BadParameter as err:
-        raise _Failure(f'--device: {err.message}') from None
+        raise cli.UserError(f'--device: {err.message}') from None
     if device.type == 'cpu':
         torch.set_num_threads(threads)
     if bank is None:
         if network is not None:
-            raise _Failure('--bank is needed with --network (the shipped bank is for the embedded network); make one '
+            raise cli.UserError('--bank is needed with --network (the shipped bank is for the embedded network); make one '
                            'with: python compute_volume_scalars.py --network NET --num 2000 --space style --outdir vol')
         bank = first_run.EMBEDDED_BANK
     if not os.path.isfile(bank):
-        raise _Failure(f'--bank {bank} does not exist')
+        raise cli.UserError(f'--bank {bank} does not exist')
     try:
         network = cli.network_or_default(network)
     except click.UsageError as err:
-        raise _Failure(err.message) from None
+        raise cli.UserError(err.message) from None
     model = None
     if classifier.lower() != 'none':
         try:
             model = mnist_classifier.load_classifier(classifier, device=device)
         except (FileNotFoundError, ValueError) as err:
-            raise _Failure(f'--classifier: {err} (or pass --classifier none)') from None
+            raise cli.UserError(f'--classifier: {err} (or pass --classifier none)') from None
     try:
         G = cli.load_generator(network, device)
     except click.ClickException as err:
-        raise _Failure(err.message) from None
+        raise cli.UserError(err.message) from None
     network_sha256 = sha256_of(network)
 
     summary = first_run.run(G, network_sha256, bank, model, outdir, num_images=num_images, num_scored=num_scored,
@@ -105,12 +100,8 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
               help='PyTorch threads on a CPU (the tensors are small: more threads mostly wait on each other)')
 @click.option('--debug', is_flag=True, help='Show tracebacks')
 def main(debug, **kwargs):
-    try:
-        run(**kwargs)
-    except (_Failure, demo.DemoError) as err:
-        if debug:
-            raise
-        raise click.ClickException(str(err)) from None
+    del debug  # cli.Command shows tracebacks with --debug.
+    run(**kwargs)
 
 
 if __name__ == '__main__':

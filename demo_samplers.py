@@ -32,22 +32,17 @@ import torch
 
 from demos import comparison as demo
 from metrics import evaluation
-from metrics.evaluation import EvaluationError
 from sampling import cli
-
-
-class _Failure(Exception):
-    """Bad input: one line for the user."""
 
 
 def _check_threshold(value):
     if not value > 0:
-        raise _Failure(f'--hub-threshold must be positive, got {value:g}')
+        raise cli.UserError(f'--hub-threshold must be positive, got {value:g}')
 
 
 def run(network, data, detector, num_metrics, num_images, bank_num, bank_method, hub_threshold, top_k, mild_rho,
         seed, outdir, figure, table_json, device, skip_metrics, scale, cache, workers):
-    """Everything after option parsing; raises _Failure (or EvaluationError) for bad input."""
+    """Everything after option parsing; raises a user error (cli.UserError, EvaluationError) for bad input."""
     from metrics import mnist_classifier
     from sampling.images import save_png
     from sampling.latents import network_sha256 as sha256_of
@@ -56,13 +51,13 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     try:
         device = cli.resolve_device(device)
     except click.BadParameter as err:
-        raise _Failure(f'--device: {err.message}') from None
+        raise cli.UserError(f'--device: {err.message}') from None
     torch.backends.cuda.matmul.allow_tf32 = False  # As calc_metrics.py: NVlabs' metrics run without TF32.
     torch.backends.cudnn.allow_tf32 = False
     try:
         network = cli.network_or_default(network)
     except click.UsageError as err:
-        raise _Failure(err.message) from None
+        raise cli.UserError(err.message) from None
 
     # The checks that need no network come first, so that bad input fails before any work.
     detectors, dataset_kwargs = None, None
@@ -74,7 +69,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     if not skip_metrics:
         dataset_kwargs = evaluation.dataset_kwargs(data, training_set_kwargs, G, mirror=None, network=network)
         if dataset_kwargs is None:
-            raise _Failure('the metrics need real images: pass --data DIR|ZIP (or --skip-metrics)')
+            raise cli.UserError('the metrics need real images: pass --data DIR|ZIP (or --skip-metrics)')
         dataset = evaluation.open_dataset(dataset_kwargs, G, from_pickle=(data is None))
     label_pool = evaluation.label_pool(dataset, G, rank=0)
 
@@ -92,7 +87,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
     try:
         save_png(figure, demo.make_figure(G, samplers, num_images, seed, scale=scale))
     except ValueError as err:
-        raise _Failure(str(err).splitlines()[0]) from None
+        raise cli.UserError(str(err).splitlines()[0]) from None
     click.echo(f'Wrote {figure}', err=True)
     if skip_metrics:
         return
@@ -103,7 +98,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
         try:
             classifier = mnist_classifier.load_classifier(detector_file, device=device)
         except ValueError as err:
-            raise _Failure(f'--detector: {err}') from None
+            raise cli.UserError(f'--detector: {err}') from None
         if not hasattr(classifier, 'probabilities'):
             click.echo('note: the detector has no probabilities(): no digit fraction', err=True)
             classifier = None
@@ -114,7 +109,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
             numbers = demo.metrics_row(G, sampler, num_metrics, seed, dataset_kwargs, detectors, device,
                                        classifier=classifier, cache=cache, num_workers=workers, progress=True)
         except ValueError as err:
-            raise _Failure(f'{label}: {str(err).splitlines()[0]}') from None
+            raise cli.UserError(f'{label}: {str(err).splitlines()[0]}') from None
         table.append(dict(sampler=label, spec=row.spec, **numbers,
                           effective_sample_size=sampler.effective_sample_size()))
 
@@ -167,12 +162,8 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
 @click.option('--workers', type=click.IntRange(min=0), default=0, show_default=True, help='Data loading processes')
 @click.option('--debug', is_flag=True, help='Show tracebacks')
 def main(debug, **kwargs):
-    try:
-        run(**kwargs)
-    except (_Failure, EvaluationError, demo.DemoError) as err:
-        if debug:
-            raise
-        raise click.ClickException(str(err)) from None
+    del debug  # cli.Command shows tracebacks with --debug.
+    run(**kwargs)
 
 
 if __name__ == '__main__':

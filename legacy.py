@@ -30,7 +30,7 @@ from training import convert_progan
 # ----------------------------------------------------------------------------
 
 
-class NetworkLoadError(Exception):
+class NetworkLoadError(dnnlib.util.UserError):
     """A network pickle could not be loaded; the message is one line saying why and what to do."""
 
     def __init__(self, message):

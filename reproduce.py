@@ -45,7 +45,7 @@ from sampling import chunks, cli
 SCRIPTS = {'calc_metrics.py': calc_metrics.main, 'compute_volume_scalars.py': compute_volume_scalars.main}
 
 
-@click.command(help=__doc__)
+@click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
 @click.option('--table', 'table_name', type=click.Choice(sorted(TABLES)), required=True, help='Which table')
 @click.option('--network', 'networks', multiple=True, metavar='[KEY=]PATH|URL',
@@ -96,8 +96,8 @@ def main(table_name, networks, datasets, num_latents, num_samples, seed, method,
             return
         doc = runner.build(table, steps, skipped, setup, rows)
         runner.write(doc, outdir)
-    except (runner.TableError, ValueError) as err:
-        raise click.ClickException(str(err).splitlines()[0]) from None
+    except ValueError as err:  # TableError is a user error: cli.Command prints it.
+        raise cli.UserError(str(err).splitlines()[0]) from None
     finally:
         import torch
         if torch.distributed.is_available() and torch.distributed.is_initialized():

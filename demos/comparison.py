@@ -44,7 +44,7 @@ HUB_K = 5           # The authors' k.
 TRUNCATION_PSI = 0.7
 
 
-class DemoError(ValueError):
+class DemoError(ValueError, dnnlib.util.UserError):
     """Bad input or settings; the message is one line."""
 
 

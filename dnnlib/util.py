@@ -22,6 +22,13 @@ import uuid
 # ----------------------------------------------------------------------------
 
 
+class UserError(Exception):
+    """Bad input: an option, a file or a folder that cannot be used, with a one-line message saying what is wrong
+    and what to do. Every script prints it as one line (``Error: ...``) and exits with status 1, without a
+    traceback; the toolkit's error types for bad input (unreadable banks, bad specs, refused pickles, ...) derive
+    from it."""
+
+
 class EasyDict(dict):
     """A dict whose items are also reachable as attributes (``d.key`` == ``d['key']``).
 

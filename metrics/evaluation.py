@@ -16,7 +16,7 @@ from metrics import metric_main, metric_utils
 # ----------------------------------------------------------------------------
 
 
-class EvaluationError(Exception):
+class EvaluationError(dnnlib.util.UserError):
     """Bad input to an evaluation: the message is one line for the user (what is wrong, what to do)."""
 
 

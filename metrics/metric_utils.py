@@ -209,7 +209,7 @@ DETECTOR_URLS = {
 }
 
 
-class DetectorError(ValueError):
+class DetectorError(ValueError, util.UserError):
     """A feature detector cannot be found, downloaded or loaded; the message is one line."""
 
 

@@ -23,7 +23,7 @@ from sampling.latents import file_sha256, network_sha256
 EMBEDDED = 'embedded'
 
 
-class TableError(Exception):
+class TableError(dnnlib.util.UserError):
     """Bad input or a failed step; the message is one line for the user."""
 
 

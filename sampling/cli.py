@@ -18,6 +18,8 @@ import tempfile
 import click
 import torch
 
+from dnnlib import util
+
 # The small network this repository trains and ships (see README); scripts use it without --network.
 DEFAULT_NETWORK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                'pretrained', 'mnist32-stylegan2.pkl')
@@ -27,8 +29,10 @@ SEED_LIMIT = 2 ** 32      # Seeds are numpy RandomState seeds: 32-bit unsigned.
 MAX_SEEDS = 1_000_000     # More seeds in one run is surely a typo (0-99999999999 would exhaust memory).
 
 
-class UserError(click.ClickException):
-    """Bad input or an unusable file or folder: printed as one line (``Error: ...``), exit status 1."""
+class UserError(click.ClickException, util.UserError):
+    """The toolkit's one user-error type (:class:`dnnlib.util.UserError`) as click prints it: one line
+    (``Error: ...``), exit status 1. Scripts raise it; the library raises its own subclasses of the base type,
+    which :class:`Command` prints the same way."""
 
 
 def parse_range(text, max_values=None):
@@ -242,8 +246,9 @@ def load_generator(network, device, allow_code=False):
 
 
 class Command(click.Command):
-    """A click command that remembers the arguments it parsed (for :func:`command_line`) and reports an
-    operating-system error of a run (a read-only or full disk, a folder that vanished) as one line."""
+    """A click command that remembers the arguments it parsed (for :func:`command_line`) and reports bad input
+    (:class:`dnnlib.util.UserError` and its subclasses) and an operating-system error of a run (a read-only or full
+    disk, a folder that vanished) as one line and exit status 1 (``--debug``, where a script has it: tracebacks)."""
 
     def parse_args(self, ctx, args):
         ctx.meta['gansampling.argv'] = list(args)
@@ -252,8 +257,14 @@ class Command(click.Command):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except OSError as err:
+        except click.ClickException:
+            raise
+        except util.UserError as err:
             if ctx.params.get('debug'):  # Scripts with --debug show tracebacks.
+                raise
+            raise UserError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
+        except OSError as err:
+            if ctx.params.get('debug'):
                 raise
             reason = _os_reason(err)
             raise UserError(f'{err.filename}: {reason}' if err.filename is not None else reason) from None

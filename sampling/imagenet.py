@@ -9,6 +9,8 @@ import functools
 import os
 import re
 
+from dnnlib.util import UserError
+
 NUM_CLASSES = 1000
 _TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imagenet_classes.txt')
 
@@ -50,7 +52,7 @@ def _index_of_name():
     return index
 
 
-class UnknownClassName(ValueError):
+class UnknownClassName(ValueError, UserError):
     """A name that is no ImageNet class; ``close`` holds up to three similar names."""
 
     def __init__(self, message, close):

@@ -44,7 +44,7 @@ import sys
 
 import numpy as np
 
-from dnnlib.util import atomic_write  # noqa: F401 (re-exported: sampling code imports it from here)
+from dnnlib.util import UserError, atomic_write  # noqa: F401 (atomic_write: sampling code imports it from here)
 
 BANK_FORMAT = 1
 
@@ -156,7 +156,7 @@ def network_sha256(network):
     return file_sha256(dnnlib.util.open_url(network, verbose=False, return_filename=True))
 
 
-class FileFormatError(ValueError):
+class FileFormatError(ValueError, UserError):
     """A file that cannot be read as what it should be (empty, truncated, damaged, another format); the
     message names the file and is one line."""
 

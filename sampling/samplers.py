@@ -78,6 +78,7 @@ import re
 import numpy as np
 import torch
 
+from dnnlib.util import UserError
 from sampling import latents as latent_utils
 from sampling.synthesis import has_mapping
 
@@ -88,7 +89,7 @@ _MAX_SEED = 2 ** 32
 # ----------------------------------------------------------------------------
 # Parsing.
 
-class SamplerSpecError(ValueError):
+class SamplerSpecError(ValueError, UserError):
     """A sampler spec that cannot be parsed or built; the message is one line."""
 
 

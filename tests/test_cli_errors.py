@@ -279,3 +279,55 @@ def test_truncated_zip_member_is_caught_by_its_crc(files, tmp_path):
     path.write_bytes(bytes(data))
     result = CliRunner().invoke(generate_magnet.main, _magnet(files, bank=str(path), outdir=str(tmp_path / 'o')))
     assert result.exit_code != 0 and 'flipped.npz' in result.output and 'Traceback' not in result.output
+
+# ----------------------------------------------------------------------------
+# One user-error type.
+
+
+def test_every_script_reports_user_errors_through_one_type():
+    """Every script's command prints the toolkit's one user-error type as one line, and every error type the
+    library raises for bad input derives from it."""
+    import importlib
+
+    import click
+
+    from dnnlib.util import UserError
+    from sampling import cli
+
+    scripts = [name[:-3] for name in sorted(os.listdir(os.path.dirname(os.path.dirname(__file__))))
+               if name.endswith('.py') and name not in ('legacy.py',)]  # legacy.py: the networks layer's own CLI.
+    commands = []
+    for name in scripts:
+        main = getattr(importlib.import_module(name), 'main', None)
+        if isinstance(main, click.Group):
+            commands += [(f'{name} {sub}', cmd) for sub, cmd in main.commands.items()]
+        elif isinstance(main, click.Command):
+            commands.append((name, main))
+    assert len(commands) >= 15
+    assert [name for name, cmd in commands if not isinstance(cmd, cli.Command)] == []
+
+    from demos.comparison import DemoError
+    from legacy import NetworkLoadError
+    from metrics.evaluation import EvaluationError
+    from metrics.metric_utils import DetectorError
+    from paper_tables.runner import TableError
+    from sampling.imagenet import UnknownClassName
+    from sampling.latents import FileFormatError
+    from sampling.samplers import SamplerSpecError
+    from training.convert_progan import ConversionError
+    from training.dataset import DatasetError
+    from training.load_biggan import CheckpointError as BigGANCheckpointError
+    from training.nvae_checkpoint import CheckpointError as NVAECheckpointError
+    from training.training_loop import ResumeError
+    for error in (DemoError, NetworkLoadError, EvaluationError, DetectorError, TableError, UnknownClassName,
+                  FileFormatError, SamplerSpecError, ConversionError, DatasetError, BigGANCheckpointError,
+                  NVAECheckpointError, ResumeError, cli.UserError):
+        assert issubclass(error, UserError), error
+
+    @click.command(cls=cli.Command)
+    @click.option('--debug', is_flag=True)
+    def fails(debug):
+        raise SamplerSpecError('bad sampler spec: what is wrong\nsecond line')
+    result = CliRunner().invoke(fails, [])
+    assert result.exit_code == 1 and result.output == 'Error: bad sampler spec: what is wrong\n'
+    assert isinstance(CliRunner().invoke(fails, ['--debug']).exception, SamplerSpecError)

@@ -21,6 +21,7 @@ import re
 import numpy as np
 import torch
 
+from dnnlib.util import UserError
 from training import networks_progan
 
 # Top-level classes of networks_progan.py: how legacy.py recognises our own ProGAN pickles' source.
@@ -53,7 +54,7 @@ _G_GRAPH_KWARGS = {
 }
 
 
-class ConversionError(ValueError):
+class ConversionError(ValueError, UserError):
     """A ProGAN pickle cannot be converted; the message is one line saying why."""
 
 

@@ -28,7 +28,7 @@ import dnnlib
 # ----------------------------------------------------------------------------
 
 
-class DatasetError(ValueError, IOError):
+class DatasetError(ValueError, IOError, dnnlib.util.UserError):
     """The dataset cannot be used; the message is one line saying what is wrong and what to do."""
 
 

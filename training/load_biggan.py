@@ -24,6 +24,7 @@ import os
 
 import torch
 
+from dnnlib.util import UserError
 from torch_utils import safe_pickle
 from training.networks_biggan import Generator, official_layers
 
@@ -42,7 +43,7 @@ def _published_config(resolution):
 PUBLISHED_CONFIGS = {f'biggan-deep-{res}': _published_config(res) for res in (128, 256, 512)}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """A BigGAN checkpoint was refused; the message is one line saying why."""
 
 

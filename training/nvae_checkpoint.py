@@ -26,6 +26,7 @@ import argparse
 
 import torch
 
+from dnnlib.util import UserError
 from torch_utils import safe_pickle
 from training import networks_nvae
 
@@ -49,7 +50,7 @@ _ZIP_MAGIC = b'PK\x03\x04'
 _LEGACY_MAGIC = b'\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, UserError):
     """An NVAE checkpoint could not be loaded; the message is one line saying why."""
 
 

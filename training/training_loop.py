@@ -51,7 +51,7 @@ from training.dataset import open_dataset
 # ----------------------------------------------------------------------------
 
 
-class ResumeError(ValueError):
+class ResumeError(ValueError, dnnlib.util.UserError):
     """The snapshot to resume from cannot be used; the message is one line saying why."""
 
 
