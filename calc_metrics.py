@@ -170,7 +170,7 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', 'network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option('network')
 @click.option('--metrics', default='fid50k_full', show_default=True, help='Comma-separated metrics, or none')
 @click.option('--data', metavar='[ZIP|DIR]', help='Real images (default: the training set named in the pickle)')
 @click.option('--mirror', type=bool, metavar='BOOL', help='Mirror the real images (default: as in the pickle)')
@@ -182,10 +182,10 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 @click.option('--seed', type=click.IntRange(min=0, max=2 ** 32 - 1), default=0, show_default=True,
               help='Base seed of the whole evaluation')
 @click.option('--detector', metavar='NAME|PATH|URL', help='Feature detector replacing NVlabs\' (or inception=X,vgg16=Y)')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--out', type=click.Path(dir_okay=False), help='Also append the JSON lines to this file')
 @click.option('--fid-stats', type=click.Path(), help='Reference FID statistics (.npz with mu, sigma) instead of --data')
-@click.option('--allow-pickle-code', is_flag=True, help='Run code embedded in pickles (only for files you trust)')
+@cli.pickle_code_option
 @click.option('--cache', type=bool, default=True, metavar='BOOL', show_default=True,
               help='Cache dataset statistics in the dnnlib cache')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loading processes')

@@ -65,7 +65,7 @@ def _load_embedder(path, device, dtype):
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option()
 @click.option('--num', type=click.IntRange(min=1), required=True, help='Latents (per class with --class all)')
 @click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Batch seed of the latents')
 @click.option('--space', type=click.Choice(volume.SPACES), default='pixel', show_default=True, help='Whose Jacobian')
@@ -80,11 +80,11 @@ def _load_embedder(path, device, dtype):
 @click.option('--resize', type=click.IntRange(min=1), help='Pixel space: resize images to this size first')
 @click.option('--embedder', type=click.Path(exists=True, dir_okay=False), help='Feature space: TorchScript embedding network')
 @cli.class_option(keywords=('random', 'all'))
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--dtype', type=click.Choice(sorted(volume_job.DTYPES)), default='float32', show_default=True, help='Precision of the network (StyleGAN2/3 compute in float32 whatever this says)')
 @click.option('--shard', metavar='i/n', help='Compute shard i of n (default: from the SLURM array variables, else 0/1)')
 @click.option('--merge', is_flag=True, help='Join the finished chunks of all shards into volumes.npz')
-@click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
+@cli.pickle_code_option
 def main(network_pkl, num, seed, space, method, top_k, num_projections, projection_seed, batch_size, vmap_chunk,
          chunk_size, outdir, resize, embedder, class_idx, device, dtype, shard, merge, allow_pickle_code):
     shard = (0, 1) if merge else _parse_shard(shard)

@@ -38,7 +38,7 @@ from training import networks_nvae, nvae_checkpoint
 @click.option('--crop', type=click.Choice(['none', '28']), default='none', show_default=True,
               help='Output 32 px (NVAE\'s padded frame, as datasets/mnist32.zip) or the 28 px crop [2:30]')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Seed of the passes\' latents')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 def main(source, dest, passes, batch_size, temperature, crop, seed, device):
     device = cli.resolve_device(device)
     try:

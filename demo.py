@@ -77,7 +77,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
 
 
 @click.command(cls=cli.Command, help=__doc__)
-@click.option('--network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option('network')
 @click.option('--bank', type=click.Path(dir_okay=False), metavar='NPZ',
               help='Volume bank of the polarity rows (default with the embedded network: its shipped bank)')
 @click.option('--classifier', default=DEFAULT_CLASSIFIER, show_default=os.path.join('pretrained', 'mnist_classifier.pt'),
@@ -95,7 +95,7 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
 @click.option('--top-k', type=click.IntRange(min=1), default=first_run.POLARITY_TOP_K, show_default=True,
               help='Singular values per volume (at most the bank\'s and z_dim - 1)')
 @click.option('--scale', type=click.IntRange(1, 16), default=2, show_default=True, help='Enlargement of the figure tiles')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--threads', type=click.IntRange(min=1), default=1, show_default=True,
               help='PyTorch threads on a CPU (the tensors are small: more threads mostly wait on each other)')
 @click.option('--debug', is_flag=True, help='Show tracebacks')

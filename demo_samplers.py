@@ -129,7 +129,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option('network')
 @click.option('--data', metavar='ZIP|DIR', help='Real images (default: the training set named in the pickle)')
 @click.option('--detector', default=os.path.join('pretrained', 'mnist_classifier.pt'), show_default=True,
               metavar='NAME|PATH|URL',
@@ -154,7 +154,7 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
               show_default=True, help='Figure file (PNG)')
 @click.option('--table-json', type=click.Path(dir_okay=False), default=os.path.join('docs', 'samplers.json'),
               show_default=True, help='Table file (JSON)')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--skip-metrics', is_flag=True, help='Only the figure')
 @click.option('--scale', type=click.IntRange(1, 16), default=2, show_default=True, help='Enlargement of the figure tiles')
 @click.option('--cache', type=bool, default=True, metavar='BOOL', show_default=True,

@@ -28,21 +28,21 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option()
 @click.option('--seeds', type=cli.parse_seeds, help="Random seeds, e.g. '0,1,4-6'")
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True, help='Truncation psi')
 @cli.class_option()
 @click.option('--truncnorm', is_flag=True,
               help="BigGAN's truncation trick: z = --trunc x truncnorm(-2, 2) from each seed, instead of N(0, I)")
-@click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
+@cli.noise_mode_option
 @click.option('--projected-w', type=click.Path(exists=True, dir_okay=False), help='Render W vectors from an npz (key w)')
 @click.option('--translate', type=cli.parse_vec2, default='0,0', show_default=True, help='StyleGAN3 input translation')
 @click.option('--rotate', type=cli.FiniteFloat(), default=0, show_default=True, help='StyleGAN3 input rotation in degrees')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=32, show_default=True, help='Images per forward pass')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
-@click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
+@cli.pickle_code_option
 @click.option('--exact-nvlabs', is_flag=True, help="Run NVlabs' forward pass as it is, for bit-level comparisons. By "
               'default a StyleGAN2 batch on the CPU runs faster: unfused modulated convolutions (fused_modconv=False) '
               'and large blocks a few images at a time, which rounds differently (uint8 within 1)')

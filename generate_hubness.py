@@ -53,7 +53,7 @@ _DEFAULT_MAX_BATCHES = 1000
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option()
 @click.option('--outdir', type=click.Path(file_okay=False), default='out/hubness', show_default=True,
               help='Where to save bank, images, report')
 @click.option('--num', type=click.IntRange(min=1), default=16, show_default=True, help='Number of hub latents wanted')
@@ -74,15 +74,14 @@ _DEFAULT_MAX_BATCHES = 1000
 @click.option('--trunc', 'truncation_psi', type=cli.FiniteFloat(), default=1, show_default=True,
               help='Truncation psi (synthesis only)')
 @cli.class_option(help_more=' (the class also maps the latents to W for scoring)')
-@click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
+@cli.noise_mode_option
 @click.option('--synth-batch', type=click.IntRange(min=1), default=32, show_default=True,
               help='Images per forward pass')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--no-images', is_flag=True, help='Only build the bank (and the report)')
 @click.option('--shard', metavar='i/n', help='Score shard i of n (default: from the SLURM array); see Shards')
 @click.option('--merge', is_flag=True, help='Join the finished shards into the outputs (run once, after all shards)')
-@click.option('--allow-pickle-code', is_flag=True,
-              help='Run the code embedded in the pickle (only for files you trust)')
+@cli.pickle_code_option
 def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_self, batch_size, seed, max_batches,
          truncation_psi, class_idx, noise_mode, synth_batch, device, no_images, shard, merge, allow_pickle_code):
     max_batches_given = max_batches is not None

@@ -53,7 +53,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 
 @click.command(cls=cli.Command, help=__doc__)
 @cli.threads_option
-@click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.network_option()
 @click.option('--bank', 'bank_path', type=click.Path(exists=True), required=True, multiple=True,
               help='Volume bank (.npz), or the MaGNET authors\' per-class {class}_{name}.npz (a folder, or --bank repeated)')
 @click.option('--rho', type=cli.FiniteFloat(), default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
@@ -72,9 +72,9 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=32, show_default=True, help='Images per forward pass')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
-@click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
-@click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
+@cli.device_option
+@cli.noise_mode_option
+@cli.pickle_code_option
 def main(network_pkl, bank_path, rho, top_k, num, mix, replace, per_class, truncation_psi, z_scale, class_idx, seed, outdir,
          grid, batch_size, device, noise_mode, allow_pickle_code):
     device = cli.resolve_device(device)

@@ -22,7 +22,6 @@ import os
 import sys
 
 import click
-import torch
 
 from sampling import cli
 from sampling.latents import network_sha256
@@ -32,14 +31,15 @@ _DEFAULT_DIR = os.path.join('out', 'videos')
 
 def _common(function):
     options = [
-        click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)'),
+        cli.network_option(),
         click.option('--out', type=click.Path(dir_okay=False),
                      help='MP4 file to write (default: out/videos/rho_sweep.mp4, truncation_sweep.mp4 or hub_interpolation.mp4)'),
         click.option('--fps', type=click.IntRange(1, 120), default=12, show_default=True, help='Frames per second'),
         click.option('--scale', type=click.IntRange(1, 16), default=2, show_default=True, help='Enlargement of each image'),
         click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Seed of the latents'),
-        click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N'),
-        click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)'),
+        cli.device_option,
+        cli.pickle_code_option,
+        cli.threads_option,
     ]
     for option in reversed(options):
         function = option(function)
@@ -48,8 +48,6 @@ def _common(function):
 
 def _setup(network_pkl, device, allow_pickle_code):
     device = cli.resolve_device(device)
-    if device.type == 'cpu':
-        torch.set_num_threads(1)  # Small images: intra-op threads mostly wait on each other.
     network_pkl = cli.network_or_default(network_pkl)
     return network_pkl, cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
 

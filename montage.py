@@ -18,7 +18,6 @@ import os
 import sys
 
 import click
-import torch
 
 from sampling import cli
 
@@ -34,7 +33,8 @@ def _parse_floats(ctx, param, value):
 
 
 @click.command(cls=cli.Command, help=__doc__)
-@click.option('--network', 'network_pkl', metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+@cli.threads_option
+@cli.network_option()
 @click.option('--bank', 'bank_path', type=click.Path(exists=True, dir_okay=False),
               help='Volume bank (default with the embedded network: its shipped bank)')
 @click.option('--rho', type=float, default=1, show_default=True, help='Polarity: 1 MaGNET, <0 modes, >0 anti-modes')
@@ -49,8 +49,8 @@ def _parse_floats(ctx, param, value):
               help='Seed of the naive latents and of the resampling')
 @click.option('--scale', type=click.IntRange(1, 16), default=2, show_default=True, help='Enlargement of each image')
 @click.option('--out', type=click.Path(dir_okay=False), default=os.path.join('out', 'montage.png'), show_default=True)
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
-@click.option('--allow-pickle-code', is_flag=True, help='Run the code embedded in the pickle (only for files you trust)')
+@cli.device_option
+@cli.pickle_code_option
 def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, cols, seed, scale, out, device,
          allow_pickle_code):
     from demos import first_run
@@ -62,8 +62,6 @@ def main(network_pkl, bank_path, rho, top_k, by, psis, truncation_psi, rows, col
             raise click.UsageError('--bank is needed with --network (the shipped bank is for the embedded network)')
         bank_path = first_run.EMBEDDED_BANK
     device = cli.resolve_device(device)
-    if device.type == 'cpu':
-        torch.set_num_threads(1)  # Small batches: intra-op threads mostly wait on each other.
     network_pkl = cli.network_or_default(network_pkl)
     G = cli.load_generator(network_pkl, device, allow_code=allow_pickle_code)
     try:

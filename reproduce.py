@@ -58,7 +58,7 @@ SCRIPTS = {'calc_metrics.py': calc_metrics.main, 'compute_volume_scalars.py': co
               help='Bank estimator (compute_volume_scalars.py --method)')
 @click.option('--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Bank latents per Jacobian batch')
 @click.option('--detector', metavar='NAME|PATH|URL', help='Detector of every row (default: the table\'s)')
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where the table, rows and banks go')
 @click.option('--shard', metavar='i/n', is_flag=False, flag_value='', default=None,
               help='Compute bank shard i of n only (bare --shard: from the SLURM array variables)')

@@ -149,7 +149,7 @@ def build_options(data, cond, mirror, batch, kimg, tick, snap, seed, gamma, cbas
 @click.option('--pl-weight', type=cli.FiniteFloat(min=0), default=0, show_default=True, help='Path-length regularisation weight')
 @click.option('--aug', default='none', show_default=True, metavar='LIST',
               help="Differentiable augmentation of D's inputs: none, or a comma-separated subset of translation,cutout")
-@click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')
+@cli.device_option
 @click.option('--threads', type=click.IntRange(min=1), help='CPU threads for torch and BLAS [default: one per idle '
               'core, from the load average]; 1 is often fastest on a busy machine')
 @click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes [default: 0 on CPU, 3 on GPU]')

@@ -226,6 +226,28 @@ def threads_option(command):
                         )(command)
 
 
+def network_option(dest='network_pkl'):
+    """``--network PATH|URL``, the embedded network when absent (:func:`network_or_default`)."""
+    return click.option('--network', dest, metavar='PATH|URL', help='Network pickle (default: the embedded network)')
+
+
+def device_option(command):
+    """``--device``: auto (CUDA when available), cpu, cuda or cuda:N (:func:`resolve_device`)."""
+    return click.option('--device', default='auto', show_default=True, help='auto, cpu, cuda or cuda:N')(command)
+
+
+def pickle_code_option(command):
+    """``--allow-pickle-code``: run the code a pickle carries (only for trusted files; see SECURITY.md)."""
+    return click.option('--allow-pickle-code', is_flag=True,
+                        help='Run the code embedded in the pickle (only for files you trust)')(command)
+
+
+def noise_mode_option(command):
+    """``--noise-mode``: NVlabs' noise inputs at synthesis."""
+    return click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const',
+                        show_default=True, help="Noise inputs at synthesis (NVlabs' noise_mode)")(command)
+
+
 def network_or_default(network):
     """The --network value, or the shipped default network (announced on stderr)."""
     if network is not None:
