@@ -138,6 +138,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
                                  network_sha256=network_sha256, progress=(verbose and rank == 0))
     except samplers.SamplerSpecError as err:
         raise EvaluationError(f'--sampler: {err}') from None
+    for note in sampler.notes:  # A bank recording no network, all-zero rows dropped from an authors' bank.
+        _note(rank, note)
     if verbose:
         _note(rank, f'Sampler: {sampler.describe()}, seed {seed}')
         ess = sampler.effective_sample_size()

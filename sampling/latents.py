@@ -57,7 +57,8 @@ _SKIP_CHUNK = 1 << 20
 # ----------------------------------------------------------------------------
 # Seeds -> latents and labels.
 
-def _check_seed(seed):
+def check_seed(seed):
+    """`seed` as an int, refused (ValueError) unless it is an integer in [0, 2**32) (a numpy RandomState seed)."""
     if isinstance(seed, (bool, np.bool_)) or int(seed) != seed or not 0 <= int(seed) < 2 ** 32:
         raise ValueError(f'seeds must be integers in [0, 2**32), got {seed!r}')
     return int(seed)
@@ -80,7 +81,7 @@ def z_from_seeds(seeds, z_dim, dtype=np.float64):
     z : ndarray of shape (len(seeds), z_dim)
         Row i is ``np.random.RandomState(seeds[i]).randn(z_dim)``.
     """
-    seeds = [_check_seed(s) for s in np.asarray(seeds, dtype=object).ravel()]
+    seeds = [check_seed(s) for s in np.asarray(seeds, dtype=object).ravel()]
     z = np.empty([len(seeds), z_dim], dtype=dtype)
     for i, seed in enumerate(seeds):
         z[i] = np.random.RandomState(seed).randn(z_dim)
@@ -99,7 +100,7 @@ def z_batch(batch_seed, num, z_dim, start=0, dtype=np.float64):
     """
     if num < 0 or start < 0:
         raise ValueError(f'num and start must be >= 0, got num={num}, start={start}')
-    rs = np.random.RandomState(_check_seed(batch_seed))
+    rs = np.random.RandomState(check_seed(batch_seed))
     skip = start * z_dim
     while skip > 0:
         rs.standard_normal(min(skip, _SKIP_CHUNK))
@@ -129,7 +130,7 @@ def random_labels(seed, num, c_dim, start=0):
     """
     if c_dim == 0:
         return np.zeros([num, 0], dtype=np.float32)
-    rs = np.random.RandomState([_check_seed(seed), _LABEL_STREAM])
+    rs = np.random.RandomState([check_seed(seed), _LABEL_STREAM])
     return one_hot(rs.randint(c_dim, size=start + num)[start:], c_dim)
 
 # ----------------------------------------------------------------------------

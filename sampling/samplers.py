@@ -84,7 +84,6 @@ from sampling.synthesis import has_mapping
 
 __all__ = ['SamplerSpecError', 'Term', 'Spec', 'parse', 'build', 'Sampler', 'derive_seed']
 
-_MAX_SEED = 2 ** 32
 
 # ----------------------------------------------------------------------------
 # Parsing.
@@ -515,12 +514,6 @@ def derive_seed(seed, index):
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint32)[0])
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or int(seed) != seed or not 0 <= int(seed) < _MAX_SEED:
-        raise ValueError(f'seed must be an integer in [0, 2**32), got {seed!r}')
-    return int(seed)
-
-
 class _Labels:
     """Labels of the samplers that draw fresh latents (``random``, ``truncnorm``, ``hubness``): see the module
     docstring. ``labels(seed, num)`` -> float32 [num, c_dim]."""
@@ -846,7 +839,7 @@ class Sampler:
 
     def draw(self, num, seed=0):
         """The latents of ``sample(num, seed)`` as a :class:`Draw` (with the bank row of each latent)."""
-        num, seed = int(num), _check_seed(seed)
+        num, seed = int(num), latent_utils.check_seed(seed)
         if num < 1:
             raise ValueError(f'num must be >= 1, got {num}')
         key = (num, seed)
@@ -862,7 +855,7 @@ class Sampler:
 
     def draw_seeds(self, seeds):
         """One latent per seed, the first of ``draw(1, seed)``: generate.py's latent of each seed."""
-        draws = [self.source.draw(1, _check_seed(seed)) for seed in seeds]
+        draws = [self.source.draw(1, latent_utils.check_seed(seed)) for seed in seeds]
         if not draws:
             return Draw(np.zeros([0, self.z_dim], np.float32), np.zeros([0, self.c_dim], np.float32),
                         np.zeros([0], np.int64))

@@ -142,6 +142,17 @@ def test_polarity_sampler_reports_its_effective_sample_size(env, tmp_path):
     assert result.exit_code == 0, result.output
     w = np.exp(-np.log(svds[:, :2]).sum(axis=1))
     assert f'Effective sample size of its weights: {w.sum() ** 2 / (w * w).sum():.1f} bank latents' in result.stderr
+    assert 'the bank records no network' in result.stderr  # The notes of the bank, as generate_magnet.py gives them.
+
+    # An authors' file: rows whose singular values sum to zero are dropped, and the count is said.
+    authors = str(tmp_path / 'authors.npz')
+    np.savez(authors, svds=np.concatenate([svds, np.zeros([3, 4])]), latents=rng.randn(43, env['G'].z_dim),
+             labels=np.array([]))
+    result = CliRunner().invoke(calc_metrics.main, [
+        '--network', env['net'], '--metrics', 'pr200_3_full', '--sampler', f'polarity:bank={authors},top_k=2',
+        '--detector', env['detector'], '--device', 'cpu', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    assert f'Dropped 3 all-zero rows from {authors}; 40 latents remain' in result.stderr
 
 
 def test_fid_stats_replace_the_dataset(env, tmp_path):
