@@ -191,8 +191,8 @@ def calc_metrics(network, metrics, data, mirror, gpus, verbose, sampler_spec, se
 @click.option('--cache', type=bool, default=True, metavar='BOOL', show_default=True,
               help='Cache dataset statistics in the dnnlib cache')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loading processes')
-@click.option('--debug', is_flag=True, help='Show tracebacks')
-def main(debug, **kwargs):
+@cli.debug_option
+def main(**kwargs):
     # A caller that set up torch.distributed itself (reproduce.py under torchrun) keeps its process group.
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     try:

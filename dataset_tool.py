@@ -24,7 +24,6 @@ import os
 import click
 
 from sampling import cli
-from training.dataset import DatasetError
 from training.dataset_convert import open_source, write_dataset_zip
 
 
@@ -36,18 +35,13 @@ from training.dataset_convert import open_source, write_dataset_zip
 @click.option('--max-images', type=click.IntRange(min=1), help='Write at most this many images')
 @click.option('--resolution', type=click.IntRange(min=4), help='Output side in pixels (power of two) '
               '[default: 32 for the digit sources, the images\' own size for a folder]')
-@click.option('--debug', is_flag=True, help='Show tracebacks')
-def main(source, dest, max_images, resolution, debug):
+@cli.debug_option
+def main(source, dest, max_images, resolution):
     if not dest.lower().endswith('.zip'):
         raise click.BadParameter(f'{dest!r} does not end in .zip; the output is a zip archive', param_hint='--dest')
     cli.prepare_outdir(os.path.dirname(os.path.abspath(dest)), option='--dest')
-    try:
-        images, labels = open_source(source, resolution=resolution)
-        count = write_dataset_zip(dest, images, labels, max_images=max_images)
-    except DatasetError as err:
-        if debug:
-            raise
-        raise click.ClickException(str(err)) from None
+    images, labels = open_source(source, resolution=resolution)  # A DatasetError is printed by cli.Command.
+    count = write_dataset_zip(dest, images, labels, max_images=max_images)
     click.echo(f'Wrote {count} images{" with labels" if labels is not None else ""} to {dest}')
 
 

@@ -98,9 +98,8 @@ def run(network, bank, classifier, outdir, num_images, num_scored, seed, hub_thr
 @cli.device_option
 @click.option('--threads', type=click.IntRange(min=1), default=1, show_default=True,
               help='PyTorch threads on a CPU (the tensors are small: more threads mostly wait on each other)')
-@click.option('--debug', is_flag=True, help='Show tracebacks')
-def main(debug, **kwargs):
-    del debug  # cli.Command shows tracebacks with --debug.
+@cli.debug_option
+def main(**kwargs):
     run(**kwargs)
 
 

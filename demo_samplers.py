@@ -160,9 +160,8 @@ def run(network, data, detector, num_metrics, num_images, bank_num, bank_method,
 @click.option('--cache', type=bool, default=True, metavar='BOOL', show_default=True,
               help='Cache dataset statistics in the dnnlib cache')
 @click.option('--workers', type=click.IntRange(min=0), default=0, show_default=True, help='Data loading processes')
-@click.option('--debug', is_flag=True, help='Show tracebacks')
-def main(debug, **kwargs):
-    del debug  # cli.Command shows tracebacks with --debug.
+@cli.debug_option
+def main(**kwargs):
     run(**kwargs)
 
 

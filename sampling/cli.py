@@ -248,6 +248,17 @@ def noise_mode_option(command):
                         show_default=True, help="Noise inputs at synthesis (NVlabs' noise_mode)")(command)
 
 
+def _remember_debug(ctx, param, value):
+    ctx.meta['gansampling.debug'] = value
+    return value
+
+
+def debug_option(command):
+    """``--debug``: show the traceback of an error instead of its one line (see :class:`Command`)."""
+    return click.option('--debug', is_flag=True, expose_value=False, callback=_remember_debug,
+                        help='Show tracebacks')(command)
+
+
 def network_or_default(network):
     """The --network value, or the shipped default network (announced on stderr)."""
     if network is not None:
@@ -282,11 +293,11 @@ class Command(click.Command):
         except click.ClickException:
             raise
         except util.UserError as err:
-            if ctx.params.get('debug'):  # Scripts with --debug show tracebacks.
+            if ctx.meta.get('gansampling.debug'):  # Scripts with --debug show tracebacks.
                 raise
             raise UserError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from None
         except OSError as err:
-            if ctx.params.get('debug'):
+            if ctx.meta.get('gansampling.debug'):
                 raise
             reason = _os_reason(err)
             raise UserError(f'{err.filename}: {reason}' if err.filename is not None else reason) from None

@@ -325,8 +325,8 @@ def test_every_script_reports_user_errors_through_one_type():
         assert issubclass(error, UserError), error
 
     @click.command(cls=cli.Command)
-    @click.option('--debug', is_flag=True)
-    def fails(debug):
+    @cli.debug_option
+    def fails():
         raise SamplerSpecError('bad sampler spec: what is wrong\nsecond line')
     result = CliRunner().invoke(fails, [])
     assert result.exit_code == 1 and result.output == 'Error: bad sampler spec: what is wrong\n'
