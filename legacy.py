@@ -1102,7 +1102,7 @@ def _apply_threads(ctx, param, value):
 @click.option('--threads', type=click.IntRange(min=1), expose_value=False, callback=_apply_threads,
               help='CPU threads for torch and BLAS  [default: one per idle core, from the load average]')
 @click.option('--source', help='Network pickle to convert (TF-era StyleGAN2 or ProGAN, StyleGAN2-ADA, StyleGAN3): '
-              'path or URL',
+              'path or URL; or a BigGAN-deep checkpoint of the PyTorch port (folder or .bin)',
               required=True, metavar='PATH')
 @click.option('--dest', help='Where to write the converted pickle', required=True, metavar='PATH')
 @click.option('--force-fp16', help='Rebuild with float16 blocks (num_fp16_res=4, conv_clamp=256)', is_flag=True)
@@ -1117,10 +1117,17 @@ def convert_network_pickle(source, dest, force_fp16, g_ema_only, allow_pickle_co
     Example:
     python legacy.py --source=stylegan2-ffhq-config-f.pkl --dest=stylegan2-ffhq-config-f-pt.pkl
     python legacy.py --source=network-snapshot-000100.pkl --dest=generator.pkl --g-ema-only
+    python legacy.py --source=biggan-deep-256 --dest=biggan-deep-256.pkl
     """
+    from training import load_biggan
     try:
-        with dnnlib.util.open_url(source, verbose=False) as f:
-            data = load_network_pkl(f, allow_code=allow_pickle_code, force_fp16=force_fp16)
+        if load_biggan.is_checkpoint_path(source):  # The BigGAN port's folder or .bin: its generator only.
+            if force_fp16:
+                raise click.UsageError('--force-fp16 rebuilds StyleGAN blocks; it does not apply to BigGAN')
+            data = dict(G=None, D=None, augment_pipe=None, training_set_kwargs=None, G_ema=load_network(source))
+        else:
+            with dnnlib.util.open_url(source, verbose=False) as f:
+                data = load_network_pkl(f, allow_code=allow_pickle_code, force_fp16=force_fp16)
     except NetworkLoadError as err:
         raise click.ClickException(str(err)) from None
     except FileNotFoundError:

@@ -197,3 +197,17 @@ def test_calc_metrics_on_a_checkpoint_folder(checkpoint, tmp_path, isolated_metr
     assert result.exit_code == 0, result.output
     record = json.loads(out.read_text().splitlines()[-1])
     assert np.isfinite(record['results']['fid1k_full']) and record['results']['fid1k_full'] > 0
+
+
+def test_legacy_converts_a_checkpoint_folder_to_a_pickle(checkpoint, tmp_path):
+    import legacy
+    path, G = checkpoint
+    dest = tmp_path / 'biggan.pkl'
+    result = CliRunner().invoke(legacy.convert_network_pickle, ['--source', path, '--dest', str(dest)])
+    assert result.exit_code == 0, result.output
+    converted = legacy.load_network(str(dest))  # Safe mode: the pickle is ours, no code runs.
+    z, c = torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(0)), _one_hot(4, 2)
+    with torch.no_grad():
+        assert torch.equal(converted(z, c, truncation_psi=0.6), G.eval()(z, c, truncation_psi=0.6))
+    result = CliRunner().invoke(legacy.convert_network_pickle, ['--source', path, '--dest', str(dest), '--force-fp16'])
+    assert result.exit_code != 0 and 'does not apply to BigGAN' in result.output
