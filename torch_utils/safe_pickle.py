@@ -790,6 +790,30 @@ _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _LEGACY_GLOBALS = {('torch', name): _StorageType(dtype) for name, dtype in _STORAGE_TYPES.items()}
 
 
+class _LegacyPickles:
+    """The pickles of torch's legacy serialisation, read one after another from ``data`` within ``limits``: the
+    header (magic number, protocol version, little-endian system info) is checked on construction."""
+
+    def __init__(self, data, limits, what):
+        self.data, self.limits, self.pos = data, limits, 0
+        if self.next() != _LEGACY_MAGIC or self.next() != 1001:
+            raise DamagedPickleError(f'{what} is not in torch\'s legacy format')
+        sys_info = self.next()
+        if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
+            raise DamagedPickleError(f'{what} is not little-endian')
+
+    def next(self, table=None, persistent_load=None):
+        value, end = _load(self.data[self.pos:], table or {}, self.limits, persistent_load)
+        self.pos += end
+        return value
+
+    def element_count(self):
+        """The 8-byte element count at the current position (None if the data ends first); moves past it."""
+        count = bytes(self.data[self.pos:self.pos + 8])
+        self.pos += 8
+        return struct.unpack('<q', count)[0] if len(count) == 8 else None
+
+
 def _load_legacy_storage(data):
     """torch.storage._load_from_bytes in the NVlabs pickle layout: one storage in torch's legacy format, bounded.
 
@@ -799,21 +823,8 @@ def _load_legacy_storage(data):
     """
     if not isinstance(data, (bytes, bytearray)):
         raise DamagedPickleError('a tensor storage is not stored as bytes')
-    view = memoryview(data)
     small = Limits(max_depth=8, max_objects=1000, max_memo=1000, min_budget_bytes=1 << 20)
-    pos = 0
-
-    def next_pickle(table=None, persistent_load=None):
-        nonlocal pos
-        value, end = _load(view[pos:], table or {}, small, persistent_load)
-        pos += end
-        return value
-
-    if next_pickle() != _LEGACY_MAGIC or next_pickle() != 1001:
-        raise DamagedPickleError('a tensor storage is not in torch\'s legacy format')
-    sys_info = next_pickle()
-    if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
-        raise DamagedPickleError('a tensor storage is not little-endian')
+    pickles = _LegacyPickles(memoryview(data), small, 'a tensor storage')
     pids = []
 
     def persistent_load(pid):
@@ -823,15 +834,14 @@ def _load_legacy_storage(data):
         pids.append(pid)
         return pid
 
-    if next_pickle(_LEGACY_GLOBALS, persistent_load) is not (pids[0] if pids else object()):
+    if pickles.next(_LEGACY_GLOBALS, persistent_load) is not (pids[0] if pids else object()):
         raise DamagedPickleError('a tensor storage has an unsupported layout')
     _, storage_type, key, location, numel, _view = pids[0]
-    if next_pickle() != [key]:
+    if pickles.next() != [key]:
         raise DamagedPickleError('a tensor storage has an unsupported layout')
-    count = bytes(view[pos:pos + 8])
-    if len(count) != 8 or struct.unpack('<q', count)[0] != numel:
+    if pickles.element_count() != numel:
         raise DamagedPickleError('a tensor storage declares a size it does not hold')
-    return _storage_from_bytes(view[pos + 8:], storage_type.dtype, numel, location, 'a tensor storage')
+    return _storage_from_bytes(pickles.data[pickles.pos:], storage_type.dtype, numel, location, 'a tensor storage')
 
 
 def _codecs_encode(text, encoding='utf-8'):
@@ -1019,22 +1029,11 @@ def load_torch_legacy(f, allowed_globals, limits=None):
     """
     limits = limits or DEFAULT_LIMITS
     view, start, _source, mapped = _buffer_of(f)
+    pickles = None
     try:
         data = view[start:]
         with _budget_scope(limits.budget(len(data))):
-            pos = 0
-
-            def next_pickle(table=None, persistent_load=None):
-                nonlocal pos
-                value, end = _load(data[pos:], table or {}, limits, persistent_load)
-                pos += end
-                return value
-
-            if next_pickle() != _LEGACY_MAGIC or next_pickle() != 1001:
-                raise DamagedPickleError('not a torch.save file in the legacy format')
-            sys_info = next_pickle()
-            if not isinstance(sys_info, dict) or sys_info.get('little_endian') is not True:
-                raise DamagedPickleError('the checkpoint is not little-endian')
+            pickles = _LegacyPickles(data, limits, 'the checkpoint')
             storages = {}
 
             def persistent_load(pid):
@@ -1054,27 +1053,26 @@ def load_torch_legacy(f, allowed_globals, limits=None):
                 if not isinstance(numel, int) or numel < 0:
                     raise DamagedPickleError(f'storage {key} declares an invalid size')
                 nbytes = numel * torch._utils._element_size(storage_type.dtype)
-                if nbytes > len(data) - pos:  # Its data follows the pickle: it must fit in the rest of the file.
+                if nbytes > len(data) - pickles.pos:  # Its data follows the pickle: it must fit in the rest of the file.
                     raise DamagedPickleError(f'storage {key} declares {nbytes:,} bytes, more than the file holds')
                 charge(nbytes, f'storage {key}')
                 storages[key] = torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage(nbytes),
                                                            dtype=storage_type.dtype, _internal=True)
                 return storages[key]
 
-            result = next_pickle({**allowed_globals, **TORCH_GLOBALS}, persistent_load)
-            keys = next_pickle()
+            result = pickles.next({**allowed_globals, **TORCH_GLOBALS}, persistent_load)
+            keys = pickles.next()
             if not isinstance(keys, list) or len(set(keys)) != len(keys) or set(keys) != set(storages):
                 raise DamagedPickleError('the storage list does not match the storages the checkpoint uses')
             for key in keys:
                 storage = storages[key]
                 numel, nbytes = storage._size(), storage._untyped_storage.nbytes()
-                count = bytes(data[pos:pos + 8])
-                if len(count) != 8 or struct.unpack('<q', count)[0] != numel or pos + 8 + nbytes > len(data):
+                if pickles.element_count() != numel or pickles.pos + nbytes > len(data):
                     raise DamagedPickleError(f'storage {key} declares a size it does not hold')
                 if nbytes:
                     target = torch.empty(0, dtype=torch.uint8).set_(storage._untyped_storage).numpy()
-                    target[:] = np.frombuffer(data[pos + 8:pos + 8 + nbytes], dtype=np.uint8)
-                pos += 8 + nbytes
+                    target[:] = np.frombuffer(data[pickles.pos:pickles.pos + nbytes], dtype=np.uint8)
+                pickles.pos += nbytes
             return result
     except UnsafePickleError as err:
         # Drop the traceback now: its frames hold slices of the file's buffer, which would keep a BytesIO
@@ -1082,7 +1080,7 @@ def load_torch_legacy(f, allowed_globals, limits=None):
         err.__traceback__, err.__context__ = None, None
         failure = err
     finally:
-        data = None
+        data = pickles = None
         view.release()
         if mapped is not None:
             with contextlib.suppress(BufferError):  # Still exported: the mapping closes when collected.
