@@ -843,8 +843,9 @@ def _convert_tf_generator(tf_G, where):
     )
     kwarg.check_all_known()
     from training import networks_stylegan2
-    G = _build_from_tf_kwargs(networks_stylegan2.Generator, kwargs, where)
-    _load_tf_variables(G, _collect_tf_variables(tf_G, where), _tf_generator_source, where)
+    variables = _collect_tf_variables(tf_G, where)
+    G = _build_from_tf_kwargs(networks_stylegan2.Generator, kwargs, where, variables)
+    _load_tf_variables(G, variables, _tf_generator_source, where)
     return G
 
 
@@ -884,8 +885,9 @@ def _convert_tf_discriminator(tf_D, where):
     )
     kwarg.check_all_known()
     from training import networks_stylegan2
-    D = _build_from_tf_kwargs(networks_stylegan2.Discriminator, kwargs, where)
-    _load_tf_variables(D, _collect_tf_variables(tf_D, where), _tf_discriminator_source, where)
+    variables = _collect_tf_variables(tf_D, where)
+    D = _build_from_tf_kwargs(networks_stylegan2.Discriminator, kwargs, where, variables)
+    _load_tf_variables(D, variables, _tf_discriminator_source, where)
     return D
 
 
@@ -960,12 +962,13 @@ class _TFKwargs:
                                    'TF StyleGAN2 arguments only and does not guess what others mean')
 
 
-def _build_from_tf_kwargs(cls, kwargs, where):
+def _build_from_tf_kwargs(cls, kwargs, where, variables):
+    """Build ``cls(**kwargs)`` once, within a budget set by the TF variables' bytes (the network they fill)."""
     _check_network_arguments(cls, (), kwargs, where)
     try:
-        with torch.device('meta'):  # The size from the arguments, before any memory is taken.
-            _check_network_size(cls(**kwargs), where)
-        net = cls(**kwargs)
+        with _BoundedConstruction(sum(value.nbytes for value in variables.values()), where):
+            net = cls(**kwargs)
+        _check_network_size(net, where)
     except NetworkLoadError:
         raise
     except Exception as err:  # noqa: BLE001 -- any failure means the TF arguments describe no network of ours.
