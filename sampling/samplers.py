@@ -516,23 +516,25 @@ def derive_seed(seed, index):
 
 class _Labels:
     """Labels of the samplers that draw fresh latents (``random``, ``truncnorm``, ``hubness``): see the module
-    docstring. ``labels(seed, num)`` -> float32 [num, c_dim]."""
+    docstring. ``labels(seed, num)`` -> float32 [num, c_dim].
+
+    A class index gives every latent that class; ``class_idx='random'`` or ``mode='uniform'`` uniform random
+    classes; otherwise (``mode`` 'auto' or 'dataset') the labels of random items of ``label_pool`` if given.
+    """
 
     def __init__(self, c_dim, mode, label_pool, class_idx=None):
-        if class_idx == 'random':
-            mode = 'uniform'
-        elif class_idx is not None:
-            mode = 'class'
+        if class_idx not in (None, 'random'):
             _check_class_range(class_idx, c_dim)
-        if label_pool is not None and mode != 'uniform':
+        uses_pool = class_idx is None and mode in ('auto', 'dataset')
+        if mode == 'dataset' and uses_pool and c_dim and label_pool is None:
+            raise SamplerSpecError('labels=dataset needs a dataset with labels (pass --data); or use labels=uniform')
+        if uses_pool and label_pool is not None:
             label_pool = np.asarray(label_pool, dtype=np.float32).reshape(len(label_pool), -1)
             if c_dim and (label_pool.shape[1] != c_dim or len(label_pool) == 0):
                 raise SamplerSpecError(f'the dataset labels have shape {list(label_pool.shape)} but the network '
                                        f'expects {c_dim} label values')
-        if mode == 'dataset' and c_dim and label_pool is None:
-            raise SamplerSpecError('labels=dataset needs a dataset with labels (pass --data); or use labels=uniform')
         self.c_dim, self.class_idx = c_dim, class_idx
-        self.pool = label_pool if mode in ('auto', 'dataset') else None
+        self.pool = label_pool if uses_pool else None
 
     def __call__(self, seed, num):
         if self.c_dim == 0:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sampling import samplers
-from sampling.latents import LatentBank, make_meta
+from sampling.latents import LatentBank, make_meta, random_labels
 from sampling.samplers import SamplerSpecError
 
 # ----------------------------------------------------------------------------
@@ -73,11 +73,14 @@ def test_parse_forms():
 @pytest.mark.parametrize('text', [
     'random', 'trunc:0.5', 'hubness:k=3,t=7.5,space=z;trunc=0.25',
     'mix:0.25*polarity(bank="x,y.npz",rho=2,replace=0)+0.75*hubness(k=4)', 'bank:hubs.npz',
+    'hubness:top=20,space=z;class=3', 'mix:0.5*polarity(b.npz)+0.5*random;trunc=0.7,class=random', 'truncnorm',
+    'random;class="golden retriever"',
 ])
 def test_describe_round_trips(text):
     spec = samplers.parse(text)
     again = samplers.parse(spec.describe())
-    assert again.terms == spec.terms and again.psi == spec.psi
+    assert again.terms == spec.terms and again.psi == spec.psi and again.class_idx == spec.class_idx
+    assert samplers.parse('random;class="golden retriever"').class_idx == 207  # ImageNet names, as --class.
 
 
 @pytest.mark.parametrize('text, fragment', [
@@ -98,6 +101,10 @@ def test_describe_round_trips(text):
     ('bank:"unterminated', 'unterminated'),
     ('hubness:k=1,k=2', 'given twice'),
     ('0.5*random', 'cannot have weight'),
+    ('hubness:t=5,top=3', 'choose one selection rule, got threshold and top'),
+    ('hubness:quantile=2', 'quantile must be in [0, 1]'),
+    ('random;class=-1', 'negative'),
+    ('random;class=goldfishy', "did you mean 'goldfish'"),
 ])
 def test_parse_errors_are_one_line(text, fragment):
     with pytest.raises(SamplerSpecError) as info:
@@ -263,3 +270,33 @@ def test_mixture_has_exact_counts(tmp_path):
         np.testing.assert_array_equal(z[expected_bank:], own)
 
 # ----------------------------------------------------------------------------
+
+
+def test_class_option(tmp_path):
+    """;class=N gives fresh latents class N and keeps a bank's latents of class N; class=random, uniform classes."""
+    G = FakeG(c_dim=3)
+    z, c, _ = samplers.build('random;class=2', G).sample(5, seed=1)
+    np.testing.assert_array_equal(c, np.eye(3, dtype=np.float32)[[2] * 5])
+    np.testing.assert_array_equal(z, samplers.build('random', G).sample(5, seed=1)[0])  # The class moves no latent.
+    _, c, _ = samplers.build('random;class=random', G).sample(5, seed=1)
+    np.testing.assert_array_equal(c, random_labels(1, 5, 3))
+    with pytest.raises(SamplerSpecError, match='out of range for 3 classes'):
+        samplers.build('random;class=3', G)
+
+    rng = np.random.RandomState(0)
+    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 1, 1, 0]]
+    path = _save_bank(tmp_path / 'b.npz', rng.randn(6, 6), labels, svds=rng.uniform(1, 2, [6, 2]))
+    drawn = samplers.build(f'polarity:bank={path};class=1', G).draw(20, seed=0)
+    assert set(drawn.bank_index) <= {1, 3, 4} and (drawn.c.argmax(axis=1) == 1).all()
+    drawn = samplers.build(f'bank:{path};class=0', G).draw(2, seed=0)
+    np.testing.assert_array_equal(drawn.bank_index, [0, 5])
+    with pytest.raises(ValueError, match='fewer than the 3 needed'):
+        samplers.build(f'bank:{path};class=0', G).sample(3)
+    # An unlabelled bank serves a conditional network only with a class, which it then labels its latents with.
+    plain = _save_bank(tmp_path / 'plain.npz', rng.randn(4, 6), svds=rng.uniform(1, 2, [4, 2]))
+    with pytest.raises(SamplerSpecError, match='the bank has no labels'):
+        samplers.build(f'polarity:bank={plain}', G)
+    _, c, _ = samplers.build(f'polarity:bank={plain};class=2', G).sample(4, seed=0)
+    np.testing.assert_array_equal(c, np.eye(3, dtype=np.float32)[[2] * 4])
+    # An unconditional network ignores the class.
+    assert samplers.build('random;class=5', FakeG()).sample(2)[1].shape == (2, 0)
