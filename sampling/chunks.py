@@ -106,6 +106,10 @@ def _process_start_time(pid):
         return None
 
 
+class _PackProblem(ValueError):
+    """A pack that is readable but not this job's, or inconsistent."""
+
+
 def _log(message):
     from tqdm import tqdm
     tqdm.write(message, file=sys.stderr)
@@ -171,6 +175,7 @@ class ChunkStore:
         self.config = _normalise(config if config is not None else {})
         self.claim_timeout = float(claim_timeout)
         self.poll_interval = 1.0
+        self.pack_wait = 120.0     # Seconds consolidate() waits for another process's packing.
         self.log = log or _log
         self.job_digest = hashlib.sha256(json.dumps(dict(num_chunks=self.num_chunks, config=self.config),
                                                     sort_keys=True).encode()).hexdigest()[:16]
@@ -380,23 +385,25 @@ class ChunkStore:
         return contents
 
     def _read_pack(self, path):
-        """Read and check the whole pack (zip CRCs, job digest, chunk indices and row ranges)."""
+        """Read and check the whole pack (zip CRCs, job digest, chunk indices and row ranges).
+
+        Raises ValueError saying what is wrong, as the rest of a sentence that names the file.
+        """
         try:
             arrays = read_npz(path, what='chunk pack')
-        except ValueError as err:
-            raise ValueError(f'is damaged ({str(err).replace(path, "the file")})') from None
+        except ValueError as err:   # One line that starts with the path: 'PATH is truncated or damaged (...)...'
+            raise ValueError(str(err).replace(f'{path} ', '', 1)) from None
         try:
             index = json.loads(arrays.pop('index').tobytes().decode('utf-8'))
             if index.get('job') != self.job_digest:
-                raise ValueError('belongs to another job (other settings, e.g. another --seed or network)')
+                raise _PackProblem('belongs to another job (other settings, e.g. another --seed or network)')
             if index.get('format') != _PACK_FORMAT:
-                raise ValueError(f'has pack format {index.get("format")!r}, not {_PACK_FORMAT}')
+                raise _PackProblem(f'has pack format {index.get("format")!r}, not {_PACK_FORMAT}')
             groups = []
             for g, names in enumerate(index['groups']):
                 group = {name: arrays.pop(f'g{g}-{name}') for name in names}
-                if not ('latents' in group and 'labels' in group) or \
-                        len({len(value) for value in group.values()}) != 1:
-                    raise ValueError(f'has an inconsistent group {g}')
+                if not ('latents' in group and 'labels' in group) or len({len(v) for v in group.values()}) != 1:
+                    raise _PackProblem(f'has arrays of different lengths in group {g}')
                 for value in group.values():
                     value.flags.writeable = False   # Chunks are views into these arrays.
                 groups.append(group)
@@ -406,14 +413,12 @@ class ChunkStore:
                 if not (numbers and 0 <= chunk < self.num_chunks and 0 <= group < len(groups) and
                         0 <= start <= stop <= len(groups[group]['latents']) and isinstance(meta, dict)) \
                         or chunk in entries:
-                    raise ValueError(f'has an invalid entry for chunk {chunk!r}')
+                    raise _PackProblem(f'has an invalid entry for chunk {chunk!r}')
                 entries[chunk] = (group, start, stop, meta)
-        except ValueError as err:
-            if str(err).startswith(('belongs', 'has ')):
-                raise
-            raise ValueError(f'is damaged (its index is unreadable: {err})') from None
-        except (KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as err:
-            raise ValueError(f'is damaged (its index is unreadable: {type(err).__name__} {err})') from None
+        except _PackProblem:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # Incl. JSON, UTF-8 errors.
+            raise ValueError(f'is damaged (its index is unreadable: {type(err).__name__}: {err})') from None
         return groups, entries
 
     def _write_pack(self, banks):
@@ -423,27 +428,30 @@ class ChunkStore:
         joined, so the pack has a few members whatever the number of chunks. The index (metadata of every
         chunk) is deflated, the arrays are stored as they are.
         """
-        signatures, groups, chunks = [], [], []
+        signatures, groups, rows, chunks = [], [], [], []
         for chunk in sorted(banks):
             bank = banks[chunk]
             signature = [(name, bank[name].dtype.str, bank[name].shape[1:]) for name in bank.keys()]
             if signature not in signatures:
                 signatures.append(signature)
                 groups.append([])
+                rows.append(0)
             g = signatures.index(signature)
-            start = sum(len(b) for b in groups[g])
             groups[g].append(bank)
-            chunks.append([chunk, g, start, start + len(bank), bank.meta])
+            chunks.append([chunk, g, rows[g], rows[g] + len(bank), bank.meta])
+            rows[g] += len(bank)
         index = dict(format=_PACK_FORMAT, job=self.job_digest, num_chunks=self.num_chunks,
                      groups=[[name for name, _, _ in sig] for sig in signatures], chunks=chunks)
+
+        def members():
+            yield 'index', np.frombuffer(json.dumps(index).encode('utf-8'), dtype=np.uint8), zipfile.ZIP_DEFLATED
+            for g, (sig, alike) in enumerate(zip(signatures, groups)):
+                for name, _, _ in sig:   # One joined array at a time.
+                    yield f'g{g}-{name}', np.concatenate([b[name] for b in alike]), zipfile.ZIP_STORED
+
         with atomic_write(self.pack_path()) as f:
             with zipfile.ZipFile(f, 'w', allowZip64=True) as archive:
-                members = [('index', np.frombuffer(json.dumps(index).encode('utf-8'), dtype=np.uint8),
-                            zipfile.ZIP_DEFLATED)]
-                for g, (sig, alike) in enumerate(zip(signatures, groups)):
-                    members += [(f'g{g}-{name}', np.concatenate([b[name] for b in alike]), zipfile.ZIP_STORED)
-                                for name, _, _ in sig]
-                for name, value, compression in members:
+                for name, value, compression in members():
                     # A fixed date: the same chunks give the same bytes.
                     info = zipfile.ZipInfo(name + '.npy', date_time=(1980, 1, 1, 0, 0, 0))
                     info.compress_type = compression
@@ -458,14 +466,19 @@ class ChunkStore:
         command computes nothing; a larger --max-batches continues after the packed batches). Only sound
         chunks are packed (damaged or foreign files are rejected); files that appear meanwhile (other
         processes) are left for their own consolidation. The pack is written atomically, under an exclusive
-        claim so that two processes never pack at once. Returns the number of chunk files packed (0 when
-        there were none: the pack is then left untouched).
+        claim so that two processes never pack at once; when another process holds it for longer than
+        `pack_wait` seconds (e.g. one killed on another machine), the chunk files are left for a later run.
+        Returns the number of chunk files packed (0 when there were none: the pack is then left untouched).
         """
         if not self._loose():
             return 0
         lock = os.path.join(self.directory, _PACK + '.claim')
-        record = self._take_claim(lock)
-        while record is None:   # Another process is packing; it takes seconds.
+        record, deadline = self._take_claim(lock), time.monotonic() + self.pack_wait
+        while record is None:   # Another process is packing, which takes seconds.
+            if time.monotonic() > deadline:
+                self.log(f'warning: {lock} is held by another process; the chunk files of {self.directory} are '
+                         f'left as they are (a later run packs them)')
+                return 0
             time.sleep(self.poll_interval)
             record = self._take_claim(lock)
         try:

@@ -241,7 +241,8 @@ def test_damaged_or_foreign_pack_is_reported_and_recomputed(tmp_path, damage):
     store.consolidate()
     pack = store.pack_path()
     if damage == 'truncated':
-        open(pack, 'wb').write(open(pack, 'rb').read()[:-100])
+        data = open(pack, 'rb').read()
+        open(pack, 'wb').write(data[:-100])
     elif damage == 'array bit':
         _flip_byte_in(pack, 'g0-score.npy', offset=-3)
     elif damage == 'index bit':
@@ -258,7 +259,7 @@ def test_damaged_or_foreign_pack_is_reported_and_recomputed(tmp_path, damage):
     assert rerun.run(lambda i: calls.append(i) or _compute(i), progress=False) == list(range(NUM_CHUNKS))
     assert calls == list(range(NUM_CHUNKS))
     assert len(notes) == 1 and '\n' not in notes[0], notes      # One line, once.
-    what = 'belongs to another job' if damage == 'foreign' else 'is damaged'
+    what = {'foreign': 'belongs to another job', 'empty': 'is empty'}.get(damage, 'is truncated or damaged')
     assert notes[0].startswith(f'warning: {pack} {what}') and 'computing its chunks again' in notes[0]
     assert os.path.exists(pack + '.rejected')
     assert rerun.consolidate() == NUM_CHUNKS and rerun.merge().equals(_single_run_bank())
@@ -286,7 +287,8 @@ def test_reader_of_an_older_pack_finds_chunks_packed_meanwhile(tmp_path):
 
 
 def test_consolidation_waits_for_another_packer(tmp_path):
-    store = _finished_store(tmp_path)
+    notes = []
+    store = _finished_store(tmp_path, log=notes.append)
     store.poll_interval = 0.05
     sleeper = subprocess.Popen(['sleep', '60'])
     try:
@@ -294,6 +296,11 @@ def test_consolidation_waits_for_another_packer(tmp_path):
         with open(lock, 'w') as f:
             json.dump(dict(host=dnnlib.util.hostname(), pid=sleeper.pid, start=C._process_start_time(sleeper.pid),
                            time=0, nonce='x'), f)
+        # A packer that takes too long: the chunk files stay, for a later run to pack.
+        store.pack_wait = 0.2
+        assert store.consolidate() == 0 and len(_chunk_files(tmp_path)) == NUM_CHUNKS
+        assert len(notes) == 1 and 'chunks.npz.claim is held by another process' in notes[0]
+        store.pack_wait = 60
         # The other packer "finishes" (here: dies, and is reaped) after 0.5 s.
         threading.Timer(0.5, lambda: (sleeper.kill(), sleeper.wait())).start()
         assert store.consolidate() == NUM_CHUNKS
