@@ -262,7 +262,7 @@ class ChunkStore:
         return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < self.num_chunks)
 
     def done(self):
-        """Indices of the chunks present, as files or in the pack, ascending (files not checked: see :meth:`pending`)."""
+        """Indices of the chunks present, as files or in the pack, ascending (not checked: see :meth:`pending`)."""
         return sorted(set(self._loose()) | set(self._packed()))
 
     def present(self, index):
