@@ -7,7 +7,8 @@ computed in batches that start at the chunk's first row and is stored atomically
 :class:`~sampling.chunks.ChunkStore`; so the rows of a chunk, the batches they are computed in and
 therefore every bit of the result are the same whichever shard computes the chunk, and a killed run
 re-run with the same settings resumes where it stopped. :meth:`VolumeJob.merge` joins the chunks into the
-final bank, ``volumes.npz``, in the MaGNET authors' layout plus our metadata:
+final bank, ``volumes.npz``, and then packs the chunk files into one, ``chunks/chunks.npz``, from which a
+re-run reads them. The bank has the MaGNET authors' layout plus our metadata:
 
 * ``svds``: [N, top_k] float32, descending (the authors' key and dtype);
 * ``latents``: [N, z_dim] float32, exactly the z the values were computed at;
