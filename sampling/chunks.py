@@ -202,6 +202,8 @@ class ChunkStore:
                 json.dump(want, f, sort_keys=True, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
+            import dnnlib
+            os.chmod(tmp, 0o666 & ~dnnlib.util._current_umask())  # mkstemp makes 0600 files: readable by all.
             try:
                 os.link(tmp, path)
             except FileExistsError:

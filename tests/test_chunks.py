@@ -175,6 +175,8 @@ def test_consolidate_packs_the_chunks_and_reads_them_back(tmp_path):
     before = {i: store.load(i) for i in range(NUM_CHUNKS)}
     assert store.consolidate() == NUM_CHUNKS
     assert sorted(os.listdir(tmp_path)) == ['chunks.json', 'chunks.npz']
+    umask = dnnlib.util._current_umask()
+    assert all(os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask for name in os.listdir(tmp_path))
     # Every chunk, in this object and in a new one (a later run), is exactly what the chunk file held.
     for reader in (store, C.ChunkStore(tmp_path, NUM_CHUNKS, CONFIG)):
         assert reader.done() == list(range(NUM_CHUNKS)) and reader.pending() == []
