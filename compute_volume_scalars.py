@@ -20,7 +20,8 @@ product over all z_dim singular values is meaningless; volumes are top-K product
 The output is OUTDIR/volumes.npz with keys svds [N, K] (float32, descending), latents [N, z_dim] and
 labels (one-hot, or empty), readable with plain numpy, plus our metadata (network sha256, settings).
 Work is done in chunks of --chunk-size latents, each written to OUTDIR/chunks/ as it finishes: a
-killed run re-run with the same arguments resumes. --shard i/n (default: from SLURM_ARRAY_TASK_ID and
+killed run re-run with the same arguments resumes. Once volumes.npz is written the chunk files are packed
+into OUTDIR/chunks/chunks.npz, which a re-run reads instead of computing again. --shard i/n (default: from SLURM_ARRAY_TASK_ID and
 SLURM_ARRAY_TASK_COUNT) computes every n-th chunk; when all shards are done, the same command with
 --merge writes volumes.npz, identical to that of a single run (see docs/slurm.md).
 

@@ -29,7 +29,8 @@ Examples:
 
 Outputs in --outdir: hubs.npz (latent bank: z 'latents', 'labels', 'w', 'hub_score', 'seeds' = batch seed,
 'indices' = row in the batch, 'meta'), hub000000.png ... in hub order, grid.png (the first 64 hubs),
-report.json and report.png, and chunks/ (one file per finished batch). A killed run re-run with the same
+report.json and report.png, and chunks/ (a file per finished batch, packed into chunks/chunks.npz once the
+outputs are written; a re-run reads the pack). A killed run re-run with the same
 arguments resumes from the finished batches and skips images already written; a run with other arguments into
 the same --outdir is refused (--max-batches, --device, --synth-batch, --shard and --no-images may change).
 
@@ -148,6 +149,7 @@ def main(network_pkl, outdir, num, space, k, threshold, top, quantile, count_sel
                      class_idx=search.class_idx, num_requested=num, num_batches=len(result.batches))
     report = hub_sampler.write_outputs(G, result, search, outdir, meta, images=not no_images,
                                        truncation_psi=truncation_psi, noise_mode=noise_mode, synth_batch=synth_batch)
+    store.consolidate()  # The outputs are written: one pack file replaces the batch files.
 
     summary = (f'{len(result.bank)} hubs from {len(result.batches)} batches of {batch_size} '
                f'(acceptance {100 * report["acceptance_rate"]:.2f} %)')

@@ -4,7 +4,9 @@ A job is cut into `num_chunks` chunks (e.g. one batch seed each). Shard i of n (
 machine) takes chunks i, i + n, i + 2n, ... Every finished chunk is written atomically as its own
 :class:`~sampling.latents.LatentBank` file in a :class:`ChunkStore` directory, so a killed or preempted task
 re-run with the same arguments skips what is done and never recomputes it, and :meth:`ChunkStore.merge`
-joins the chunks in chunk order into one bank identical to the one an unsharded run would produce.
+joins the chunks in chunk order into one bank identical to the one an unsharded run would produce. Once a
+run has written its outputs, :meth:`ChunkStore.consolidate` packs the chunk files into one file,
+``chunks.npz``, which later runs read in their place: a finished run leaves two files, not one per chunk.
 """
 
 import contextlib
@@ -15,10 +17,15 @@ import re
 import sys
 import tempfile
 import time
+import zipfile
 
-from sampling.latents import LatentBank, atomic_write, concatenate
+import numpy as np
+
+from sampling.latents import LatentBank, atomic_write, concatenate, read_npz
 
 _MANIFEST = 'chunks.json'
+_PACK = 'chunks.npz'
+_PACK_FORMAT = 1
 _CHUNK_RE = re.compile(r'^chunk-(\d+)\.npz$')
 _STORE_FORMAT = 2  # 2: every chunk records its job and index (format 1 stores are still read).
 
@@ -99,6 +106,10 @@ def _process_start_time(pid):
         return None
 
 
+class _PackProblem(ValueError):
+    """A pack that is readable but not this job's, or inconsistent."""
+
+
 def _log(message):
     from tqdm import tqdm
     tqdm.write(message, file=sys.stderr)
@@ -122,13 +133,26 @@ class ChunkStore:
     log : callable, optional
         Receives one-line notes (a damaged or foreign chunk being recomputed); default: stderr.
 
+    Files
+    -----
+    While a job runs, every finished chunk is its own file, ``chunk-NNNNNN.npz`` (a deflated bank), written
+    atomically by whichever process computed it. :meth:`consolidate`, called once a run has written its
+    outputs, moves them into one pack, ``chunks.npz``: the chunks' arrays joined (chunks with the same arrays
+    share one member per array), their metadata in a deflated JSON index, the job digest and every chunk's
+    index and rows. Reads look for the chunk file first and then in the pack, so a store is used the same
+    way before and after consolidation, and a run that continues a consolidated job (a larger
+    ``--max-batches``) adds chunk files that its own consolidation packs.
+
     Recovery
     --------
     Every chunk records, in its metadata, a digest of the job (settings and number of chunks) and its own
     index; the zip archive's CRC-32 covers its bytes. A chunk that cannot be read in full (truncated,
     damaged) or that belongs to another job or index (e.g. copied from a run with another ``--seed``) is
-    reported, moved aside as ``chunk-NNNNNN.npz.rejected`` and computed again. Temporary files left by
-    killed writes are removed when the store is opened (those of live writers are kept).
+    reported, moved aside as ``chunk-NNNNNN.npz.rejected`` and taken from the pack or computed again. The
+    pack is checked in the same way (CRC-32 of every member, job digest, chunk indices and row ranges) when
+    first read; a damaged or foreign pack is reported in one line, moved aside as ``chunks.npz.rejected``,
+    and its chunks are computed again. Temporary files left by killed writes are removed when the store is
+    opened (those of live writers are kept).
 
     Concurrency
     -----------
@@ -138,7 +162,9 @@ class ChunkStore:
     machine) or has not refreshed it for `claim_timeout` seconds (another machine), and is then taken over.
     So identical runs into one folder and SLURM array retries share the work. Two processes taking over
     the same abandoned claim at the same instant may both compute that chunk; chunks are deterministic and
-    written atomically, so the result is the same.
+    written atomically, so the result is the same. :meth:`consolidate` holds ``chunks.npz.claim`` while it
+    packs (a second packer waits), packs only the chunk files present when it starts and removes only
+    those; a reader that misses a chunk file just packed finds the chunk in the new pack.
     """
 
     def __init__(self, directory, num_chunks, config=None, claim_timeout=DEFAULT_CLAIM_TIMEOUT, log=None):
@@ -149,11 +175,13 @@ class ChunkStore:
         self.config = _normalise(config if config is not None else {})
         self.claim_timeout = float(claim_timeout)
         self.poll_interval = 1.0
+        self.pack_wait = 120.0     # Seconds consolidate() waits for another process's packing.
         self.log = log or _log
         self.job_digest = hashlib.sha256(json.dumps(dict(num_chunks=self.num_chunks, config=self.config),
                                                     sort_keys=True).encode()).hexdigest()[:16]
         self._held = {}            # index -> claim record of the claims this object holds
         self._last_heartbeat = 0.0
+        self._pack_cache = None    # ((inode, size, mtime) of the pack, its contents)
         os.makedirs(self.directory, exist_ok=True)
         self._claim_manifest()
         import dnnlib
@@ -174,6 +202,8 @@ class ChunkStore:
                 json.dump(want, f, sort_keys=True, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
+            import dnnlib
+            os.chmod(tmp, 0o666 & ~dnnlib.util._current_umask())  # mkstemp makes 0600 files: readable by all.
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -224,10 +254,22 @@ class ChunkStore:
     def path(self, index):
         return os.path.join(self.directory, f'chunk-{index:06d}.npz')
 
-    def done(self):
-        """Indices of the chunk files present (not checked: see :meth:`pending`), ascending."""
+    def pack_path(self):
+        """The pack of a finished run's chunks (see :meth:`consolidate`)."""
+        return os.path.join(self.directory, _PACK)
+
+    def _loose(self):
+        """Indices of the chunk files present, ascending."""
         found = (_CHUNK_RE.match(name) for name in os.listdir(self.directory))
         return sorted(int(m.group(1)) for m in found if m and int(m.group(1)) < self.num_chunks)
+
+    def done(self):
+        """Indices of the chunks present, as files or in the pack, ascending (not checked: see :meth:`pending`)."""
+        return sorted(set(self._loose()) | set(self._packed()))
+
+    def present(self, index):
+        """Whether chunk `index` has a file or is in the pack (not checked: see :meth:`is_done`)."""
+        return os.path.exists(self.path(index)) or index in self._packed()
 
     def is_done(self, index):
         """Whether chunk `index` is present and sound (a damaged or foreign file is rejected)."""
@@ -243,6 +285,8 @@ class ChunkStore:
             return None, None
         try:
             bank = LatentBank.load(path)
+        except FileNotFoundError:   # Packed and removed by another process meanwhile.
+            return None, None
         except (OSError, ValueError) as err:
             return None, f'is damaged ({str(err).replace(path, "the file")})'
         tag = bank.meta.pop(_TAG, None)
@@ -257,20 +301,24 @@ class ChunkStore:
         return bank, None
 
     def load(self, index):
-        """The stored chunk `index`, or None when it is absent or was rejected (see the class docstring)."""
+        """The stored chunk `index`, or None when it is absent or was rejected (see the class docstring).
+
+        A chunk file takes precedence over the pack; a rejected file falls back to the pack's copy.
+        """
         bank, problem = self._check(index)
         if problem is not None:
             self._reject(index, problem)
-        return bank
+        return bank if bank is not None else self._from_pack(index)
 
     def _reject(self, index, problem):
         path = self.path(index)
-        self.log(f'warning: {path} {problem}; computing it again')
+        fallback = 'using its copy in ' + _PACK if index in self._packed() else 'computing it again'
+        self.log(f'warning: {path} {problem}; moved aside as {os.path.basename(path)}.rejected, {fallback}')
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, path + '.rejected')
 
     def pending(self, indices=None):
-        """Those of `indices` (default: all chunks) without a sound chunk file (damaged ones are rejected)."""
+        """Those of `indices` (default: all chunks) without a sound chunk (damaged ones are rejected)."""
         present = set(self.done())
         indices = range(self.num_chunks) if indices is None else indices
         return [i for i in indices if i not in present or self.load(i) is None]
@@ -281,16 +329,179 @@ class ChunkStore:
             raise ValueError(f'chunk index {index} is outside 0..{self.num_chunks - 1}')
         meta = dict(bank.meta)
         meta[_TAG] = dict(job=self.job_digest, index=int(index))
-        tagged = LatentBank(bank.latents, bank.labels, meta=meta,
-                            **{k: bank[k] for k in bank.keys() if k not in ('latents', 'labels')})
-        tagged.save(self.path(index))
+        arrays = {k: bank[k] for k in bank.keys()}
+        if bank.c_dim == 0:
+            arrays['labels'] = np.zeros([0], dtype=bank.labels.dtype)  # As LatentBank.save writes it.
+        # LatentBank.save's layout, deflated: the metadata (batch statistics) is a numpy unicode string, 4 bytes
+        # per character, which deflate shrinks about tenfold.
+        arrays['meta'] = np.array(json.dumps(meta))
+        with atomic_write(self.path(index)) as f:
+            np.savez_compressed(f, **arrays)
 
     def read(self, index):
         """Chunk `index`; ValueError (one line) when it is absent, damaged or foreign."""
         bank, problem = self._check(index)
         if bank is None:
+            bank = self._from_pack(index)
+        if bank is None:
             raise ValueError(f'{self.path(index)} {problem or "does not exist"}; run the job again to compute it')
         return bank
+
+    # The pack.
+    def _packed(self):
+        """Indices of the chunks in the pack (read and checked in full once per version of the pack file)."""
+        return self._pack_contents()[1]
+
+    def _from_pack(self, index):
+        groups, entries = self._pack_contents()
+        entry = entries.get(index)
+        if entry is None:
+            return None
+        group, start, stop, meta = entry
+        arrays = {name: value[start:stop] for name, value in groups[group].items()}
+        return LatentBank(arrays.pop('latents'), arrays.pop('labels'), meta=json.loads(json.dumps(meta)), **arrays)
+
+    def _pack_contents(self):
+        """``(groups, entries)`` of the pack: arrays of each group of alike chunks, and for every chunk index
+        its ``(group, first row, end row, meta)``. Empty when there is no pack or it was rejected."""
+        path = self.pack_path()
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._pack_cache = None
+            return {}, {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._pack_cache is not None and self._pack_cache[0] == key:
+            return self._pack_cache[1]
+        try:
+            contents = self._read_pack(path)
+        except FileNotFoundError:   # Replaced by another process between stat and read: read the new one.
+            return self._pack_contents()
+        except ValueError as err:
+            self.log(f'warning: {path} {err}; moved aside as {_PACK}.rejected, computing its chunks again')
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, path + '.rejected')
+            self._pack_cache = None
+            return {}, {}
+        self._pack_cache = (key, contents)
+        return contents
+
+    def _read_pack(self, path):
+        """Read and check the whole pack (zip CRCs, job digest, chunk indices and row ranges).
+
+        Raises ValueError saying what is wrong, as the rest of a sentence that names the file.
+        """
+        try:
+            arrays = read_npz(path, what='chunk pack')
+        except ValueError as err:   # One line that starts with the path: 'PATH is truncated or damaged (...)...'
+            raise ValueError(str(err).replace(f'{path} ', '', 1)) from None
+        try:
+            index = json.loads(arrays.pop('index').tobytes().decode('utf-8'))
+            if index.get('job') != self.job_digest:
+                raise _PackProblem('belongs to another job (other settings, e.g. another --seed or network)')
+            if index.get('format') != _PACK_FORMAT:
+                raise _PackProblem(f'has pack format {index.get("format")!r}, not {_PACK_FORMAT}')
+            groups = []
+            for g, names in enumerate(index['groups']):
+                group = {name: arrays.pop(f'g{g}-{name}') for name in names}
+                if not ('latents' in group and 'labels' in group) or len({len(v) for v in group.values()}) != 1:
+                    raise _PackProblem(f'has arrays of different lengths in group {g}')
+                for value in group.values():
+                    value.flags.writeable = False   # Chunks are views into these arrays.
+                groups.append(group)
+            entries = {}
+            for chunk, group, start, stop, meta in index['chunks']:
+                numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (chunk, group, start, stop))
+                if not (numbers and 0 <= chunk < self.num_chunks and 0 <= group < len(groups) and
+                        0 <= start <= stop <= len(groups[group]['latents']) and isinstance(meta, dict)) \
+                        or chunk in entries:
+                    raise _PackProblem(f'has an invalid entry for chunk {chunk!r}')
+                entries[chunk] = (group, start, stop, meta)
+        except _PackProblem:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:  # Incl. JSON, UTF-8 errors.
+            raise ValueError(f'is damaged (its index is unreadable: {type(err).__name__}: {err})') from None
+        return groups, entries
+
+    def _write_pack(self, banks):
+        """Write `banks` (index -> LatentBank, job tags stripped) as the pack, atomically.
+
+        Chunks with the same arrays (names, dtypes, trailing shapes) form one group whose arrays are stored
+        joined, so the pack has a few members whatever the number of chunks. The index (metadata of every
+        chunk) is deflated, the arrays are stored as they are.
+        """
+        signatures, groups, rows, chunks = [], [], [], []
+        for chunk in sorted(banks):
+            bank = banks[chunk]
+            signature = [(name, bank[name].dtype.str, bank[name].shape[1:]) for name in bank.keys()]
+            if signature not in signatures:
+                signatures.append(signature)
+                groups.append([])
+                rows.append(0)
+            g = signatures.index(signature)
+            groups[g].append(bank)
+            chunks.append([chunk, g, rows[g], rows[g] + len(bank), bank.meta])
+            rows[g] += len(bank)
+        index = dict(format=_PACK_FORMAT, job=self.job_digest, num_chunks=self.num_chunks,
+                     groups=[[name for name, _, _ in sig] for sig in signatures], chunks=chunks)
+
+        def members():
+            yield 'index', np.frombuffer(json.dumps(index).encode('utf-8'), dtype=np.uint8), zipfile.ZIP_DEFLATED
+            for g, (sig, alike) in enumerate(zip(signatures, groups)):
+                for name, _, _ in sig:   # One joined array at a time.
+                    yield f'g{g}-{name}', np.concatenate([b[name] for b in alike]), zipfile.ZIP_STORED
+
+        with atomic_write(self.pack_path()) as f:
+            with zipfile.ZipFile(f, 'w', allowZip64=True) as archive:
+                for name, value, compression in members():
+                    # A fixed date: the same chunks give the same bytes.
+                    info = zipfile.ZipInfo(name + '.npy', date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = compression
+                    with archive.open(info, 'w', force_zip64=True) as member:
+                        np.lib.format.write_array(member, value, allow_pickle=False)
+
+    def consolidate(self):
+        """Pack the chunk files into ``chunks.npz`` (with the pack's chunks, if any) and remove them.
+
+        Call it once a run has written its outputs: the folder then holds ``chunks.json`` and ``chunks.npz``
+        instead of a file per chunk, and later runs read the chunks from the pack (a re-run of a finished
+        command computes nothing; a larger --max-batches continues after the packed batches). Only sound
+        chunks are packed (damaged or foreign files are rejected); files that appear meanwhile (other
+        processes) are left for their own consolidation. The pack is written atomically, under an exclusive
+        claim so that two processes never pack at once; when another process holds it for longer than
+        `pack_wait` seconds (e.g. one killed on another machine), the chunk files are left for a later run.
+        Returns the number of chunk files packed (0 when there were none: the pack is then left untouched).
+        """
+        if not self._loose():
+            return 0
+        lock = os.path.join(self.directory, _PACK + '.claim')
+        record, deadline = self._take_claim(lock), time.monotonic() + self.pack_wait
+        while record is None:   # Another process is packing, which takes seconds.
+            if time.monotonic() > deadline:
+                self.log(f'warning: {lock} is held by another process; the chunk files of {self.directory} are '
+                         f'left as they are (a later run packs them)')
+                return 0
+            time.sleep(self.poll_interval)
+            record = self._take_claim(lock)
+        try:
+            loose = {}
+            for index in self._loose():
+                bank, problem = self._check(index)
+                if problem is not None:
+                    self._reject(index, problem)
+                elif bank is not None:
+                    loose[index] = bank
+            if not loose:
+                return 0
+            banks = {index: self._from_pack(index) for index in self._packed()}
+            banks.update(loose)
+            self._write_pack(banks)
+            for index in loose:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(index))
+            return len(loose)
+        finally:
+            self._drop_claim(lock, record)
 
     # Claims.
     def _claim_path(self, index):
@@ -298,8 +509,15 @@ class ChunkStore:
 
     def claim(self, index):
         """Try to claim chunk `index` for this process (see the class docstring); True if it is ours now."""
+        record = self._take_claim(self._claim_path(index))
+        if record is None:
+            return False
+        self._held[index] = record
+        return True
+
+    def _take_claim(self, path):
+        """Create the claim file `path` exclusively (taking over an abandoned one); its record, or None."""
         import dnnlib
-        path = self._claim_path(index)
         record = dict(host=dnnlib.util.hostname(), pid=os.getpid(), start=_process_start_time(os.getpid()),
                       time=time.time(), nonce=os.urandom(8).hex())
         for _ in range(2):
@@ -307,15 +525,21 @@ class ChunkStore:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if not self._claim_abandoned(path):
-                    return False
+                    return None
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
                 continue
             with os.fdopen(fd, 'w') as f:
                 json.dump(record, f)
-            self._held[index] = record
-            return True
-        return False
+            return record
+        return None
+
+    def _drop_claim(self, path, record):
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as f:
+                if json.load(f).get('nonce') != record['nonce']:
+                    return   # Taken over by another process meanwhile: not ours to remove.
+            os.remove(path)
 
     def _claim_abandoned(self, path):
         import dnnlib
@@ -340,7 +564,7 @@ class ChunkStore:
     def _remove_abandoned_claims(self):
         """Claims left by killed processes (e.g. killed just after writing their chunk)."""
         for name in os.listdir(self.directory):
-            if name.startswith('chunk-') and name.endswith('.claim'):
+            if name.startswith('chunk') and name.endswith('.claim'):   # chunk-NNNNNN.claim, chunks.npz.claim
                 path = os.path.join(self.directory, name)
                 with contextlib.suppress(OSError):
                     if self._claim_abandoned(path):
@@ -349,14 +573,8 @@ class ChunkStore:
     def release(self, index):
         """Give up the claim on chunk `index` (if this object holds it)."""
         record = self._held.pop(index, None)
-        if record is None:
-            return
-        path = self._claim_path(index)
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as f:
-                if json.load(f).get('nonce') != record['nonce']:
-                    return   # Taken over by another process meanwhile: not ours to remove.
-            os.remove(path)
+        if record is not None:
+            self._drop_claim(self._claim_path(index), record)
 
     def heartbeat(self):
         """Refresh the claims held (at most every 30 s), so other machines do not take them over."""
@@ -397,7 +615,7 @@ class ChunkStore:
             while todo:
                 others = []
                 for index in todo:
-                    if index in computed or os.path.exists(self.path(index)) and self.load(index) is not None:
+                    if index in computed or self.load(index) is not None:
                         bar.update(1)
                         continue
                     if not self.claim(index):

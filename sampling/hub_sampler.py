@@ -306,7 +306,7 @@ def _obtain(store, batch, compute, max_batches):
         if store.compute_one(batch, compute):
             continue
         for later in range(batch + 1, max_batches):
-            if not os.path.exists(store.path(later)) and store.compute_one(later, compute):
+            if not store.present(later) and store.compute_one(later, compute):
                 break
         else:
             time.sleep(store.poll_interval)

@@ -7,7 +7,8 @@ computed in batches that start at the chunk's first row and is stored atomically
 :class:`~sampling.chunks.ChunkStore`; so the rows of a chunk, the batches they are computed in and
 therefore every bit of the result are the same whichever shard computes the chunk, and a killed run
 re-run with the same settings resumes where it stopped. :meth:`VolumeJob.merge` joins the chunks into the
-final bank, ``volumes.npz``, in the MaGNET authors' layout plus our metadata:
+final bank, ``volumes.npz``, and then packs the chunk files into one, ``chunks/chunks.npz``, from which a
+re-run reads them. The bank has the MaGNET authors' layout plus our metadata:
 
 * ``svds``: [N, top_k] float32, descending (the authors' key and dtype);
 * ``latents``: [N, z_dim] float32, exactly the z the values were computed at;
@@ -279,13 +280,18 @@ class VolumeJob:
     def merge(self, outdir, command=None):
         """Join the finished chunks into ``outdir/volumes.npz`` (atomically) and return the bank.
 
+        Then the chunk files are packed into ``chunks/chunks.npz`` (:meth:`~sampling.chunks.ChunkStore.consolidate`):
+        a re-run of the finished command reads them from there and computes nothing.
+
         Raises ValueError naming the missing chunks if some shard has not finished.
         """
         extras = {k: v for k, v in self.config.items() if k not in ('network_sha256', 'space', 'z_dim', 'c_dim')}
         meta = latents.make_meta(command=command, network_sha256=self.config['network_sha256'], space=self.space,
                                  z_dim=self.z_dim, c_dim=self.c_dim, **extras)
-        bank = self.store(outdir).merge(meta=meta)
+        store = self.store(outdir)
+        bank = store.merge(meta=meta)
         bank.save(os.path.join(outdir, BANK_NAME))
+        store.consolidate()   # The bank is written: one pack file replaces the chunk files.
         return bank
 
 # ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _flip_last_data_byte(path, member):
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(member)
     data = bytearray(open(path, 'rb').read())
-    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size - 1] ^= 0x01
+    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size - 1] ^= 0x01
     open(path, 'wb').write(bytes(data))
 
 
@@ -200,32 +200,43 @@ def test_hubness_rerun_recovers_from_damaged_outputs(tiny_pkl, tmp_path):
     ref, run = tmp_path / 'ref', tmp_path / 'run'
     for outdir in (ref, run):
         assert _invoke(generate_hubness.main, ['--network', tiny_pkl, '--outdir', outdir, *HUB_ARGS]).exit_code == 0
-    chunks = sorted(name for name in os.listdir(run / 'chunks') if name.endswith('.npz'))
-    assert len(chunks) >= 2
+    assert sorted(os.listdir(run / 'chunks')) == ['chunks.json', 'chunks.npz']   # A finished run packs its batches.
+    assert len(C.ChunkStore(run / 'chunks', generate_hubness.hub_sampler.MAX_BATCHES,
+                            _manifest_config(run)).done()) >= 2
 
-    # A truncated chunk and hubs.npz, a corrupt image, a chunk of a run with another --seed, killed writes.
-    data = (run / 'chunks' / chunks[0]).read_bytes()
-    (run / 'chunks' / chunks[0]).write_bytes(data[:len(data) // 2])
+    # A truncated pack and hubs.npz, a corrupt image, a batch file of a run with another --seed (a shard of
+    # it, which keeps its batch files), killed writes.
+    pack = run / 'chunks' / 'chunks.npz'
+    pack.write_bytes(pack.read_bytes()[:len(pack.read_bytes()) // 2])
     (run / 'hubs.npz').write_bytes((run / 'hubs.npz').read_bytes()[:100])
     (run / 'hub000002.png').write_bytes((run / 'hub000002.png').read_bytes()[:30])
     other = tmp_path / 'other'
     assert _invoke(generate_hubness.main, ['--network', tiny_pkl, '--outdir', other, *HUB_ARGS,
-                                           '--seed', '5']).exit_code == 0
-    shutil.copy(other / 'chunks' / chunks[1], run / 'chunks' / chunks[1])
+                                           '--seed', '5', '--max-batches', '2', '--shard', '1/2']).exit_code == 0
+    shutil.copy(other / 'chunks' / 'chunk-000001.npz', run / 'chunks' / 'chunk-000001.npz')
     dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
                           text=True).stdout.strip()
     tag = dnnlib.util._writer_tag().rsplit('-', 1)[0] + f'-{dead}'
-    for litter in (run / f'.hubs.npz.{tag}-q1w2e3.tmp', run / 'chunks' / f'.{chunks[0]}.{tag}-r4t5y6.tmp'):
+    for litter in (run / f'.hubs.npz.{tag}-q1w2e3.tmp', run / 'chunks' / f'.chunk-000000.npz.{tag}-r4t5y6.tmp',
+                   run / 'chunks' / f'.chunks.npz.{tag}-u7i8o9.tmp'):
         litter.write_bytes(b'half')
 
     result = _invoke(generate_hubness.main, ['--network', tiny_pkl, '--outdir', run, *HUB_ARGS])
     assert result.exit_code == 0, result.output
-    assert f'{chunks[0]} is damaged' in result.output and f'{chunks[1]} belongs to another job' in result.output
+    assert 'chunks.npz is truncated or damaged' in result.output
+    assert 'chunk-000001.npz belongs to another job' in result.output
     assert 'hub000002.png is truncated' in result.output and 'hubs.npz is truncated or damaged' in result.output
     assert_same_arrays(bank_arrays(run / 'hubs.npz'), bank_arrays(ref / 'hubs.npz'))
     images = sorted(name for name in os.listdir(ref) if name.endswith('.png'))
     assert all((run / name).read_bytes() == (ref / name).read_bytes() for name in images)
     assert not [name for name in os.listdir(run) + os.listdir(run / 'chunks') if name.endswith('.tmp')]
+    assert sorted(os.listdir(run / 'chunks')) == ['chunk-000001.npz.rejected', 'chunks.json', 'chunks.npz',
+                                                  'chunks.npz.rejected']
+    assert (run / 'chunks' / 'chunks.npz').read_bytes() == (ref / 'chunks' / 'chunks.npz').read_bytes()
+
+
+def _manifest_config(outdir):
+    return json.loads((outdir / 'chunks' / 'chunks.json').read_text())['config']
 
 
 VOLUME_ARGS = ['--num', '6', '--space', 'style', '--method', 'exact', '--top-k', '3', '--chunk-size', '2',
@@ -234,13 +245,15 @@ VOLUME_ARGS = ['--num', '6', '--space', 'style', '--method', 'exact', '--top-k',
 
 def test_volume_rerun_recovers_from_damaged_and_foreign_chunks(tiny_pkl, tmp_path):
     ref, run, other = tmp_path / 'ref', tmp_path / 'run', tmp_path / 'other'
-    for outdir, extra in ((ref, []), (run, []), (other, ['--seed', '9'])):
+    # Shards keep their chunk files (the merge packs them): 'run' is a job whose shards have finished.
+    for outdir, extra in ((ref, []), (run, ['--shard', '0/2']), (run, ['--shard', '1/2']),
+                          (other, ['--seed', '9', '--shard', '0/2'])):
         result = _invoke(compute_volume_scalars.main, ['--network', tiny_pkl, '--outdir', outdir, *VOLUME_ARGS,
                                                        *extra])
         assert result.exit_code == 0, result.output
     (run / 'chunks' / 'chunk-000000.npz').write_bytes(b'PK\x03\x04 and then nothing')
     shutil.copy(other / 'chunks' / 'chunk-000002.npz', run / 'chunks' / 'chunk-000002.npz')
-    os.remove(run / 'volumes.npz')
+    assert not (run / 'volumes.npz').exists()
 
     result = _invoke(compute_volume_scalars.main, ['--network', tiny_pkl, '--outdir', run, *VOLUME_ARGS])
     assert result.exit_code == 0, result.output
@@ -248,9 +261,16 @@ def test_volume_rerun_recovers_from_damaged_and_foreign_chunks(tiny_pkl, tmp_pat
     assert 'chunk-000002.npz belongs to another job' in result.output
     assert 'computed 2 chunk(s) of 3' in result.output
     assert_same_arrays(bank_arrays(run / 'volumes.npz'), bank_arrays(ref / 'volumes.npz'))
+    assert sorted(os.listdir(run / 'chunks')) == ['chunk-000000.npz.rejected', 'chunk-000002.npz.rejected',
+                                                  'chunks.json', 'chunks.npz']
 
-    # --merge after shards: a chunk damaged since is named, with what to do.
-    (run / 'chunks' / 'chunk-000001.npz').write_bytes(b'')
+    # --merge after shards: a pack damaged since is named, with what to do.
+    pack = run / 'chunks' / 'chunks.npz'
+    pack.write_bytes(pack.read_bytes()[:-40])
     result = _invoke(compute_volume_scalars.main, ['--network', tiny_pkl, '--outdir', run, *VOLUME_ARGS, '--merge'])
-    assert result.exit_code != 0 and 'chunk-000001.npz is damaged' in result.output
+    assert result.exit_code != 0 and 'chunks.npz is truncated or damaged' in result.output
     assert 'run the remaining shards first' in result.output and 'Traceback' not in result.output
+    # A run computes what the damaged pack held again.
+    result = _invoke(compute_volume_scalars.main, ['--network', tiny_pkl, '--outdir', run, *VOLUME_ARGS])
+    assert result.exit_code == 0 and 'computed 3 chunk(s) of 3' in result.output, result.output
+    assert_same_arrays(bank_arrays(run / 'volumes.npz'), bank_arrays(ref / 'volumes.npz'))

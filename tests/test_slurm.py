@@ -7,6 +7,7 @@ Debian's slurm-wlm, which .ci/run installs (see docs/slurm.md).
 """
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ from helpers import REPO_ROOT, assert_same_arrays, bank_arrays
 
 import compute_volume_scalars
 import legacy
+from sampling.chunks import ChunkStore
 from training.networks_stylegan2 import Generator
 
 ARRAY = os.path.join(REPO_ROOT, 'slurm', 'compute_volume_scalars.sbatch')
@@ -223,8 +225,11 @@ def test_real_slurm_array_with_a_killed_and_resubmitted_task(private_cluster, ti
     second_logs = {task: (root / f'second-{second}_{task}.out').read_text() for task in range(3)}
     assert 'Shard 0/3: computed 0 chunk(s)' in second_logs[0] and 'Shard 2/3: computed 0' in second_logs[2], logs
     assert f'Shard 1/3: computed {9 - len(done)} chunk(s)' in second_logs[1], logs
-    # The killed task's claim and temporary file (if it had any) are gone; every chunk is there once.
-    assert sorted(os.listdir(chunk_dir)) == [f'chunk-{i:06d}.npz' for i in range(9)] + ['chunks.json'], logs
+    # The killed task's claim and temporary file (if it had any) are gone; every chunk is there once, in the
+    # pack the merge leaves instead of the chunk files.
+    assert sorted(os.listdir(chunk_dir)) == ['chunks.json', 'chunks.npz'], logs
+    store = ChunkStore(chunk_dir, 9, json.loads((chunk_dir / 'chunks.json').read_text())['config'])
+    assert store.done() == list(range(9)) and store.pending() == [], logs
 
     single = CliRunner().invoke(compute_volume_scalars.main, [*args[:-4], '--outdir', str(tmp_path / 'single'),
                                                               '--device', 'cpu'])
