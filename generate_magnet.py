@@ -68,7 +68,7 @@ def _write_selection(outdir, z, c, bank_index, summary):
 @click.option('--z-scale', type=click.FloatRange(min=0, min_open=True), default=1, show_default=True,
               help="Multiply the chosen latents by this at synthesis (the MaGNET authors' BigGAN-deep setting: 0.9, with --trunc 1)")
 @cli.class_option(help_more='; N: only the bank latents of class N')
-@click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Seed of the draws (the sampler spec's seed)')
+@click.option('--seed', type=click.IntRange(0, 2 ** 32 - 1), default=0, show_default=True, help='Seed of the draws (as a sampler spec seed)')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to save the images')
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=32, show_default=True, help='Images per forward pass')
