@@ -182,7 +182,8 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
     """Run ``G`` on ``z [B, d]`` (labels ``c [B, c_dim]``) and return ``(out, jvp)``.
 
     ``out`` is ``ws[:, 0]`` ('style') or the image ('pixel'), passed through ``post`` (a linear map of the
-    image, e.g. a resize) if given; ``jvp(dz)`` maps tangents ``[n, B, d]`` to ``[n, B, *out.shape[1:]]``.
+    image, e.g. a resize) if given; ``jvp(dz, chunk_size=None)`` maps tangents ``[n, B, d]`` to
+    ``[n, B, *out.shape[1:]]``, pushing ``chunk_size`` of them at a time through the synthesis network.
     Everything runs in float32 (as ``make_space_fn`` asks of the network).
     """
     assert space in ('pixel', 'style')
@@ -211,7 +212,7 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
         return dx * truncation_psi if truncation_psi != 1 else dx
 
     if space == 'style':
-        return w, mapping_tangent
+        return w, lambda dz, chunk_size=None: mapping_tangent(dz)
 
     img = None
     x = None
@@ -221,12 +222,18 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
         block_tangents.append(t)
     out = img if post is None else post(img)
 
-    def jvp(dz):
-        dw = mapping_tangent(dz)
+    def synthesis_tangent(dw):
         dx = dimg = None
         for t in block_tangents:
             dx, dimg = t(dx, dimg, dw)
         if post is not None:
-            dimg = _split(post(_merge(dimg)), dz.shape[0])
+            dimg = _split(post(_merge(dimg)), dw.shape[0])
         return dimg
+
+    def jvp(dz, chunk_size=None):
+        # The mapping's matrix products gain from the whole batch of tangents at once; the synthesis runs
+        # chunk_size tangents at a time (activation memory, CPU caches).
+        dw = mapping_tangent(dz)
+        chunk_size = dz.shape[0] if chunk_size is None else chunk_size
+        return torch.cat([synthesis_tangent(dw[i:i + chunk_size]) for i in range(0, dz.shape[0], chunk_size)])
     return out, jvp

@@ -58,8 +58,7 @@ def _jvp_fn(f, z, chunk_size=None):
         jvp = linearize(z)[1]
 
         def fn(tangents):
-            return torch.cat([jvp(tangents[i:i + chunk_size]).reshape(len(tangents[i:i + chunk_size]), z.shape[0], -1)
-                              for i in range(0, tangents.shape[0], chunk_size)]).to(z.dtype)
+            return jvp(tangents, chunk_size).reshape(tangents.shape[0], z.shape[0], -1).to(z.dtype)
         return fn
 
     def one(t):
