@@ -37,6 +37,8 @@ def supports(G, noise_mode):
         act = getattr(module, 'activation', None)
         if act is not None and act not in bias_act.PIECEWISE_LINEAR:
             return False
+        if isinstance(module, n2.ToRGBLayer) and tuple(module.weight.shape[2:]) != (1, 1):
+            return False                                          # _torgb writes the 1x1 convolution as a product
     return all(type(getattr(G.synthesis, f'b{res}')) is n2.SynthesisBlock for res in G.synthesis.block_resolutions)
 
 
@@ -92,10 +94,15 @@ def _modulated_layer(layer, x, w, noise_mode, gain=1):
         noise = layer.noise_const * layer.noise_strength
     conv = dict(w=weight, f=layer.resample_filter, up=layer.up, padding=layer.padding, flip_weight=(layer.up == 1))
     yc = conv2d_resample.conv2d_resample(x=x * _channels(s), **conv)
+
     y = yc * _channels(dcoefs) if noise is None else torch.addcmul(noise.to(x.dtype), yc, _channels(dcoefs))
     act_clamp = layer.conv_clamp * gain if layer.conv_clamp is not None else None
     y, slope = bias_act.bias_act_with_slope(y, layer.bias.to(x.dtype), act=layer.activation,
                                             gain=layer.act_gain * gain, clamp=act_clamp)
+    # d(act(yc * d)) = (dyc * d + yc * dd) * slope = dyc * (d * slope) + (yc * slope) * dd: two passes over the
+    # tangents instead of three.
+    scale_dyc = _channels(dcoefs) * slope
+    scale_dd = yc * slope
 
     def tangent(dx, dw):
         ds = styles_tangent(dw)                                   # [n, B, I]
@@ -105,7 +112,7 @@ def _modulated_layer(layer, x, w, noise_mode, gain=1):
             dmod.addcmul_(dx, _channels(s))
         dyc = _split(conv2d_resample.conv2d_resample(x=_merge(dmod), **conv), n)
         ddcoefs = ((s * ds) @ wsq).mul_(dcoefs.pow(3)).neg_()     # [n, B, O]
-        return dyc.mul_(_channels(dcoefs)).addcmul_(yc, _channels(ddcoefs)).mul_(slope)
+        return dyc.mul_(scale_dyc).addcmul_(scale_dd, _channels(ddcoefs))
     return y, tangent
 
 
@@ -117,11 +124,20 @@ def _torgb(layer, x, w):
     yc = conv2d_resample.conv2d_resample(x=x * _channels(s), w=weight)
     y, slope = bias_act.bias_act_with_slope(yc, layer.bias.to(x.dtype), clamp=layer.conv_clamp)
 
+    # The 1x1 convolution as matrix products: conv(dx * s + x * ds) = (W s_b) dx + (W ds) x, per row, without
+    # the two passes over dx that form its input.
+    w2 = weight[:, :, 0, 0]                                       # [O, I]
+    w_s = w2 * s.unsqueeze(1)                                     # [B, O, I]
+    B, _, H, W = x.shape
+    x_flat = x.reshape(B, -1, H * W)                              # [B, I, HW]
+
     def tangent(dx, dw):
-        ds = styles_tangent(dw) * layer.weight_gain
+        ds = styles_tangent(dw) * layer.weight_gain                # [n, B, I]
         n = ds.shape[0]
-        dmod = (x * _channels(ds)).addcmul_(dx, _channels(s))
-        return _split(conv2d_resample.conv2d_resample(x=_merge(dmod), w=weight), n).mul_(slope)
+        dy = torch.matmul(w_s, dx.reshape(n, B, -1, H * W))        # [n, B, O, HW]
+        w_ds = (w2 * ds.unsqueeze(-2)).transpose(0, 1).reshape(B, -1, w2.shape[1])   # [B, n * O, I]
+        dy += torch.bmm(w_ds, x_flat).reshape(B, n, -1, H * W).transpose(0, 1)
+        return dy.reshape(n, B, -1, H, W).mul_(slope)
     return y, tangent
 
 
