@@ -7,7 +7,8 @@ primal quantities it needs computed once (styles, demodulation coefficients, act
 
 * modulated convolution (unfused, as ``make_space_fn`` runs it): ``y = conv(x * s) * d``, so
   ``dy = conv(dx * s + x * ds) * d + conv(x * s) * dd`` with ``dd = -d^3 ((s * ds) @ sum_k W^2)^T``;
-* bias + activation + gain + clamp: ``dy = dx * slope`` (``bias_act.bias_act_with_slope``);
+* bias + activation + gain + clamp: ``dy = dx * slope`` (``bias_act.bias_act_with_slope``), folded with the
+  demodulation into two passes over the tangents; ToRGB's 1x1 convolution as matrix products;
 * fully connected layers, the normalisation of ``z``, truncation, FIR upsampling: their own linear maps.
 
 Under ``torch.func.jvp`` + ``vmap`` the same derivatives cost every elementwise op a Python-level batching and
@@ -94,7 +95,6 @@ def _modulated_layer(layer, x, w, noise_mode, gain=1):
         noise = layer.noise_const * layer.noise_strength
     conv = dict(w=weight, f=layer.resample_filter, up=layer.up, padding=layer.padding, flip_weight=(layer.up == 1))
     yc = conv2d_resample.conv2d_resample(x=x * _channels(s), **conv)
-
     y = yc * _channels(dcoefs) if noise is None else torch.addcmul(noise.to(x.dtype), yc, _channels(dcoefs))
     act_clamp = layer.conv_clamp * gain if layer.conv_clamp is not None else None
     y, slope = bias_act.bias_act_with_slope(y, layer.bias.to(x.dtype), act=layer.activation,
