@@ -6,7 +6,7 @@ network as one ordinary batch of ``n * B`` rows. Each layer's tangent rule is pl
 primal quantities it needs computed once (styles, demodulation coefficients, activation slopes):
 
 * modulated convolution (unfused, as ``make_space_fn`` runs it): ``y = conv(x * s) * d``, so
-  ``dy = conv(dx * s + x * ds) * d + conv(x * s) * dd`` with ``dd = -d^3 ((s * ds) @ sum_k W^2)^T``;
+  ``dy = conv(dx * s + x * ds) * d + conv(x * s) * dd`` with ``dd_o = -d_o^3 sum_i s_i ds_i sum_k W_oik^2``;
 * bias + activation + gain + clamp: ``dy = dx * slope`` (``bias_act.bias_act_with_slope``), folded with the
   demodulation into two passes over the tangents; ToRGB's 1x1 convolution as matrix products;
 * fully connected layers, the normalisation of ``z``, truncation, FIR upsampling: their own linear maps.
