@@ -190,6 +190,24 @@ def test_stylegan2_linearized_jvp_matches_autograd(architecture, c_dim, conv_cla
     plain = volume.jacobian_singular_values(lambda x: f(x), z)
     fast = volume.jacobian_singular_values(f, z)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6 * float(plain.max()))
+    if space == 'pixel':  # lowrank (a Krylov space of 6 < 12 directions, so not the exact fallback)
+        lowrank = dict(method='lowrank', top_k=3, block_size=2, num_iters=2, tol=0)
+        torch.testing.assert_close(volume.jacobian_singular_values(f, z, **lowrank),
+                                   volume.jacobian_singular_values(lambda x: f(x), z, **lowrank), rtol=1e-4, atol=0)
+
+
+def test_linearized_path_is_taken(monkeypatch):
+    # The StyleGAN2 space map's JVPs go through its explicit derivative, not torch.func's forward mode.
+    f = volume.make_space_fn(_stylegan2(), 'pixel')
+    z = torch.randn([2, 12], generator=torch.Generator().manual_seed(11))
+    expected = volume.jacobian_singular_values(f, z)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('torch.func.jvp called')
+    monkeypatch.setattr(torch.func, 'jvp', refuse)
+    torch.testing.assert_close(volume.jacobian_singular_values(f, z), expected, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match='torch.func.jvp'):
+        volume.jacobian_singular_values(lambda x: f(x), z)
 
 
 def test_linearize_not_offered_where_unsupported():
