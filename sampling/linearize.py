@@ -199,7 +199,8 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
 
     ``out`` is ``ws[:, 0]`` ('style') or the image ('pixel'), passed through ``post`` (a linear map of the
     image, e.g. a resize) if given; ``jvp(dz, chunk_size=None)`` maps tangents ``[n, B, d]`` to
-    ``[n, B, *out.shape[1:]]``, pushing ``chunk_size`` of them at a time through the synthesis network.
+    ``[n, B, *out.shape[1:]]``, pushing ``chunk_size`` of them at a time through the synthesis network;
+    ``jvp.row_bytes`` is the size of the largest feature map of one latent (to size the chunks).
     Everything runs in float32 (as ``make_space_fn`` asks of the network).
     """
     assert space in ('pixel', 'style')
@@ -233,9 +234,11 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
     img = None
     x = None
     block_tangents = []
+    row_bytes = 0                                                 # the largest feature map of one latent
     for res in synthesis.block_resolutions:
         x, img, t = _block(getattr(synthesis, f'b{res}'), x, img, w, noise_mode)
         block_tangents.append(t)
+        row_bytes = max(row_bytes, x[0].numel() * x.element_size())
     out = img if post is None else post(img)
 
     def synthesis_tangent(dw):
@@ -250,6 +253,9 @@ def linearize_stylegan2(G, z, c, space='pixel', truncation_psi=1, noise_mode='co
         # The mapping's matrix products gain from the whole batch of tangents at once; the synthesis runs
         # chunk_size tangents at a time (activation memory, CPU caches).
         dw = mapping_tangent(dz)
-        chunk_size = dz.shape[0] if chunk_size is None else chunk_size
-        return torch.cat([synthesis_tangent(dw[i:i + chunk_size]) for i in range(0, dz.shape[0], chunk_size)])
+        n = dz.shape[0]
+        chunk_size = n if chunk_size is None else chunk_size
+        chunk_size = -(-n // -(-n // chunk_size))                 # equal chunks: 10 rows in 5 + 5, not 8 + 2
+        return torch.cat([synthesis_tangent(dw[i:i + chunk_size]) for i in range(0, n, chunk_size)])
+    jvp.row_bytes = row_bytes
     return out, jvp
