@@ -14,6 +14,10 @@ Accuracy columns compare top-K log-volumes with 'exact'.
     python benchmarks/bench_volume.py --quick
     python benchmarks/bench_volume.py --res 64 --z-dim 512 --num 8 --device cuda
 
+The printout ends with a FLOP floor: the matrix-product and convolution FLOPs per latent of each method
+(counted with torch.utils.flop_counter's formulas) at the best rate measured on this machine for the network's
+own largest kernels, a lower bound on each method's time.
+
 ``--lowrank-sweep`` also times 'lowrank' with small Krylov spaces (fixed block counts, no early stop) to show
 what its time and error are when it is made to run about as fast as 'projected'.
 """
@@ -58,6 +62,51 @@ def functional_loop(f, z):
                                                strategy='forward-mode')
         out.append(torch.linalg.svdvals(J.double()))
     return torch.stack(out)
+
+
+def count_flops(fn):
+    """Matrix-product and convolution FLOPs of fn(), forward and backward, by torch.utils.flop_counter's formulas
+    (elementwise work is not counted). FlopCounterMode itself refuses torch.autograd.grad (its module hooks),
+    so a plain dispatch mode applies the same formulas."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Counter() as counter:
+        fn()
+    return counter.total
+
+
+def best_rate(channels, res, device, repeats=5):
+    """FLOP/s of the fastest of the network's own kernels, run big: its 3x3 convolution at the top resolution
+    on 64 images (both memory layouts) and a 4096 x 512 x 512 matrix product."""
+    x = torch.randn([64, channels, res, res], device=device)
+    w = torch.randn([channels, channels, 3, 3], device=device)
+    xc = x.to(memory_format=torch.channels_last)
+    a, b = torch.randn([4096, 512], device=device), torch.randn([512, 512], device=device)
+    kernels = [(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * x.numel() * channels * 9),
+               (lambda: torch.nn.functional.conv2d(xc, w, padding=1), 2 * x.numel() * channels * 9),
+               (lambda: a @ b, 2 * 4096 * 512 * 512)]
+    rate = 0
+    for fn, flops in kernels:
+        fn()
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            rate = max(rate, flops / (time.perf_counter() - start))
+    return rate
 
 
 def batched(fn, z, batch):
@@ -154,6 +203,22 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
             print(f'  block {block:2d} x {iters + 1} blocks ({block * (2 * iters + 1):3d} passes): {seconds:.3f} s/latent, '
                   f'{seconds / times["ours projected"]:.2f} of projected, per-latent error '
                   f'{np.abs(diff - diff.mean()).max():.3f} nats')
+    # FLOP floor: the counted FLOPs per latent at the best rate measured here are a lower bound on each method's
+    # time (elementwise work, memory traffic and overheads come on top).
+    rate = best_rate(channels, res, device)
+    flop_runs = {"authors' loop (128 VJPs)": lambda: authors_loop(f, z[:1], num_projections, 0),
+                 'ours projected': lambda: volume.jacobian_singular_values(
+                     f, z[:batch], 'projected', num_projections=num_projections),
+                 'ours exact': lambda: volume.jacobian_singular_values(f, z[:batch]),
+                 'ours lowrank': lambda: volume.jacobian_singular_values(
+                     f, z[:batch], 'lowrank', top_k=top_k, block_size=lowrank_block, num_iters=lowrank_iters)}
+    flops = {name: count_flops(fn) / (1 if name.startswith('authors') else min(batch, num))
+             for name, fn in flop_runs.items() if name in methods}
+    print(f'FLOP floor at the best measured rate ({rate / 1e9:.0f} GFLOP/s: the 3x3 convolution on 64 images or a '
+          f'4096x512x512 matrix product, {torch.get_num_threads()} threads):')
+    for name, value in flops.items():
+        print(f'  {name:26s} {value / 1e9:6.2f} GFLOP/latent -> at least {value / rate:.3f} s/latent '
+              f'(measured {times[name]:.3f}, {min(all_cpu[name]):.3f} CPU s)')
     errors = {}
     for name in methods:
         diff = logvols[name] - ref
@@ -162,14 +227,17 @@ def main(res, z_dim, num, batch, top_k, space, channels, device, threads, skip_b
         import json
         with open(json_path, 'w') as f:
             json.dump(dict(res=res, z_dim=z_dim, num=num, batch=batch, channels=channels, top_k=top_k,
-                           threads=torch.get_num_threads(), times=all_times, cpu_times=all_cpu, errors=errors), f, indent=1)
+                           threads=torch.get_num_threads(), times=all_times, cpu_times=all_cpu, errors=errors,
+                           flops_per_latent=flops, best_rate=rate), f, indent=1)
     if skip_baselines:
         return
     base = all_times["authors' loop (128 VJPs)"]
     for name in ('ours projected', 'ours exact', 'ours lowrank'):
         # Paired ratios: each repeat ran the methods back to back.
         ratios = [b / o for b, o in zip(base, all_times[name])]
-        print(f"speed-up of {name} over the authors' loop: {min(ratios):.2f}-{max(ratios):.2f}x; "
+        cpu_ratios = [b / o for b, o in zip(all_cpu["authors' loop (128 VJPs)"], all_cpu[name])]
+        print(f"speed-up of {name} over the authors' loop: {min(ratios):.2f}-{max(ratios):.2f}x "
+              f"({min(cpu_ratios):.2f}-{max(cpu_ratios):.2f}x in CPU time); "
               f"over autograd.functional: {times['autograd.functional'] / times[name]:.2f}x")
 
 

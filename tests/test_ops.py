@@ -446,6 +446,26 @@ def test_bias_act_gradients(act):
     assert torch.autograd.gradgradcheck(fn, (x, b))
 
 
+@pytest.mark.parametrize('act', ['linear', 'relu', 'lrelu'])
+@pytest.mark.parametrize('clamp', [None, 0.4])
+def test_bias_act_with_slope(act, clamp):
+    # The value is bias_act's bit for bit; the slope is the numpy derivative of the reference, written here.
+    x = _randn(2, 5, 3, 4, seed=18).float() * 2
+    b = _randn(5, seed=19).float()
+    alpha = 0.1 if act == 'lrelu' else None
+    y, slope = bias_act.bias_act_with_slope(x, b, act=act, alpha=alpha, gain=0.7, clamp=clamp)
+    assert torch.equal(y, bias_act.bias_act(x, b, act=act, alpha=alpha, gain=0.7, clamp=clamp))
+    pre = _np(x) + _np(b).reshape(1, -1, 1, 1)
+    expected = 0.7 * {'linear': np.ones_like(pre), 'relu': (pre > 0) * 1.0, 'lrelu': np.where(pre > 0, 1, 0.1)}[act]
+    if clamp is not None:
+        unclamped = ref_bias_act(x, b, act=act, alpha=alpha, gain=0.7)
+        assert np.any(np.abs(unclamped) > clamp)  # The clamp's zero slope is exercised.
+        expected = expected * (np.abs(unclamped) <= clamp)
+    _close(slope, expected, tol=1e-7)  # 0.7 in float32
+    with pytest.raises(ValueError, match='tanh'):
+        bias_act.bias_act_with_slope(x, act='tanh')
+
+
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-6), (torch.float16, 1e-3)])
 def test_bias_act_low_precision(dtype, tol):
     x = _randn(2, 5, 3, 4, seed=18)

@@ -147,6 +147,76 @@ def test_fp16_layers_run_in_float32(arch):
     assert len(seen) == len(layers) and all(seen)
 
 
+def _stylegan2(architecture='skip', c_dim=0, conv_clamp=256, seed=0):
+    """A tiny StyleGAN2 with non-zero biases and noise strengths (every path of the network matters)."""
+    from training.networks_stylegan2 import Generator
+    torch.manual_seed(seed)
+    G = Generator(z_dim=12, c_dim=c_dim, w_dim=10, img_resolution=16, img_channels=3,
+                  mapping_kwargs=dict(num_layers=2), channel_base=128, channel_max=8, architecture=architecture,
+                  conv_clamp=conv_clamp)
+    with torch.no_grad():
+        for name, param in G.named_parameters():
+            if name.endswith('bias') or name.endswith('noise_strength'):
+                param.add_(torch.randn_like(param) * 0.3)
+        G.mapping.w_avg.normal_()
+    return G.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize('architecture,c_dim,conv_clamp,space,kwargs', [
+    ('skip', 0, 256, 'pixel', {}),
+    ('orig', 0, 0.5, 'pixel', dict(truncation_psi=0.7)),          # a small clamp that many pixels hit
+    ('resnet', 3, None, 'pixel', dict(resize=8, noise_mode='none')),
+    ('skip', 0, 256, 'style', dict(truncation_psi=0.5)),
+])
+def test_stylegan2_linearized_jvp_matches_autograd(architecture, c_dim, conv_clamp, space, kwargs):
+    # make_space_fn gives a StyleGAN2 an explicit layer-by-layer derivative (sampling/linearize.py); its JVPs
+    # must equal torch.func's forward-mode AD through the same network, and its primal the map's own output.
+    G = _stylegan2(architecture, c_dim, conv_clamp)
+    c = torch.eye(3)[[1]] if c_dim else None
+    f = volume.make_space_fn(G, space, c=c, **kwargs)
+    assert callable(getattr(f, 'linearize', None))
+    z = torch.randn([3, 12], generator=torch.Generator().manual_seed(9))
+    tangents = torch.randn([5, 3, 12], generator=torch.Generator().manual_seed(10))
+    out, jvp = f.linearize(z)
+    torch.testing.assert_close(out, f(z), rtol=0, atol=0)
+    expected = torch.stack([torch.func.jvp(f, (z,), (t,))[1] for t in tangents])
+    got = jvp(tangents)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(jvp(tangents, chunk_size=2), got)
+    assert float((got - expected).abs().max()) < 2e-5 * float(expected.abs().max())
+    if conv_clamp == 0.5:  # the clamp's zero slope is exercised
+        assert bool((out.abs() == 0.5).any())
+    # The singular values through the linearised JVPs equal those through torch.func (a map without the attribute).
+    plain = volume.jacobian_singular_values(lambda x: f(x), z)
+    fast = volume.jacobian_singular_values(f, z)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6 * float(plain.max()))
+    if space == 'pixel':  # lowrank (a Krylov space of 6 < 12 directions, so not the exact fallback)
+        lowrank = dict(method='lowrank', top_k=3, block_size=2, num_iters=2, tol=0)
+        torch.testing.assert_close(volume.jacobian_singular_values(f, z, **lowrank),
+                                   volume.jacobian_singular_values(lambda x: f(x), z, **lowrank), rtol=1e-4, atol=0)
+
+
+def test_linearized_path_is_taken(monkeypatch):
+    # The StyleGAN2 space map's JVPs go through its explicit derivative, not torch.func's forward mode.
+    f = volume.make_space_fn(_stylegan2(), 'pixel')
+    z = torch.randn([2, 12], generator=torch.Generator().manual_seed(11))
+    expected = volume.jacobian_singular_values(f, z)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('torch.func.jvp called')
+    monkeypatch.setattr(torch.func, 'jvp', refuse)
+    torch.testing.assert_close(volume.jacobian_singular_values(f, z), expected, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match='torch.func.jvp'):
+        volume.jacobian_singular_values(lambda x: f(x), z)
+
+
+def test_linearize_not_offered_where_unsupported():
+    G = _stylegan2()
+    assert not hasattr(volume.make_space_fn(G, 'pixel', noise_mode='random'), 'linearize')
+    assert not hasattr(volume.make_space_fn(G, 'feature', embedder=torch.nn.Flatten()), 'linearize')
+    assert not hasattr(volume.make_space_fn(FakeG(), 'pixel'), 'linearize')
+
+
 def test_check_top_k():
     assert volume.check_top_k(30, 512) == 30
     assert volume.check_top_k(512, 512, normalizes_z=False) == 512

@@ -43,3 +43,42 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+# Activations whose derivative is piecewise constant, so a forward-mode rule is one multiplication.
+PIECEWISE_LINEAR = ('linear', 'relu', 'lrelu')
+
+
+def bias_act_with_slope(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None):
+    """``bias_act(x, b, ...)`` and its elementwise derivative ``dy/dx`` (same shape as ``x``).
+
+    For the piecewise-linear activations (``PIECEWISE_LINEAR``) the derivative is a mask of constants, so a
+    tangent ``dx`` of any batch shape broadcast over ``x`` maps to ``dx * slope``: an explicit forward-mode rule
+    in plain tensor ops, without running autograd's per-op rules once per tangent. At the kinks the slope is the
+    one autograd uses (``x > 0`` for relu/lrelu; clamp passes the gradient where ``-clamp <= y <= clamp``).
+    """
+    assert isinstance(x, torch.Tensor)
+    if act not in PIECEWISE_LINEAR:
+        raise ValueError(f'bias_act_with_slope supports {PIECEWISE_LINEAR}, got {act!r}')
+    spec = activation_funcs[act]
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+
+    # The same operations as bias_act, so y is bit for bit the network's value.
+    if b is not None:
+        assert isinstance(b, torch.Tensor) and b.ndim == 1
+        assert 0 <= dim < x.ndim
+        assert b.shape[0] == x.shape[dim]
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    y = spec.func(x, alpha=alpha)
+    if act == 'linear':
+        slope = torch.full_like(x, gain)
+    else:
+        slope = torch.where(x > 0, gain, gain * (alpha if act == 'lrelu' else 0.0)).to(x.dtype)
+    if gain != 1:
+        y = y * gain
+    if clamp >= 0:
+        slope = slope * ((y >= -clamp) & (y <= clamp)).to(x.dtype)
+        y = y.clamp(-clamp, clamp)
+    return y, slope
