@@ -12,6 +12,10 @@ and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN
 import numpy as np
 import torch
 
+from torch_utils.ops.bias_act import activation_funcs
+from torch_utils.ops.conv2d_resample import conv2d_upsample_fast
+from torch_utils.ops.upfirdn2d import upsample2d_fast
+
 
 def has_mapping(G):
     """Whether ``G`` has a mapping network ``G.mapping`` (z -> ws), as StyleGAN does."""
@@ -45,18 +49,21 @@ def set_input_transform(G, translate=(0, 0), angle=0):
     return True
 
 
-# On the CPU a block whose activations outgrow the cache runs faster a few samples at a time than as one batch.
-_CPU_BLOCK_BYTES = 16 << 20
+# Blocks whose activations per sample reach this size run one sample at a time, all of them in turn for one
+# sample (depth first), so that a sample's activations stay in the cache; smaller blocks run as one batch.
+_CPU_BLOCK_BYTES = 4 << 20
+
+# Activations whose gain can move into the convolution's weights: act(g * x) = g * act(x) for g > 0.
+_HOMOGENEOUS = {'linear', 'relu', 'lrelu'}
 
 
 def uses_cpu_blocks(G, device, batch_size, exact_nvlabs=False):
     """Whether :func:`synthesize` runs this batch through :func:`_cpu_synthesis` rather than NVlabs' forward pass.
 
     NVlabs' StyleGAN2 picks the fused modulated convolution (one grouped convolution with per-sample weights)
-    from the training mode and dtype. On the CPU a batch runs faster unfused (activations scaled before and
-    after one shared convolution), and large blocks faster a sample at a time: same mathematics, different
-    float32 rounding (uint8 images within 1). ``exact_nvlabs`` keeps NVlabs' choice, for bit-level comparisons.
-    StyleGAN3 networks have no such choice.
+    from the training mode and dtype. On the CPU our own evaluation of the same blocks runs faster (see
+    :func:`_cpu_synthesis`): same mathematics, different float32 rounding (uint8 images within 1).
+    ``exact_nvlabs`` keeps NVlabs' choice, for bit-level comparisons. StyleGAN3 networks have no such path.
     """
     return not exact_nvlabs and torch.device(device).type == 'cpu' and batch_size > 1 and is_stylegan2(G)
 
@@ -66,8 +73,166 @@ def is_stylegan2(G):
     return hasattr(G, 'mapping') and hasattr(getattr(G, 'synthesis', None), 'block_resolutions')
 
 
-def _cpu_synthesis(synthesis, ws, **block_kwargs):
-    """StyleGAN2 synthesis on the CPU, each block in sub-batches whose activations fit the cache.
+def _cpu_synthesis(synthesis, ws, noise_mode='const'):
+    """StyleGAN2 synthesis on the CPU: NVlabs' blocks, evaluated along a faster path of the same mathematics.
+
+    * Activations in channels_last, the memory format in which the CPU's convolutions run fastest.
+    * Styles and demodulation coefficients of every layer computed once for the whole batch.
+    * Small blocks run as one batch with the activations scaled around one shared convolution (unfused);
+      blocks of at least ``_CPU_BLOCK_BYTES`` per sample run one sample at a time through all of them (depth
+      first, the sample's activations stay in the cache), its styles and demodulation folded into the weights.
+    * The upsampling convolution is a transposed convolution then a depthwise FIR convolution, both padding
+      inside the convolution (no padded copies); the bias rides on the FIR convolution or the convolution, the
+      activation gain on the weights; noise, activation and clamp run in place.
+    * ToRGB (1x1) is one matrix product per sample; the image skip upsampling one depthwise transposed
+      convolution.
+
+    Networks this does not cover (float16 blocks, the 'resnet' architecture, other kernels) run block by block
+    as NVlabs' forward pass, in cache-sized sub-batches (:func:`_cpu_block_synthesis`).
+    """
+    blocks = [getattr(synthesis, f'b{res}') for res in synthesis.block_resolutions]
+    if not all(_fast_block(block) for block in blocks):
+        return _cpu_block_synthesis(synthesis, ws, noise_mode=noise_mode)
+    ws = ws.to(torch.float32)
+    num = len(ws)
+    params = []
+    w_idx = 0
+    for block in blocks:
+        block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb).unbind(1)
+        w_idx += block.num_conv
+        layers = [block.conv0] if block.in_channels != 0 else []
+        layers.append(block.conv1)
+        p = dict(convs=[_conv_params(layer, w, noise_mode) for layer, w in zip(layers, block_ws)])
+        if block.is_last or block.architecture == 'skip':
+            p['torgb'] = _torgb_params(block.torgb, block_ws[len(layers)])
+        params.append(p)
+
+    # Small blocks as one batch, the rest one sample at a time.
+    x = img = None
+    split = len(blocks)
+    for index, block in enumerate(blocks):
+        if 4 * block.conv1.weight.shape[0] * block.resolution ** 2 >= _CPU_BLOCK_BYTES:
+            split = index
+            break
+        x, img = _fast_block_forward(block, params[index], x, img, slice(0, num))
+    if split == len(blocks):
+        return img.contiguous()
+    images = []
+    for i in range(num):
+        xi = None if x is None else x[i:i + 1]
+        imgi = None if img is None else img[i:i + 1]
+        for index in range(split, len(blocks)):
+            xi, imgi = _fast_block_forward(blocks[index], params[index], xi, imgi, slice(i, i + 1))
+        images.append(imgi)
+    return torch.cat(images).contiguous()
+
+
+def _fast_block(block):
+    """Whether :func:`_cpu_synthesis` covers this block: float32 on the CPU, 'orig' or 'skip', odd kernels."""
+    float32 = not block.use_fp16 or hasattr(block, 'fused_modconv_default')  # StyleGAN3-repository code: fp32 on CPU.
+    layers = ([block.conv0] if block.in_channels != 0 else []) + [block.conv1]
+    return (float32 and block.architecture in ('orig', 'skip')
+            and all(layer.weight.shape[-1] % 2 == 1 and layer.activation in activation_funcs for layer in layers)
+            and (not hasattr(block, 'torgb') or tuple(block.torgb.weight.shape[2:]) == (1, 1)))
+
+
+def _conv_params(layer, w, noise_mode):
+    """One SynthesisLayer's per-batch constants: styles, demodulation times the activation gain, bias, noise."""
+    act_gain = float(layer.act_gain)
+    pre_gain = act_gain if layer.activation in _HOMOGENEOUS else 1.0
+    weight = layer.weight.to(torch.float32)
+    styles = layer.affine(w)
+    # sum_{i,k} (weight_oik * s_i)^2 = sum_i s_i^2 * sum_k weight_oik^2 (NVlabs' demodulation, once per batch).
+    dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()
+    noise = None
+    if layer.use_noise and noise_mode == 'const':
+        noise = layer.noise_const * (layer.noise_strength * pre_gain)
+    if layer.up == 1:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    else:  # The transposed convolution reads weight.transpose(0, 1): keep that view channels_last.
+        weight = weight.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1)
+    return dict(layer=layer, weight=weight, styles=styles,
+                out_scale=dcoefs * pre_gain, bias=layer.bias.to(torch.float32) * pre_gain, noise=noise,
+                random_noise=layer.use_noise and noise_mode == 'random', pre_gain=pre_gain,
+                post_gain=act_gain / pre_gain)
+
+
+def _torgb_params(torgb, w):
+    styles = torgb.affine(w) * torgb.weight_gain
+    # [N, in_channels, out_channels]: the per-sample 1x1 weights, styles folded in.
+    weights = torgb.weight.to(torch.float32)[:, :, 0, 0].T.unsqueeze(0) * styles.unsqueeze(2)
+    return dict(weights=weights, bias=torgb.bias.to(torch.float32), clamp=torgb.conv_clamp)
+
+
+def _fast_block_forward(block, p, x, img, samples):
+    """One SynthesisBlock ('orig' or 'skip', float32) on ``samples`` of the batch (a slice)."""
+    num = samples.stop - samples.start
+    if block.in_channels == 0:
+        x = block.const.to(torch.float32).unsqueeze(0).expand(num, -1, -1, -1)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for conv in p['convs']:
+        x = _modulated_layer(conv, x, samples)
+    if img is not None:
+        img = upsample2d_fast(img, block.resample_filter)
+    if 'torgb' in p:
+        y = _torgb(p['torgb'], x, samples)
+        img = img.add_(y) if img is not None else y
+    return x, img
+
+
+def _modulated_layer(p, x, samples):
+    """SynthesisLayer.forward for ``samples``: per-sample weights for one sample, else unfused."""
+    layer = p['layer']
+    num = samples.stop - samples.start
+    styles, out_scale = p['styles'][samples], p['out_scale'][samples]
+    if num == 1:
+        weight = p['weight'] * torch.outer(out_scale[0], styles[0]).reshape(*p['weight'].shape[:2], 1, 1)
+        bias = p['bias']
+    else:
+        weight = p['weight']
+        bias = None
+        x = x * styles.reshape(num, -1, 1, 1)
+    if layer.up == 1:
+        x = torch.nn.functional.conv2d(x, weight, bias, padding=layer.padding)
+    else:
+        x = conv2d_upsample_fast(x, weight, layer.resample_filter, up=layer.up, padding=layer.padding, bias=bias)
+    noise = p['noise']
+    if p['random_noise']:
+        noise = torch.randn([num, 1, *x.shape[2:]], device=x.device) * (layer.noise_strength * p['pre_gain'])
+    if num == 1:
+        if noise is not None:
+            x.add_(noise)
+    else:
+        shift = p['bias'].reshape(1, -1, 1, 1)
+        shift = shift + noise if noise is not None else shift
+        x = x.mul_(out_scale.reshape(num, -1, 1, 1)).add_(shift)
+    spec = activation_funcs[layer.activation]
+    if layer.activation == 'lrelu':
+        torch.nn.functional.leaky_relu_(x, spec.def_alpha)
+    elif layer.activation == 'relu':
+        x.relu_()
+    elif layer.activation != 'linear':
+        x = spec.func(x, alpha=spec.def_alpha)
+    if p['post_gain'] != 1:
+        x = x.mul_(p['post_gain'])
+    if layer.conv_clamp is not None:
+        x.clamp_(-layer.conv_clamp, layer.conv_clamp)
+    return x
+
+
+def _torgb(p, x, samples):
+    """ToRGBLayer.forward (1x1, no demodulation) as one matrix product per sample over channels_last pixels."""
+    num, channels, height, width = x.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(num, height * width, channels)
+    y = torch.baddbmm(p['bias'].reshape(1, 1, -1), pixels, p['weights'][samples])
+    y = y.reshape(num, height, width, -1).permute(0, 3, 1, 2)
+    if p['clamp'] is not None:
+        y = y.clamp(-p['clamp'], p['clamp'])
+    return y.contiguous()
+
+
+def _cpu_block_synthesis(synthesis, ws, **block_kwargs):
+    """NVlabs' blocks one after the other, each in sub-batches whose activations fit the cache (16 MiB).
 
     The same blocks and arguments as NVlabs' SynthesisNetwork.forward; small blocks run as one unfused batch,
     large ones a few samples at a time (one sample: NVlabs' fused path, the fastest for a single image).
@@ -80,7 +245,7 @@ def _cpu_synthesis(synthesis, ws, **block_kwargs):
         block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
         w_idx += block.num_conv
         sample_bytes = 4 * block.conv1.weight.shape[0] * res * res
-        step = max(1, _CPU_BLOCK_BYTES // sample_bytes)
+        step = max(1, (16 << 20) // sample_bytes)
         if step >= len(ws):
             x, img = block(x, img, block_ws, fused_modconv=False, **block_kwargs)
             continue
