@@ -9,6 +9,8 @@ and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN
 ``G(...)`` alone, and what needs W (hub scores in W, the 'style' volume space, ``--projected-w``) says so.
 """
 
+import concurrent.futures
+
 import numpy as np
 import torch
 
@@ -107,24 +109,57 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
             p['torgb'] = _torgb_params(block.torgb, block_ws[len(layers)])
         params.append(p)
 
-    # Small blocks as one batch, the rest one sample at a time.
+    # Small blocks as one batch, the rest one sample at a time; the image (3 channels, cheap) is summed up in
+    # batches afterwards, out of the per-sample loop.
     x = img = None
     split = len(blocks)
     for index, block in enumerate(blocks):
         if 4 * block.conv1.weight.shape[0] * block.resolution ** 2 >= _CPU_BLOCK_BYTES:
             split = index
             break
-        x, img = _fast_block_forward(block, params[index], x, img, slice(0, num))
-    if split == len(blocks):
-        return img.contiguous()
-    images = []
-    for i in range(num):
-        xi = None if x is None else x[i:i + 1]
-        imgi = None if img is None else img[i:i + 1]
-        for index in range(split, len(blocks)):
-            xi, imgi = _fast_block_forward(blocks[index], params[index], xi, imgi, slice(i, i + 1))
-        images.append(imgi)
-    return torch.cat(images).contiguous()
+        x, rgb = _fast_block_forward(block, params[index], x, slice(0, num))
+        img = _add_rgb(block, params[index], img, rgb)
+    rgbs = _per_sample_blocks(blocks[split:], params[split:], x, num)
+    for block, p, rgb in zip(blocks[split:], params[split:], rgbs):
+        img = _add_rgb(block, p, img, rgb)
+    return img.contiguous()
+
+
+def _per_sample_blocks(blocks, params, x, num):
+    """Run ``blocks`` one sample at a time, depth first: ToRGB's outputs of every block, each [num, C, H, W].
+
+    With T > 1 torch threads, T samples run at once, each on one thread: single-threaded operations need no
+    synchronisation between threads, which on small per-sample operations costs more than it saves (and much
+    more when other processes hold the cores).
+    """
+    def run(samples):
+        rgbs = [[] for _ in blocks]
+        for i in samples:
+            xi = None if x is None else x[i:i + 1]
+            for index, (block, p) in enumerate(zip(blocks, params)):
+                xi, rgb = _fast_block_forward(block, p, xi, slice(i, i + 1))
+                rgbs[index].append((i, rgb))
+        return rgbs
+
+    workers = min(torch.get_num_threads(), num)
+    if workers == 1:
+        parts = [run(range(num))]
+    else:
+        threads = torch.get_num_threads()
+
+        def run_single_threaded(samples):
+            torch.set_num_threads(1)  # Per thread (OpenMP) and process-wide; restored below.
+            return run(samples)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(run_single_threaded, [range(k, num, workers) for k in range(workers)]))
+        finally:
+            torch.set_num_threads(threads)
+    outputs = []
+    for index in range(len(blocks)):
+        rgb = sorted((item for part in parts for item in part[index]), key=lambda item: item[0])
+        outputs.append(None if rgb[0][1] is None else torch.cat([item[1] for item in rgb]))
+    return outputs
 
 
 def _fast_block(block):
@@ -147,37 +182,48 @@ def _conv_params(layer, w, noise_mode):
     noise = None
     if layer.use_noise and noise_mode == 'const':
         noise = layer.noise_const * (layer.noise_strength * pre_gain)
+    if layer.use_noise and noise_mode == 'random':  # Drawn here, in sample order, whatever thread runs a sample.
+        noise = torch.randn([len(w), 1, layer.resolution, layer.resolution], device=w.device)
+        noise = noise * (layer.noise_strength * pre_gain)
     if layer.up == 1:
         weight = weight.contiguous(memory_format=torch.channels_last)
     else:  # The transposed convolution reads weight.transpose(0, 1): keep that view channels_last.
         weight = weight.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1)
     return dict(layer=layer, weight=weight, styles=styles,
                 out_scale=dcoefs * pre_gain, bias=layer.bias.to(torch.float32) * pre_gain, noise=noise,
-                random_noise=layer.use_noise and noise_mode == 'random', pre_gain=pre_gain,
-                post_gain=act_gain / pre_gain)
+                random_noise=layer.use_noise and noise_mode == 'random', post_gain=act_gain / pre_gain)
 
 
 def _torgb_params(torgb, w):
     styles = torgb.affine(w) * torgb.weight_gain
-    # [N, in_channels, out_channels]: the per-sample 1x1 weights, styles folded in.
-    weights = torgb.weight.to(torch.float32)[:, :, 0, 0].T.unsqueeze(0) * styles.unsqueeze(2)
-    return dict(weights=weights, bias=torgb.bias.to(torch.float32), clamp=torgb.conv_clamp)
+    weight = torgb.weight.to(torch.float32)
+    return dict(weight=weight.contiguous(memory_format=torch.channels_last), styles=styles,
+                bias=torgb.bias.to(torch.float32), clamp=torgb.conv_clamp)
 
 
-def _fast_block_forward(block, p, x, img, samples):
-    """One SynthesisBlock ('orig' or 'skip', float32) on ``samples`` of the batch (a slice)."""
+def _fast_block_forward(block, p, x, samples):
+    """The convolutions of one SynthesisBlock ('orig' or 'skip', float32) on ``samples`` of the batch (a slice):
+    x and ToRGB's output before its bias (None without ToRGB)."""
     num = samples.stop - samples.start
     if block.in_channels == 0:
         x = block.const.to(torch.float32).unsqueeze(0).expand(num, -1, -1, -1)
         x = x.contiguous(memory_format=torch.channels_last)
     for conv in p['convs']:
         x = _modulated_layer(conv, x, samples)
+    rgb = _torgb(p['torgb'], x, samples) if 'torgb' in p else None
+    return x, rgb
+
+
+def _add_rgb(block, p, img, rgb):
+    """The block's image: the previous one upsampled plus ToRGB's output, biased and clamped."""
     if img is not None:
         img = upsample2d_fast(img, block.resample_filter)
-    if 'torgb' in p:
-        y = _torgb(p['torgb'], x, samples)
-        img = img.add_(y) if img is not None else y
-    return x, img
+    if rgb is None:
+        return img
+    rgb = rgb.add_(p['torgb']['bias'].reshape(1, -1, 1, 1))
+    if p['torgb']['clamp'] is not None:
+        rgb = rgb.clamp_(-p['torgb']['clamp'], p['torgb']['clamp'])
+    return img.add_(rgb) if img is not None else rgb
 
 
 def _modulated_layer(p, x, samples):
@@ -196,9 +242,7 @@ def _modulated_layer(p, x, samples):
         x = torch.nn.functional.conv2d(x, weight, bias, padding=layer.padding)
     else:
         x = conv2d_upsample_fast(x, weight, layer.resample_filter, up=layer.up, padding=layer.padding, bias=bias)
-    noise = p['noise']
-    if p['random_noise']:
-        noise = torch.randn([num, 1, *x.shape[2:]], device=x.device) * (layer.noise_strength * p['pre_gain'])
+    noise = p['noise'][samples] if p['random_noise'] else p['noise']
     if num == 1:
         if noise is not None:
             x.add_(noise)
@@ -221,14 +265,15 @@ def _modulated_layer(p, x, samples):
 
 
 def _torgb(p, x, samples):
-    """ToRGBLayer.forward (1x1, no demodulation) as one matrix product per sample over channels_last pixels."""
+    """ToRGBLayer's modulated 1x1 convolution (no demodulation, no bias): per-sample weights for one sample,
+    else one matrix product per sample over the channels_last pixels."""
     num, channels, height, width = x.shape
-    pixels = x.permute(0, 2, 3, 1).reshape(num, height * width, channels)
-    y = torch.baddbmm(p['bias'].reshape(1, 1, -1), pixels, p['weights'][samples])
-    y = y.reshape(num, height, width, -1).permute(0, 3, 1, 2)
-    if p['clamp'] is not None:
-        y = y.clamp(-p['clamp'], p['clamp'])
-    return y.contiguous()
+    styles = p['styles'][samples]
+    if num == 1:
+        return torch.nn.functional.conv2d(x, p['weight'] * styles.reshape(1, -1, 1, 1)).contiguous()
+    weights = p['weight'][:, :, 0, 0].T.unsqueeze(0) * styles.unsqueeze(2)  # [N, in, out]
+    y = torch.bmm(x.permute(0, 2, 3, 1).reshape(num, height * width, channels), weights)
+    return y.reshape(num, height, width, -1).permute(0, 3, 1, 2).contiguous()
 
 
 def _cpu_block_synthesis(synthesis, ws, **block_kwargs):
