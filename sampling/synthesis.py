@@ -10,6 +10,7 @@ and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN
 """
 
 import concurrent.futures
+import weakref
 
 import numpy as np
 import torch
@@ -171,27 +172,47 @@ def _fast_block(block):
             and (not hasattr(block, 'torgb') or tuple(block.torgb.weight.shape[2:]) == (1, 1)))
 
 
+# Per layer: its weight laid out for the fast path and its squared norms, for as long as the weight is unchanged.
+_WEIGHT_CACHE = weakref.WeakKeyDictionary()
+
+
+def _layer_weight(layer):
+    """``layer.weight`` as float32 channels_last (for the transposed convolution: its transpose(0, 1) view is),
+    and the sum of its squares over the kernel [out, in]."""
+    key = (layer.weight.data_ptr(), layer.weight._version, layer.weight.dtype, layer.weight.device)
+    cached = _WEIGHT_CACHE.get(layer)
+    if cached is None or cached[0] != key:
+        weight = layer.weight.detach().to(torch.float32)
+        square_norms = weight.square().sum(dim=[2, 3])
+        if getattr(layer, 'up', 1) == 1:
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        else:
+            weight = weight.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1)
+        cached = _WEIGHT_CACHE[layer] = (key, weight, square_norms)
+    return cached[1], cached[2]
+
+
 def _conv_params(layer, w, noise_mode):
     """One SynthesisLayer's per-batch constants: styles, demodulation times the activation gain, bias, noise."""
     act_gain = float(layer.act_gain)
     pre_gain = act_gain if layer.activation in _HOMOGENEOUS else 1.0
-    weight = layer.weight.to(torch.float32)
+    weight, square_norms = _layer_weight(layer)
     styles = layer.affine(w)
     # sum_{i,k} (weight_oik * s_i)^2 = sum_i s_i^2 * sum_k weight_oik^2 (NVlabs' demodulation, once per batch).
-    dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()
+    dcoefs = (styles.square() @ square_norms.T + 1e-8).rsqrt()
+    bias = layer.bias.to(torch.float32) * pre_gain
     noise = None
     if layer.use_noise and noise_mode == 'const':
         noise = layer.noise_const * (layer.noise_strength * pre_gain)
     if layer.use_noise and noise_mode == 'random':  # Drawn here, in sample order, whatever thread runs a sample.
         noise = torch.randn([len(w), 1, layer.resolution, layer.resolution], device=w.device)
         noise = noise * (layer.noise_strength * pre_gain)
-    if layer.up == 1:
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    else:  # The transposed convolution reads weight.transpose(0, 1): keep that view channels_last.
-        weight = weight.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1)
-    return dict(layer=layer, weight=weight, styles=styles,
-                out_scale=dcoefs * pre_gain, bias=layer.bias.to(torch.float32) * pre_gain, noise=noise,
-                random_noise=layer.use_noise and noise_mode == 'random', post_gain=act_gain / pre_gain)
+    # What the unfused batch adds after demodulation: bias and constant noise as one channels_last tensor.
+    shift = bias.reshape(1, -1, 1, 1)
+    if noise is not None and noise_mode == 'const':
+        shift = (shift + noise).contiguous(memory_format=torch.channels_last)
+    return dict(layer=layer, weight=weight, styles=styles, out_scale=dcoefs * pre_gain, bias=bias, noise=noise,
+                shift=shift, random_noise=layer.use_noise and noise_mode == 'random', post_gain=act_gain / pre_gain)
 
 
 def _torgb_params(torgb, w):
@@ -247,9 +268,9 @@ def _modulated_layer(p, x, samples):
         if noise is not None:
             x.add_(noise)
     else:
-        shift = p['bias'].reshape(1, -1, 1, 1)
-        shift = shift + noise if noise is not None else shift
-        x = x.mul_(out_scale.reshape(num, -1, 1, 1)).add_(shift)
+        x = x.mul_(out_scale.reshape(num, -1, 1, 1)).add_(p['shift'])
+        if p['random_noise']:
+            x = x.add_(noise)
     spec = activation_funcs[layer.activation]
     if layer.activation == 'lrelu':
         torch.nn.functional.leaky_relu_(x, spec.def_alpha)

@@ -124,3 +124,13 @@ def test_networks_the_fast_path_does_not_cover_run_block_by_block(kwargs):
     with torch.no_grad():
         expected = synthesis._cpu_block_synthesis(G.synthesis, ws, noise_mode='const')
     assert torch.equal(synthesis._cpu_synthesis(G.synthesis, ws, noise_mode='const'), expected)
+
+
+def test_fast_path_follows_weights_changed_in_place():
+    # The fast path keeps each layer's weight in its own layout between batches: a changed weight must show.
+    G = _generator(16)
+    _assert_parity(*_per_seed_and_fast(G))
+    with torch.no_grad():
+        G.synthesis.b16.conv1.weight.mul_(-1)
+        G.synthesis.b8.conv0.weight.copy_(torch.randn_like(G.synthesis.b8.conv0.weight))
+    _assert_parity(*_per_seed_and_fast(G))
