@@ -83,12 +83,13 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
     * Styles and demodulation coefficients of every layer computed once for the whole batch.
     * Small blocks run as one batch with the activations scaled around one shared convolution (unfused);
       blocks of at least ``_CPU_BLOCK_BYTES`` per sample run one sample at a time through all of them (depth
-      first, the sample's activations stay in the cache), its styles and demodulation folded into the weights.
+      first, the sample's activations stay in the cache), its styles and demodulation folded into the weights,
+      T samples at once on T torch threads, one thread each (:func:`_per_sample_blocks`).
     * The upsampling convolution is a transposed convolution then a depthwise FIR convolution, both padding
       inside the convolution (no padded copies); the bias rides on the FIR convolution or the convolution, the
       activation gain on the weights; noise, activation and clamp run in place.
-    * ToRGB (1x1) is one matrix product per sample; the image skip upsampling one depthwise transposed
-      convolution.
+    * ToRGB (1x1) is a matrix product per sample (a 1x1 convolution for one sample); the image, 3 channels,
+      is summed up in batches, its skip upsampling one depthwise transposed convolution.
 
     Networks this does not cover (float16 blocks, the 'resnet' architecture, other kernels) run block by block
     as NVlabs' forward pass, in cache-sized sub-batches (:func:`_cpu_block_synthesis`).
@@ -330,8 +331,8 @@ def synthesize(G, z=None, c=None, ws=None, truncation_psi=1, truncation_cutoff=N
 
     ``c`` is [N, c_dim] or [1, c_dim] (broadcast). Latents may be numpy or torch; they are moved to
     G's device. ``progress`` is called with the number of images after each batch. A StyleGAN2 batch on
-    the CPU runs block by block in cache-sized sub-batches on the faster modulated-convolution path
-    (:func:`uses_cpu_blocks`); ``exact_nvlabs`` runs NVlabs' forward pass as it is.
+    the CPU runs on a faster path of the same mathematics (:func:`uses_cpu_blocks`, :func:`_cpu_synthesis`);
+    ``exact_nvlabs`` runs NVlabs' forward pass as it is.
     """
     device = next(G.parameters()).device
     source = ws if ws is not None else z

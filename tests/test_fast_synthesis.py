@@ -134,3 +134,26 @@ def test_fast_path_follows_weights_changed_in_place():
         G.synthesis.b16.conv1.weight.mul_(-1)
         G.synthesis.b8.conv0.weight.copy_(torch.randn_like(G.synthesis.b8.conv0.weight))
     _assert_parity(*_per_seed_and_fast(G))
+
+
+def test_samples_run_on_threads_of_their_own_with_the_same_result(monkeypatch):
+    # With every block one sample at a time each operation runs on one thread, whichever thread runs the sample.
+    monkeypatch.setattr(synthesis, '_CPU_BLOCK_BYTES', 1)
+    G = _generator(16)
+    ws = G.mapping(torch.randn(5, G.z_dim), None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = synthesis._cpu_synthesis(G.synthesis, ws, noise_mode='const')
+        torch.set_num_threads(3)
+        torch.manual_seed(2)
+        shared = synthesis._cpu_synthesis(G.synthesis, ws, noise_mode='random')
+        torch.manual_seed(2)
+        together = synthesis._cpu_synthesis(G.synthesis, ws, noise_mode='const')
+        assert torch.get_num_threads() == 3  # restored after the per-sample threads set 1
+        torch.set_num_threads(1)
+        torch.manual_seed(2)
+        assert torch.equal(synthesis._cpu_synthesis(G.synthesis, ws, noise_mode='random'), shared)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, together)
