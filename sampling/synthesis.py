@@ -208,12 +208,8 @@ def _conv_params(layer, w, noise_mode):
     if layer.use_noise and noise_mode == 'random':  # Drawn here, in sample order, whatever thread runs a sample.
         noise = torch.randn([len(w), 1, layer.resolution, layer.resolution], device=w.device)
         noise = noise * (layer.noise_strength * pre_gain)
-    # What the unfused batch adds after demodulation: bias and constant noise as one channels_last tensor.
-    shift = bias.reshape(1, -1, 1, 1)
-    if noise is not None and noise_mode == 'const':
-        shift = (shift + noise).contiguous(memory_format=torch.channels_last)
     return dict(layer=layer, weight=weight, styles=styles, out_scale=dcoefs * pre_gain, bias=bias, noise=noise,
-                shift=shift, random_noise=layer.use_noise and noise_mode == 'random', post_gain=act_gain / pre_gain)
+                random_noise=layer.use_noise and noise_mode == 'random', post_gain=act_gain / pre_gain)
 
 
 def _torgb_params(torgb, w):
@@ -269,7 +265,12 @@ def _modulated_layer(p, x, samples):
         if noise is not None:
             x.add_(noise)
     else:
-        x = x.mul_(out_scale.reshape(num, -1, 1, 1)).add_(p['shift'])
+        # Bias and constant noise as one channels_last tensor (one broadcast NCHW operand would make the
+        # channels_last pass strided and slow).
+        shift = p['bias'].reshape(1, -1, 1, 1)
+        if noise is not None and not p['random_noise']:
+            shift = (shift + noise).contiguous(memory_format=torch.channels_last)
+        x = x.mul_(out_scale.reshape(num, -1, 1, 1)).add_(shift)
         if p['random_noise']:
             x = x.add_(noise)
     spec = activation_funcs[layer.activation]
