@@ -164,13 +164,26 @@ def _per_sample_blocks(blocks, params, x, num):
     return outputs
 
 
+# What the fast path reads of a block's layers (ours and NVlabs' classes alike).
+_LAYER_ATTRS = ('affine', 'weight', 'bias', 'up', 'padding', 'resolution', 'activation', 'act_gain', 'conv_clamp',
+                'use_noise', 'resample_filter')
+
+
 def _fast_block(block):
-    """Whether :func:`_cpu_synthesis` covers this block: float32 on the CPU, 'orig' or 'skip', odd kernels."""
+    """Whether :func:`_cpu_synthesis` covers this block: float32 on the CPU, 'orig' or 'skip', odd kernels,
+    every attribute it reads."""
+    if not all(hasattr(block, name) for name in ('use_fp16', 'architecture', 'in_channels', 'conv1', 'is_last',
+                                                  'resample_filter')):
+        return False
     float32 = not block.use_fp16 or hasattr(block, 'fused_modconv_default')  # StyleGAN3-repository code: fp32 on CPU.
-    layers = ([block.conv0] if block.in_channels != 0 else []) + [block.conv1]
+    layers = ([getattr(block, 'conv0', None)] if block.in_channels != 0 else []) + [block.conv1]
+    if not all(layer is not None and all(hasattr(layer, name) for name in _LAYER_ATTRS) for layer in layers):
+        return False
+    torgb = getattr(block, 'torgb', None)
     return (float32 and block.architecture in ('orig', 'skip')
             and all(layer.weight.shape[-1] % 2 == 1 and layer.activation in activation_funcs for layer in layers)
-            and (not hasattr(block, 'torgb') or tuple(block.torgb.weight.shape[2:]) == (1, 1)))
+            and (torgb is None or (tuple(torgb.weight.shape[2:]) == (1, 1) and hasattr(torgb, 'weight_gain')))
+            and (block.in_channels != 0 or hasattr(block, 'const')))
 
 
 # Per layer: its weight laid out for the fast path and its squared norms, for as long as the weight is unchanged.
