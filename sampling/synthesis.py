@@ -88,8 +88,8 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
     * The upsampling convolution is a transposed convolution then a depthwise FIR convolution, both padding
       inside the convolution (no padded copies); the bias rides on the FIR convolution or the convolution, the
       activation gain on the weights; noise, activation and clamp run in place.
-    * ToRGB (1x1) is a matrix product per sample (a 1x1 convolution for one sample); the image, 3 channels,
-      is summed up in batches, its skip upsampling one depthwise transposed convolution.
+    * ToRGB (1x1) is a matrix product per sample (a 1x1 convolution for one sample); the image skip
+      upsampling one transposed convolution over batch x channels.
 
     Networks this does not cover (float16 blocks, the 'resnet' architecture, other kernels) run block by block
     as NVlabs' forward pass, in cache-sized sub-batches (:func:`_cpu_block_synthesis`).
@@ -111,8 +111,7 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
             p['torgb'] = _torgb_params(block.torgb, block_ws[len(layers)])
         params.append(p)
 
-    # Small blocks as one batch, the rest one sample at a time; the image (3 channels, cheap) is summed up in
-    # batches afterwards, out of the per-sample loop.
+    # Small blocks as one batch, the rest one sample at a time.
     x = img = None
     split = len(blocks)
     for index, block in enumerate(blocks):
@@ -121,47 +120,45 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
             break
         x, rgb = _fast_block_forward(block, params[index], x, slice(0, num))
         img = _add_rgb(block, params[index], img, rgb)
-    rgbs = _per_sample_blocks(blocks[split:], params[split:], x, num)
-    for block, p, rgb in zip(blocks[split:], params[split:], rgbs):
-        img = _add_rgb(block, p, img, rgb)
-    return img.contiguous()
+    if split == len(blocks):
+        return img.contiguous()
+    images = torch.empty([num, blocks[-1].img_channels, blocks[-1].resolution, blocks[-1].resolution],
+                         dtype=torch.float32, device=ws.device)
+    _per_sample_blocks(blocks[split:], params[split:], x, img, images)
+    return images
 
 
-def _per_sample_blocks(blocks, params, x, num):
-    """Run ``blocks`` one sample at a time, depth first: ToRGB's outputs of every block, each [num, C, H, W].
+def _per_sample_blocks(blocks, params, x, img, images):
+    """Run ``blocks`` one sample at a time, depth first, from the activations ``x`` and image ``img`` of the
+    blocks before (None for none); write the final images into ``images`` [N, C, H, W].
 
     With T > 1 torch threads, T samples run at once, each on one thread: single-threaded operations need no
     synchronisation between threads, which on small per-sample operations costs more than it saves (and much
     more when other processes hold the cores).
     """
     def run(samples):
-        rgbs = [[] for _ in blocks]
         for i in samples:
             xi = None if x is None else x[i:i + 1]
-            for index, (block, p) in enumerate(zip(blocks, params)):
+            imgi = None if img is None else img[i:i + 1]
+            for block, p in zip(blocks, params):
                 xi, rgb = _fast_block_forward(block, p, xi, slice(i, i + 1))
-                rgbs[index].append((i, rgb))
-        return rgbs
+                imgi = _add_rgb(block, p, imgi, rgb)
+            images[i:i + 1] = imgi
 
-    workers = min(torch.get_num_threads(), num)
+    workers = min(torch.get_num_threads(), len(images))
     if workers == 1:
-        parts = [run(range(num))]
-    else:
-        threads = torch.get_num_threads()
+        run(range(len(images)))
+        return
+    threads = torch.get_num_threads()
 
-        def run_single_threaded(samples):
-            torch.set_num_threads(1)  # Per thread (OpenMP) and process-wide; restored below.
-            return run(samples)
-        try:
-            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(run_single_threaded, [range(k, num, workers) for k in range(workers)]))
-        finally:
-            torch.set_num_threads(threads)
-    outputs = []
-    for index in range(len(blocks)):
-        rgb = sorted((item for part in parts for item in part[index]), key=lambda item: item[0])
-        outputs.append(None if rgb[0][1] is None else torch.cat([item[1] for item in rgb]))
-    return outputs
+    def run_single_threaded(samples):
+        torch.set_num_threads(1)  # Per thread (OpenMP) and process-wide; restored below.
+        run(samples)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run_single_threaded, [range(k, len(images), workers) for k in range(workers)]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 # What the fast path reads of a block's layers (ours and NVlabs' classes alike).
