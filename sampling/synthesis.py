@@ -83,8 +83,8 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
     * Styles and demodulation coefficients of every layer computed once for the whole batch.
     * Small blocks run as one batch with the activations scaled around one shared convolution (unfused);
       blocks of at least ``_CPU_BLOCK_BYTES`` per sample run one sample at a time through all of them (depth
-      first, the sample's activations stay in the cache), its styles and demodulation folded into the weights,
-      T samples at once on T torch threads, one thread each (:func:`_per_sample_blocks`).
+      first, the sample's activations stay in the cache), its styles and demodulation folded into the weights.
+    * T torch threads run T slices of the batch at once, each single-threaded (:func:`_on_threads`).
     * The upsampling convolution is a transposed convolution then a depthwise FIR convolution, both padding
       inside the convolution (no padded copies); the bias rides on the FIR convolution or the convolution, the
       activation gain on the weights; noise, activation and clamp run in place.
@@ -111,52 +111,46 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
             p['torgb'] = _torgb_params(block.torgb, block_ws[len(layers)])
         params.append(p)
 
-    # Small blocks as one batch, the rest one sample at a time.
-    x = img = None
-    split = len(blocks)
-    for index, block in enumerate(blocks):
-        if 4 * block.conv1.weight.shape[0] * block.resolution ** 2 >= _CPU_BLOCK_BYTES:
-            split = index
-            break
-        x, rgb = _fast_block_forward(block, params[index], x, slice(0, num))
-        img = _add_rgb(block, params[index], img, rgb)
-    if split == len(blocks):
-        return img.contiguous()
     images = torch.empty([num, blocks[-1].img_channels, blocks[-1].resolution, blocks[-1].resolution],
                          dtype=torch.float32, device=ws.device)
-    _per_sample_blocks(blocks[split:], params[split:], x, img, images)
-    return images
+    split = next((index for index, block in enumerate(blocks)
+                  if 4 * block.conv1.weight.shape[0] * block.resolution ** 2 >= _CPU_BLOCK_BYTES), len(blocks))
 
-
-def _per_sample_blocks(blocks, params, x, img, images):
-    """Run ``blocks`` one sample at a time, depth first, from the activations ``x`` and image ``img`` of the
-    blocks before (None for none); write the final images into ``images`` [N, C, H, W].
-
-    With T > 1 torch threads, T samples run at once, each on one thread: single-threaded operations need no
-    synchronisation between threads, which on small per-sample operations costs more than it saves (and much
-    more when other processes hold the cores).
-    """
     def run(samples):
-        for i in samples:
-            xi = None if x is None else x[i:i + 1]
-            imgi = None if img is None else img[i:i + 1]
-            for block, p in zip(blocks, params):
+        """The samples of one contiguous slice: small blocks as one batch, the rest one sample at a time."""
+        x = img = None
+        for block, p in zip(blocks[:split], params[:split]):
+            x, rgb = _fast_block_forward(block, p, x, samples)
+            img = _add_rgb(block, p, img, rgb)
+        for k, i in enumerate(range(samples.start, samples.stop)):
+            xi = None if x is None else x[k:k + 1]
+            imgi = None if img is None else img[k:k + 1]
+            for block, p in zip(blocks[split:], params[split:]):
                 xi, rgb = _fast_block_forward(block, p, xi, slice(i, i + 1))
                 imgi = _add_rgb(block, p, imgi, rgb)
             images[i:i + 1] = imgi
 
-    workers = min(torch.get_num_threads(), len(images))
-    if workers == 1:
-        run(range(len(images)))
-        return
+    _on_threads(run, num)
+    return images
+
+
+def _on_threads(run, num):
+    """``run(slice)`` over T contiguous slices of ``range(num)`` at once, each on one thread of its own, T the
+    number of torch threads: single-threaded operations need no synchronisation between threads, which costs
+    more than it saves on per-sample operations (and much more when other processes hold the cores)."""
     threads = torch.get_num_threads()
+    workers = min(threads, num)
+    if workers == 1:
+        run(slice(0, num))
+        return
+    bounds = [num * k // workers for k in range(workers + 1)]
 
     def run_single_threaded(samples):
-        torch.set_num_threads(1)  # Per thread (OpenMP) and process-wide; restored below.
+        torch.set_num_threads(1)  # For this thread (OpenMP) and process-wide; restored below.
         run(samples)
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run_single_threaded, [range(k, len(images), workers) for k in range(workers)]))
+            list(pool.map(run_single_threaded, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
     finally:
         torch.set_num_threads(threads)
 
