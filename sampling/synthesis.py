@@ -10,6 +10,7 @@ and ``G.synthesis(ws, noise_mode)``; networks without that split (ProGAN, BigGAN
 """
 
 import concurrent.futures
+import contextlib
 import weakref
 
 import numpy as np
@@ -84,7 +85,8 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
     * Small blocks run as one batch with the activations scaled around one shared convolution (unfused);
       blocks of at least ``_CPU_BLOCK_BYTES`` per sample run one sample at a time through all of them (depth
       first, the sample's activations stay in the cache), its styles and demodulation folded into the weights.
-    * T torch threads run T slices of the batch at once, each single-threaded (:func:`_on_threads`).
+    * T torch threads run T slices of the batch, then T samples, at once, each single-threaded
+      (:func:`_single_threaded_workers`).
     * The upsampling convolution is a transposed convolution then a depthwise FIR convolution, both padding
       inside the convolution (no padded copies); the bias rides on the FIR convolution or the convolution, the
       activation gain on the weights; noise, activation and clamp run in place.
@@ -116,41 +118,46 @@ def _cpu_synthesis(synthesis, ws, noise_mode='const'):
     split = next((index for index, block in enumerate(blocks)
                   if 4 * block.conv1.weight.shape[0] * block.resolution ** 2 >= _CPU_BLOCK_BYTES), len(blocks))
 
-    def run(samples):
-        """The samples of one contiguous slice: small blocks as one batch, the rest one sample at a time."""
+    def run_batch(samples):
+        """The small blocks on a contiguous slice of the batch, as one batch: their activations and image."""
         x = img = None
         for block, p in zip(blocks[:split], params[:split]):
             x, rgb = _fast_block_forward(block, p, x, samples)
             img = _add_rgb(block, p, img, rgb)
-        for k, i in enumerate(range(samples.start, samples.stop)):
-            xi = None if x is None else x[k:k + 1]
-            imgi = None if img is None else img[k:k + 1]
-            for block, p in zip(blocks[split:], params[split:]):
-                xi, rgb = _fast_block_forward(block, p, xi, slice(i, i + 1))
-                imgi = _add_rgb(block, p, imgi, rgb)
-            images[i:i + 1] = imgi
+        return [(i, None if x is None else x[k:k + 1], None if img is None else img[k:k + 1])
+                for k, i in enumerate(range(samples.start, samples.stop))]
 
-    _on_threads(run, num)
+    def run_sample(item):
+        """The large blocks on one sample, depth first; its image into ``images``."""
+        i, x, img = item
+        for block, p in zip(blocks[split:], params[split:]):
+            x, rgb = _fast_block_forward(block, p, x, slice(i, i + 1))
+            img = _add_rgb(block, p, img, rgb)
+        images[i:i + 1] = img
+
+    workers = min(torch.get_num_threads(), num)
+    with _single_threaded_workers(workers) as map_:
+        bounds = [num * k // workers for k in range(workers + 1)]
+        samples = [item for part in map_(run_batch, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+                   for item in part]
+        list(map_(run_sample, samples))
     return images
 
 
-def _on_threads(run, num):
-    """``run(slice)`` over T contiguous slices of ``range(num)`` at once, each on one thread of its own, T the
-    number of torch threads: single-threaded operations need no synchronisation between threads, which costs
-    more than it saves on per-sample operations (and much more when other processes hold the cores)."""
-    threads = torch.get_num_threads()
-    workers = min(threads, num)
-    if workers == 1:
-        run(slice(0, num))
+@contextlib.contextmanager
+def _single_threaded_workers(workers):
+    """A ``map`` that runs its calls on ``workers`` threads at once, each single-threaded in torch (the builtin
+    map for one worker). Single-threaded operations need no synchronisation between threads, which costs more
+    than it saves on per-sample operations, and much more when other processes hold the cores."""
+    if workers <= 1:
+        yield map
         return
-    bounds = [num * k // workers for k in range(workers + 1)]
-
-    def run_single_threaded(samples):
-        torch.set_num_threads(1)  # For this thread (OpenMP) and process-wide; restored below.
-        run(samples)
+    threads = torch.get_num_threads()
     try:
-        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run_single_threaded, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+        # set_num_threads sets OpenMP's count for the calling thread (and torch's count process-wide).
+        with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
+                                                   initargs=(1,)) as pool:
+            yield pool.map
     finally:
         torch.set_num_threads(threads)
 
