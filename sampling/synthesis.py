@@ -57,6 +57,9 @@ def set_input_transform(G, translate=(0, 0), angle=0):
 # sample (depth first), so that a sample's activations stay in the cache; smaller blocks run as one batch.
 _CPU_BLOCK_BYTES = 4 << 20
 
+# NVlabs' blocks (networks the fast path does not cover) run in sub-batches of activations up to this size.
+_CPU_SUB_BATCH_BYTES = 16 << 20
+
 # Activations whose gain can move into the convolution's weights: act(g * x) = g * act(x) for g > 0.
 _HOMOGENEOUS = {'linear', 'relu', 'lrelu'}
 
@@ -171,7 +174,7 @@ def _fast_block(block):
     """Whether :func:`_cpu_synthesis` covers this block: float32 on the CPU, 'orig' or 'skip', odd kernels,
     every attribute it reads."""
     if not all(hasattr(block, name) for name in ('use_fp16', 'architecture', 'in_channels', 'conv1', 'is_last',
-                                                  'resample_filter')):
+                                                  'resample_filter', 'num_conv', 'num_torgb', 'img_channels')):
         return False
     float32 = not block.use_fp16 or hasattr(block, 'fused_modconv_default')  # StyleGAN3-repository code: fp32 on CPU.
     layers = ([getattr(block, 'conv0', None)] if block.in_channels != 0 else []) + [block.conv1]
@@ -311,7 +314,7 @@ def _torgb(p, x, samples):
 
 
 def _cpu_block_synthesis(synthesis, ws, **block_kwargs):
-    """NVlabs' blocks one after the other, each in sub-batches whose activations fit the cache (16 MiB).
+    """NVlabs' blocks one after the other, each in sub-batches whose activations fit the cache.
 
     The same blocks and arguments as NVlabs' SynthesisNetwork.forward; small blocks run as one unfused batch,
     large ones a few samples at a time (one sample: NVlabs' fused path, the fastest for a single image).
@@ -324,7 +327,7 @@ def _cpu_block_synthesis(synthesis, ws, **block_kwargs):
         block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
         w_idx += block.num_conv
         sample_bytes = 4 * block.conv1.weight.shape[0] * res * res
-        step = max(1, (16 << 20) // sample_bytes)
+        step = max(1, _CPU_SUB_BATCH_BYTES // sample_bytes)
         if step >= len(ws):
             x, img = block(x, img, block_ws, fused_modconv=False, **block_kwargs)
             continue

@@ -89,7 +89,8 @@ def test_fast_path_matches_per_seed_synthesis(monkeypatch, res, block_bytes):
 
 
 @pytest.mark.parametrize('kwargs', [dict(architecture='orig'), dict(conv_clamp=0.3), dict(activation='relu'),
-                                    dict(activation='swish'), dict(resample_filter=[1, 2, 1])])
+                                    dict(activation='swish'), dict(resample_filter=[1, 2, 1]),
+                                    dict(num_fp16_res=2)])  # StyleGAN3-repository networks: float32 on the CPU.
 @pytest.mark.parametrize('block_bytes', [1, 1 << 40])
 def test_fast_path_variants_match_per_seed_synthesis(monkeypatch, kwargs, block_bytes):
     # conv_clamp=0.3 clamps most activations: the clamp runs after the activation gain, as in NVlabs.
