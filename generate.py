@@ -44,8 +44,8 @@ from sampling.synthesis import has_mapping, load_projected_w, set_input_transfor
 @click.option('--grid', is_flag=True, help='Also write all images as one grid, grid.png')
 @cli.pickle_code_option
 @click.option('--exact-nvlabs', is_flag=True, help="Run NVlabs' forward pass as it is, for bit-level comparisons. By "
-              'default a StyleGAN2 batch on the CPU runs faster: unfused modulated convolutions (fused_modconv=False) '
-              'and large blocks a few images at a time, which rounds differently (uint8 within 1)')
+              'default a StyleGAN2 batch on the CPU runs faster on a path of its own (channels_last, large blocks '
+              'one image at a time), which rounds differently (uint8 within 1)')
 def main(network_pkl, seeds, truncation_psi, class_idx, truncnorm, noise_mode, projected_w, translate, rotate, outdir,
          batch_size, device, grid, allow_pickle_code, exact_nvlabs):
     if projected_w is None and seeds is None:

@@ -3,7 +3,8 @@
 Three methods, interleaved on the same seeds in every repeat:
   * per-seed loop: NVlabs' generate.py, one float64 z per forward pass, NVlabs' modulated convolution;
   * batched, NVlabs' mode: our batches with NVlabs' choice of path (generate.py --exact-nvlabs);
-  * batched, ours: our batches with the path chosen for the device and batch (generate.py's default).
+  * batched, ours: our batches with the path chosen for the device and batch (generate.py's default; on the
+    CPU sampling.synthesis._cpu_synthesis, whose large blocks run one image per torch thread).
 
     python benchmarks/bench_generate.py                          # 64 and 256 px StyleGAN2, 16 seeds, batch 16
     python benchmarks/bench_generate.py --res 256 --num 32 --device cuda --batch 32

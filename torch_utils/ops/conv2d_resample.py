@@ -1,7 +1,9 @@
 """2-D convolution with optional FIR-filtered up/downsampling, evaluated along the cheapest exact path."""
 
+import torch.nn.functional as F
+
 from . import conv2d_gradfix
-from .upfirdn2d import _get_filter_size, _parse_padding, upfirdn2d
+from .upfirdn2d import _get_filter_size, _parse_padding, filter2d_padded_fast, upfirdn2d
 
 
 def _conv2d_wrapper(x, w, stride=1, padding=0, groups=1, transpose=False, flip_weight=True):
@@ -89,3 +91,31 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0, groups=1, flip_weight
     if down > 1:
         x = upfirdn2d(x=x, f=f, down=down, flip_filter=flip_filter)
     return x
+
+
+def conv2d_upsample_fast(x, w, f, up=2, padding=0, flip_weight=False, bias=None):
+    """``conv2d_resample(x, w, f, up=up, padding=padding, flip_weight=flip_weight)`` plus a per-channel ``bias``,
+    for inference (groups=1, no downsampling, a kernel larger than 1x1).
+
+    The same strided transposed convolution and filter as conv2d_resample, but both keep x's memory format
+    (channels_last is several times faster on the CPU), the filter's padding happens inside its convolution
+    rather than in a padded copy, and the bias is added by the filter's convolution. Float32 rounding may
+    differ from conv2d_resample's; NVlabs' networks do not use this.
+    """
+    assert x.ndim == 4 and w.ndim == 4 and w.dtype == x.dtype and isinstance(up, int) and up > 1
+    out_channels, in_channels, kh, kw = w.shape
+    assert kh > 1 or kw > 1
+    fw, fh = _get_filter_size(f)
+    px0, px1, py0, py1 = _parse_padding(padding)
+    px0 += (fw + up - 1) // 2 - (kw - 1)
+    px1 += (fw - up) // 2 - (kw - up)
+    py0 += (fh + up - 1) // 2 - (kh - 1)
+    py1 += (fh - up) // 2 - (kh - up)
+    pxt = max(min(-px0, -px1), 0)
+    pyt = max(min(-py0, -py1), 0)
+    w = w.transpose(0, 1)
+    if flip_weight:  # conv2d_resample flips for a transposed convolution exactly when the caller did not.
+        w = w.flip([2, 3])
+    x = F.conv_transpose2d(x, w, stride=up, padding=[pyt, pxt])
+    return filter2d_padded_fast(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up ** 2,
+                                bias=bias)

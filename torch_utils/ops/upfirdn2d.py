@@ -134,3 +134,55 @@ def downsample2d(x, f, down=2, padding=0, flip_filter=False, gain=1, impl='cuda'
     p = [padx0 + (fw - downx + 1) // 2, padx1 + (fw - downx) // 2,
          pady0 + (fh - downy + 1) // 2, pady1 + (fh - downy) // 2]
     return upfirdn2d(x, f, down=down, padding=p, flip_filter=flip_filter, gain=gain, impl=impl)
+
+
+# ----------------------------------------------------------------------------
+# Inference fast paths (sampling.synthesis on the CPU). The same mathematics as upfirdn2d, evaluated as one
+# convolution that keeps the input's memory format (channels_last runs several times faster on the CPU) and
+# needs no padded copy; float32 rounding may differ from upfirdn2d. NVlabs' networks do not use them.
+
+def _filter_2d(f, gain, dtype, device):
+    """``f`` as a 2-D filter times ``gain``: a 1-D (separable) filter becomes its outer product, which upfirdn2d
+    applies as two 1-D passes of ``f * gain ** 0.5``."""
+    f = torch.outer(f, f) if f.ndim == 1 else f
+    return (f * gain).to(device=device, dtype=dtype)
+
+
+def filter2d_padded_fast(x, f, padding, gain=1, flip_filter=False, bias=None):
+    """``upfirdn2d(x, f, padding=padding, gain=gain, flip_filter=flip_filter)`` (no resampling) plus an optional
+    per-channel ``bias`` [C], added by the same depthwise convolution."""
+    num_channels = x.shape[1]
+    padx0, padx1, pady0, pady1 = _parse_padding(padding)
+    f = _filter_2d(f, gain, x.dtype, x.device)
+    if not flip_filter:
+        f = f.flip([0, 1])
+    weight = f[np.newaxis, np.newaxis].expand(num_channels, 1, *f.shape)
+    weight = weight.contiguous(memory_format=torch.channels_last if x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format)
+    if padx0 == padx1 and pady0 == pady1 and padx0 >= 0 and pady0 >= 0:
+        return F.conv2d(x, weight, bias, padding=[pady0, padx0], groups=num_channels)
+    x = F.pad(x, [padx0, padx1, pady0, pady1])  # Negative padding crops.
+    return F.conv2d(x, weight, bias, groups=num_channels)
+
+
+def upsample2d_fast(x, f, up=2):
+    """``upsample2d(x, f, up)`` as one depthwise transposed convolution with stride ``up``: zero insertion
+    followed by the filter is what a transposed convolution computes."""
+    upx, upy = _parse_scaling(up)
+    batch_size, num_channels, in_height, in_width = x.shape
+    f = _filter_2d(f, upx * upy, x.dtype, x.device)
+    fh, fw = f.shape
+    # upsample2d pads the zero-inserted image by (f + up - 1) // 2 in front; a transposed convolution with
+    # padding p starts f - 1 - p taps in front of the first input pixel.
+    px, py = fw - 1 - (fw + upx - 1) // 2, fh - 1 - (fh + upy - 1) // 2
+    # Every channel of every image as an image of one channel: one filter, no grouped convolution (which the
+    # CPU runs several times slower).
+    x = x.reshape(batch_size * num_channels, 1, in_height, in_width)
+    x = F.conv_transpose2d(x, f[np.newaxis, np.newaxis], stride=[upy, upx], padding=[max(py, 0), max(px, 0)])
+    x = x.reshape(batch_size, num_channels, *x.shape[2:])
+    # A negative p is zeros in front; then crop (or pad) to the upsampled size.
+    left, top = max(-px, 0), max(-py, 0)
+    right, bottom = in_width * upx - x.shape[3] - left, in_height * upy - x.shape[2] - top
+    if left or top or right or bottom:
+        x = F.pad(x, [left, right, top, bottom])
+    return x
