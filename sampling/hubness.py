@@ -90,6 +90,15 @@ def _full_float32_matmul():
 # ----------------------------------------------------------------------------
 # float32 candidate search.
 
+class _TileBuffer(threading.local):
+    """One reusable CPU tile per worker thread: a fresh multi-megabyte array per tile would pay page faults."""
+
+    def get(self, rows, cols):
+        if getattr(self, 'flat', None) is None or self.flat.size < rows * cols:
+            self.flat = np.empty(rows * cols, dtype=np.float32)
+        return self.flat[: rows * cols].reshape(rows, cols)
+
+
 class _Augmented:
     """Squared distances from one GEMM: a_i . b_j = |x_i - x_j|^2 with a_i = [x_i, |x_i|^2, 1], b_j = [-2 x_j, 1, |x_j|^2].
 
@@ -106,6 +115,7 @@ class _Augmented:
             self.b[i0 : i0 + block_size, dim + 1] = (xb * xb).sum(dim=1)
         self.b[:, dim] = 1
         _check_float32_norms(x, self.b[:, dim + 1])
+        self._buffer = _TileBuffer()
 
     def lhs(self, i0, i1):
         b = self.b[i0:i1]
@@ -115,126 +125,174 @@ class _Augmented:
         a[:, self.dim + 1] = 1
         return a
 
-    def rhs(self, j0, j1):
-        return self.b[j0:j1]
+    def tile(self, i0, i1, j0, j1):
+        """Squared distances of points i0 .. i1-1 (rows) to points j0 .. j1-1 (columns), float32.
+
+        On the CPU numpy's BLAS does the product, into the calling thread's buffer (valid until its next tile):
+        the OpenBLAS of numpy's wheels ran 1.1-1.6x faster than torch.mm on these shapes. Both are IEEE float32
+        products, so the error bound of :func:`_decide` holds for either.
+        """
+        lhs, rhs = self.lhs(i0, i1), self.b[j0:j1]
+        if lhs.device.type != 'cpu':
+            return torch.mm(lhs, rhs.T)
+        out = self._buffer.get(i1 - i0, j1 - j0)
+        np.matmul(lhs.numpy(), rhs.numpy().T, out=out)
+        return torch.from_numpy(out)
 
 
-def _tile(lhs, rhs):
-    """``lhs @ rhs.T``: a tile of squared distances.
+class _DenseTopK:
+    """Running lists of the `width` smallest float32 distances of each point, by a dense top-k per tile.
 
-    On the CPU numpy's BLAS does the product: with the OpenBLAS that numpy wheels ship it ran at 70-75 GFLOP/s
-    per core on an AVX2 EPYC, against 42-45 for torch.mm (oneDNN/MKL) on the same tiles. Both are IEEE float32
-    products, so the error bound of :func:`_decide` holds for either.
-    """
-    if lhs.device.type == 'cpu':
-        return torch.from_numpy(np.matmul(lhs.numpy(), rhs.numpy().T))
-    return torch.mm(lhs, rhs.T)
-
-
-# Selection works on groups of consecutive tile entries: one cheap min-reduction per group finds the few groups
-# that can hold a new candidate, and only those are inspected element by element. Groups run along the stored
-# rows for row owners and down the stored columns for column owners; the sizes are the fastest measured on CPU
-# for each memory layout.
-_GROUP_ALONG_ROWS = 32
-_GROUP_DOWN_COLS = 8
-
-
-class _RunningTopK:
-    """Per-point running list of the `width` smallest float32 distances seen so far, sorted ascending.
-
-    On the CPU, once a row's list is full only tile entries below its current worst can enter, and after the
-    first few tiles those are rare: extracting them is far cheaper than a top-k pass over the tile. On other
-    devices a dense top-k is cheap and avoids host synchronisation, so it is always used there.
-
-    Several threads may update it at once: each row block (keyed by its first row) has a lock, held only to
-    read the thresholds and to merge, not while a tile is scanned.
+    For GPUs, where a top-k over a whole tile is cheap and screening entries one by one would need host
+    synchronisation. Each row block (keyed by its first row) has a lock, held only while merging.
     """
 
-    def __init__(self, num_rows, width, device, sparse, block_starts):
+    def __init__(self, num_rows, width, block_starts, device):
         self.dist = torch.full([num_rows, width], math.inf, dtype=torch.float32, device=device)
         self.index = torch.full([num_rows, width], -1, dtype=torch.int64, device=device)
         self.width = width
-        self.sparse = sparse
         self._locks = {r0: threading.Lock() for r0 in block_starts}
 
     def update(self, r0, r1, tile, col0, transposed=False):
         """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
-        dist, index = self.dist[r0:r1], self.index[r0:r1]
-        with self._locks[r0]:
-            thr = dist[:, -1].clone()
         dim = 0 if transposed else 1
-        if self.sparse and bool(torch.isfinite(thr).all()):
-            owner, nbr, values = _entries_below(tile, thr, transposed)
-            if owner.numel() == 0:
-                return
-            new_dist, new_index = _pack_rows(owner, nbr + col0, values, r1 - r0)
-        else:
-            new_dist, pos = tile.topk(min(self.width, tile.shape[dim]), dim=dim, largest=False, sorted=False)
-            new_index = pos + col0
-            if transposed:
-                new_dist, new_index = new_dist.T, new_index.T
+        new_dist, pos = tile.topk(min(self.width, tile.shape[dim]), dim=dim, largest=False, sorted=False)
+        new_index = pos + col0
+        if transposed:
+            new_dist, new_index = new_dist.T, new_index.T
+        dist, index = self.dist[r0:r1], self.index[r0:r1]
         with self._locks[r0]:
             all_dist = torch.cat([dist, new_dist], dim=1)
             all_index = torch.cat([index, new_index], dim=1)
-            top_dist, pos = all_dist.topk(self.width, dim=1, largest=False, sorted=True)
+            top_dist, pos = all_dist.topk(self.width, dim=1, largest=False, sorted=False)
             dist.copy_(top_dist)
             index.copy_(all_index.gather(1, pos))
 
+    def result(self):
+        """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
+        dist, pos = self.dist.sort(dim=1)
+        return dist, self.index.gather(1, pos)
 
-def _entries_below(tile, thr, transposed):
-    """All entries below their owner's threshold, as (owner, neighbour, value).
 
-    Row-wise: owner i, neighbour j for tile[i, j] < thr[i]. Transposed: owner j, neighbour i for
-    tile[i, j] < thr[j].
+# A tile is screened by groups of _GROUP neighbours of one owner (a row, or a column for the mirrored pairs): one
+# min-reduction over the tile, a few per cent of the GEMM's time, rejects every group whose minimum is above the
+# owner's bar, and only the few groups left are read element by element. A group is strided (neighbours q,
+# q + n/16, q + 2n/16, ...) so that the reduction runs over whole contiguous rows of the tile, the fastest layout
+# for both row and column owners.
+_GROUP = 16
+
+
+class _SparseTopK:
+    """Running lists of the `width` smallest float32 distances of each point, by screening (CPU).
+
+    Each point has a bar, the largest distance in its list (inf until the list is full): only tile entries at or
+    below it can enter, and once a few tiles are in, those are a small fraction of a per cent of the tile. A
+    tile is screened against a copy of its owners' bars and its survivors are merged under the owners' block
+    lock; bars only fall, so a stale copy lets a few extra entries through, never loses one. Lists are kept
+    unordered until :meth:`result`. The `width` smallest float32 values are found exactly; which of several
+    entries equal to the width-th gets the last place does not matter to :func:`_decide`.
     """
-    if transposed:
-        return _entries_below_down_cols(tile, thr)
-    group = _GROUP_ALONG_ROWS
-    full = tile.shape[1] - tile.shape[1] % group
-    owners, nbrs, values = [], [], []
-    if full:
-        groups = tile[:, :full].unflatten(1, (full // group, group))  # [rows, groups, group]
-        hit_row, hit_group = (groups.amin(2) < thr[:, None]).nonzero(as_tuple=True)
-        vals = groups[hit_row, hit_group]
-        a, b = (vals < thr[hit_row][:, None]).nonzero(as_tuple=True)
-        owners.append(hit_row[a]), nbrs.append(hit_group[a] * group + b), values.append(vals[a, b])
-    if full < tile.shape[1]:
-        rest = tile[:, full:]
-        i, j = (rest < thr[:, None]).nonzero(as_tuple=True)
-        owners.append(i), nbrs.append(j + full), values.append(rest[i, j])
-    return torch.cat(owners), torch.cat(nbrs), torch.cat(values)
+
+    def __init__(self, num_rows, width, block_starts, device=None):
+        self.dist = np.full([num_rows, width], np.inf, dtype=np.float32)
+        self.index = np.full([num_rows, width], -1, dtype=np.int64)
+        self.bar = np.full([num_rows], np.inf, dtype=np.float32)
+        self.width = width
+        self._locks = {r0: threading.Lock() for r0 in block_starts}
+
+    def update(self, r0, r1, tile, col0, transposed=False):
+        """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
+        dist = tile.numpy()
+        with self._locks[r0]:
+            bar = self.bar[r0:r1].copy()
+        owner, nbr, value = _survivors(dist.T if transposed else dist, bar, self.width)
+        if owner.size:
+            self._merge(r0, owner, nbr + col0, value)
+
+    def _merge(self, r0, owner, index, value):
+        rows, slot_row, slot = _slots(owner)
+        width = self.width
+        dist = np.full([rows.size, width + int(slot.max()) + 1], np.inf, dtype=np.float32)
+        idx = np.full(dist.shape, -1, dtype=np.int64)
+        dist[slot_row, width + slot] = value
+        idx[slot_row, width + slot] = index
+        rows += r0
+        with self._locks[r0]:
+            dist[:, :width] = self.dist[rows]
+            idx[:, :width] = self.index[rows]
+            keep = np.argpartition(dist, width - 1, axis=1)[:, :width]
+            kept = np.take_along_axis(dist, keep, 1)
+            self.dist[rows] = kept
+            self.index[rows] = np.take_along_axis(idx, keep, 1)
+            self.bar[rows] = kept.max(axis=1)
+
+    def result(self):
+        """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
+        order = np.argsort(self.dist, axis=1)
+        return (torch.from_numpy(np.take_along_axis(self.dist, order, 1)),
+                torch.from_numpy(np.take_along_axis(self.index, order, 1)))
 
 
-def _entries_below_down_cols(tile, thr):
-    group = _GROUP_DOWN_COLS
-    full = tile.shape[0] - tile.shape[0] % group
-    owners, nbrs, values = [], [], []
-    if full:
-        groups = tile[:full].unflatten(0, (full // group, group))  # [groups, group, cols]
-        hit_group, hit_col = (groups.amin(1) < thr[None, :]).nonzero(as_tuple=True)
-        vals = groups[hit_group, :, hit_col]  # [hits, group]
-        a, b = (vals < thr[hit_col][:, None]).nonzero(as_tuple=True)
-        owners.append(hit_col[a]), nbrs.append(hit_group[a] * group + b), values.append(vals[a, b])
-    if full < tile.shape[0]:
-        rest = tile[full:]
-        i, j = (rest < thr[None, :]).nonzero(as_tuple=True)
-        owners.append(j), nbrs.append(i + full), values.append(rest[i, j])
-    return torch.cat(owners), torch.cat(nbrs), torch.cat(values)
+def _survivors(dist, bar, width):
+    """(owner, neighbour, value) of the finite entries dist[o, j] <= bar[o] of an [owners, n] float32 view.
+
+    Owners whose bar is still inf first get one from the tile itself: the width-th smallest group minimum, as
+    `width` distinct neighbours lie at or below it. Self-distances are inf in the tiles and never survive.
+    """
+    owners, n = dist.shape
+    per = n // _GROUP
+    full = per * _GROUP
+    parts = []
+    if per:
+        s_owner, s_nbr = dist.strides
+        groups = np.lib.stride_tricks.as_strided(dist, (owners, _GROUP, per), (s_owner, per * s_nbr, s_nbr))
+        group_min = _group_minima(groups)
+        bar = _bar_from_group_minima(bar, group_min, width)
+        hit_owner, hit_group = np.nonzero(group_min <= bar[:, None])
+        values = groups[hit_owner, :, hit_group]  # [hits, _GROUP]
+        a, m = np.nonzero(values <= bar[hit_owner, None])
+        parts.append((hit_owner[a], m * per + hit_group[a], values[a, m]))
+    if full < n:  # The last n % _GROUP neighbours, one by one.
+        rest = dist[:, full:]
+        o, j = np.nonzero(rest <= bar[:, None])
+        parts.append((o, j + full, rest[o, j]))
+    owner, nbr, value = (np.concatenate(p) for p in zip(*parts))
+    finite = value < np.inf
+    return owner[finite], nbr[finite], value[finite]
 
 
-def _pack_rows(owner, index, values, num_rows):
-    """Scatter (owner, index, value) triplets into a dense inf-padded [num_rows, max per owner] pair."""
-    order = torch.argsort(owner, stable=True)
-    owner, index, values = owner[order], index[order], values[order]
-    counts = torch.bincount(owner, minlength=num_rows)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(owner.numel(), device=owner.device) - starts[owner]
-    width = int(counts.max())
-    dist = torch.full([num_rows, width], math.inf, dtype=values.dtype, device=values.device)
-    idx = torch.full([num_rows, width], -1, dtype=torch.int64, device=values.device)
-    dist[owner, pos] = values
-    idx[owner, pos] = index
-    return dist, idx
+def _group_minima(groups):
+    """[owners, per] minima over axis 1 of an [owners, _GROUP, per] view, in the layout of the view's storage.
+
+    torch's reduction is the fastest here (0.17 ns an entry, numpy 0.25), as long as the result is laid out like
+    the input: for column owners (owners contiguous) a row-major result made it 35x slower.
+    """
+    t = torch.from_numpy(groups)
+    if t.stride(0) < t.stride(2):
+        return t.permute(2, 1, 0).amin(dim=1).T.numpy()
+    return t.amin(dim=1).numpy()
+
+
+def _bar_from_group_minima(bar, group_min, width):
+    unset = bar == np.inf
+    if group_min.shape[1] < width or not unset.any():
+        return bar
+    bar = bar.copy()
+    bar[unset] = np.partition(group_min[unset], width - 1, axis=1)[:, width - 1]
+    return bar
+
+
+def _slots(owner):
+    """For owner ids (any order): the distinct owners, and for each entry its owner's rank and its slot there."""
+    order = np.argsort(owner, kind='stable')
+    sorted_owner = owner[order]
+    starts = np.flatnonzero(np.diff(sorted_owner, prepend=-1))
+    counts = np.diff(starts, append=owner.size)
+    slot_row = np.empty_like(owner)
+    slot = np.empty_like(owner)
+    slot_row[order] = np.repeat(np.arange(starts.size), counts)
+    slot[order] = np.arange(owner.size) - np.repeat(starts, counts)
+    return sorted_owner[starts], slot_row, slot
 
 
 def _run_tasks(fn, tasks, workers):
@@ -252,43 +310,41 @@ def _run_tasks(fn, tasks, workers):
             future.result()
 
 
-def _candidates_all(aug, num, width, block_size, sparse, workers):
-    """float32 top-`width` lists of every point against all others, one GEMM per block pair (I <= J)."""
+def _candidates_all(aug, num, block_size, top_lists, workers):
+    """float32 top lists of every point against all others, one GEMM per block pair (I <= J)."""
     blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
-    top = _RunningTopK(num, width, aug.b.device, sparse, [i0 for i0, _ in blocks])
+    top = top_lists(num, [i0 for i0, _ in blocks])
 
     def diagonal(block):
         i0, i1 = block
-        tile = _tile(aug.lhs(i0, i1), aug.rhs(i0, i1))
+        tile = aug.tile(i0, i1, i0, i1)
         tile.fill_diagonal_(math.inf)
         top.update(i0, i1, tile, i0)
 
-    def block_row(bi):
-        i0, i1 = blocks[bi]
-        lhs = aug.lhs(i0, i1)
-        for j0, j1 in blocks[bi + 1 :]:
-            tile = _tile(lhs, aug.rhs(j0, j1))
-            top.update(i0, i1, tile, j0)
-            top.update(j0, j1, tile, i0, transposed=True)
+    def pair(task):
+        (i0, i1), (j0, j1) = task
+        tile = aug.tile(i0, i1, j0, j1)
+        top.update(i0, i1, tile, j0)
+        top.update(j0, j1, tile, i0, transposed=True)
 
-    # Diagonal tiles first (dense selection), so that every row has a finite threshold before the
-    # off-diagonal tiles, where only the few entries below it are extracted. Longest block rows first.
+    # Diagonal tiles first: every point then has a full list, hence a finite bar, before the other tiles.
+    # Pairs by increasing distance from the diagonal, so that every block is refined at the same pace.
     _run_tasks(diagonal, blocks, workers)
-    _run_tasks(block_row, list(range(len(blocks) - 1)), workers)
-    return top.dist, top.index
+    pairs = [(blocks[bi], blocks[bi + gap]) for gap in range(1, len(blocks)) for bi in range(len(blocks) - gap)]
+    _run_tasks(pair, pairs, workers)
+    return top.result()
 
 
-def _candidates_rows(aug, num, r0, r1, width, block_size, sparse, workers):
-    """float32 top-`width` lists of rows r0 .. r1-1 against all points (no symmetry: used per rank)."""
+def _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers):
+    """float32 top lists of rows r0 .. r1-1 against all points (no symmetry: used per rank)."""
     blocks = [(i0, min(i0 + block_size, r1)) for i0 in range(r0, r1, block_size)]
-    top = _RunningTopK(r1 - r0, width, aug.b.device, sparse, [i0 - r0 for i0, _ in blocks])
+    top = top_lists(r1 - r0, [i0 - r0 for i0, _ in blocks])
 
     def block_row(block):
         i0, i1 = block
-        lhs = aug.lhs(i0, i1)
         for j0 in range(0, num, block_size):
             j1 = min(j0 + block_size, num)
-            tile = _tile(lhs, aug.rhs(j0, j1))
+            tile = aug.tile(i0, i1, j0, j1)
             lo, hi = max(i0, j0), min(i1, j1)
             if lo < hi:  # Exclude self.
                 diag = torch.arange(lo, hi, device=tile.device)
@@ -296,7 +352,7 @@ def _candidates_rows(aug, num, r0, r1, width, block_size, sparse, workers):
             top.update(i0 - r0, i1 - r0, tile, j0)
 
     _run_tasks(block_row, blocks, workers)
-    return top.dist, top.index
+    return top.result()
 
 
 def _candidates_faiss(x, width):
@@ -413,8 +469,11 @@ def _decide(x, norms, rows, cand_dist, cand_index, k, chunk=8192):
 
 # ----------------------------------------------------------------------------
 
-def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
-    """Exact k-NN index sets (self excluded) of x[rows] (default: all rows): LongTensor [R, k], unordered."""
+def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch', dense_selection=None):
+    """Exact k-NN index sets (self excluded) of x[rows] (default: all rows): LongTensor [R, k], unordered.
+
+    dense_selection: dense top-k per tile (default on GPUs) instead of screening (default on the CPU).
+    """
     num, dim = x.shape
     device = torch.device(device) if device is not None else x.device
     if block_size is None:
@@ -438,11 +497,14 @@ def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch'):
         with _full_float32_matmul(), _threads_per_operation(1 if device.type == 'cpu' else None):
             aug = _Augmented(x, device, block_size)
             norms = _norm_bounds(aug.b[:, dim + 1], dim).to(exact_device)
-            sparse = device.type == 'cpu'  # On GPUs a dense top-k is cheap and avoids host syncs.
+            if dense_selection is None:
+                dense_selection = device.type != 'cpu'
+            kind = _DenseTopK if dense_selection else _SparseTopK
+            top_lists = lambda num_rows, block_starts: kind(num_rows, width, block_starts, device)  # noqa: E731
             if rows is None:
-                cand_dist, cand_index = _candidates_all(aug, num, width, block_size, sparse, workers)
+                cand_dist, cand_index = _candidates_all(aug, num, block_size, top_lists, workers)
             else:
-                cand_dist, cand_index = _candidates_rows(aug, num, r0, r1, width, block_size, sparse, workers)
+                cand_dist, cand_index = _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers)
             del aug
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'faiss'")

@@ -182,6 +182,19 @@ def test_near_ties_below_float32_resolution():
         assert np.array_equal(k_occurrence(x, k).numpy(), reference_counts(x, k))
 
 
+@pytest.mark.parametrize('dense_selection', [False, True])
+def test_both_selections_give_the_reference_sets(dense_selection):
+    # Screening (the CPU default) and the dense top-k per tile (the GPU default, run here on the CPU), with
+    # duplicates, a last block not a multiple of the screening group, and the per-rank row range.
+    base = np.random.RandomState(21).randn(230, 20).astype(np.float32)
+    x = np.concatenate([base, base[:30]])
+    expected = np.sort(reference_neighbors(x, 5), axis=1)
+    got = H._neighbors(torch.from_numpy(x), 5, block_size=96, dense_selection=dense_selection)
+    assert np.array_equal(np.sort(got.numpy(), axis=1), expected)
+    got = H._neighbors(torch.from_numpy(x), 5, rows=(50, 190), block_size=64, dense_selection=dense_selection)
+    assert np.array_equal(np.sort(got.numpy(), axis=1), expected[50:190])
+
+
 def test_k_nearest_neighbors_sets():
     x = np.random.RandomState(11).randn(500, 30)
     got = np.sort(k_nearest_neighbors(x, 6, block_size=128).numpy(), axis=1)
