@@ -91,7 +91,7 @@ def _full_float32_matmul():
 # float32 candidate search.
 
 class _TileBuffer(threading.local):
-    """One reusable CPU tile per worker thread: a fresh multi-megabyte array per tile would pay page faults."""
+    """One reusable CPU array per worker thread: a fresh multi-megabyte array per tile would pay page faults."""
 
     def get(self, rows, cols):
         if getattr(self, 'flat', None) is None or self.flat.size < rows * cols:
@@ -115,12 +115,13 @@ class _Augmented:
             self.b[i0 : i0 + block_size, dim + 1] = (xb * xb).sum(dim=1)
         self.b[:, dim] = 1
         _check_float32_norms(x, self.b[:, dim + 1])
-        self._buffer = _TileBuffer()
+        self._lhs_buffer, self._tile_buffer = _TileBuffer(), _TileBuffer()
 
-    def lhs(self, i0, i1):
+    def lhs(self, i0, i1, out=None):
+        """Rows i0 .. i1-1 of a, into `out` if given."""
         b = self.b[i0:i1]
-        a = torch.empty_like(b)
-        a[:, : self.dim] = b[:, : self.dim] * -0.5
+        a = torch.empty_like(b) if out is None else out
+        torch.mul(b[:, : self.dim], -0.5, out=a[:, : self.dim])
         a[:, self.dim] = b[:, self.dim + 1]
         a[:, self.dim + 1] = 1
         return a
@@ -128,14 +129,15 @@ class _Augmented:
     def tile(self, i0, i1, j0, j1):
         """Squared distances of points i0 .. i1-1 (rows) to points j0 .. j1-1 (columns), float32.
 
-        On the CPU numpy's BLAS does the product, into the calling thread's buffer (valid until its next tile):
+        On the CPU numpy's BLAS does the product, into buffers of the calling thread (valid until its next tile):
         the OpenBLAS of numpy's wheels ran 1.1-1.6x faster than torch.mm on these shapes. Both are IEEE float32
         products, so the error bound of :func:`_decide` holds for either.
         """
-        lhs, rhs = self.lhs(i0, i1), self.b[j0:j1]
-        if lhs.device.type != 'cpu':
-            return torch.mm(lhs, rhs.T)
-        out = self._buffer.get(i1 - i0, j1 - j0)
+        rhs = self.b[j0:j1]
+        if rhs.device.type != 'cpu':
+            return torch.mm(self.lhs(i0, i1), rhs.T)
+        lhs = self.lhs(i0, i1, out=torch.from_numpy(self._lhs_buffer.get(i1 - i0, self.dim + 2)))
+        out = self._tile_buffer.get(i1 - i0, j1 - j0)
         np.matmul(lhs.numpy(), rhs.numpy().T, out=out)
         return torch.from_numpy(out)
 
@@ -207,24 +209,27 @@ class _SparseTopK:
             bar = self.bar[r0:r1].copy()
         owner, nbr, value = _survivors(dist.T if transposed else dist, bar, self.width)
         if owner.size:
-            self._merge(r0, owner, nbr + col0, value)
+            self._merge(r0, r1, owner, nbr + col0, value)
 
-    def _merge(self, r0, owner, index, value):
-        rows, slot_row, slot = _slots(owner)
-        width = self.width
-        dist = np.full([rows.size, width + int(slot.max()) + 1], np.inf, dtype=np.float32)
+    def _merge(self, r0, r1, owner, index, value):
+        """Merge candidates (owner relative to r0) into the lists of the whole block: slices, not row gathers."""
+        if np.any(owner[1:] < owner[:-1]):  # Usually sorted already (row-major screening).
+            order = np.argsort(owner, kind='stable')
+            owner, index, value = owner[order], index[order], value[order]
+        counts = np.bincount(owner, minlength=r1 - r0)
+        slot = self.width + np.arange(owner.size) - (np.cumsum(counts) - counts)[owner]
+        dist = np.full([r1 - r0, self.width + int(counts.max())], np.inf, dtype=np.float32)
         idx = np.full(dist.shape, -1, dtype=np.int64)
-        dist[slot_row, width + slot] = value
-        idx[slot_row, width + slot] = index
-        rows += r0
+        dist[owner, slot] = value
+        idx[owner, slot] = index
         with self._locks[r0]:
-            dist[:, :width] = self.dist[rows]
-            idx[:, :width] = self.index[rows]
-            keep = np.argpartition(dist, width - 1, axis=1)[:, :width]
+            dist[:, : self.width] = self.dist[r0:r1]
+            idx[:, : self.width] = self.index[r0:r1]
+            keep = np.argpartition(dist, self.width - 1, axis=1)[:, : self.width]
             kept = np.take_along_axis(dist, keep, 1)
-            self.dist[rows] = kept
-            self.index[rows] = np.take_along_axis(idx, keep, 1)
-            self.bar[rows] = kept.max(axis=1)
+            self.dist[r0:r1] = kept
+            self.index[r0:r1] = np.take_along_axis(idx, keep, 1)
+            self.bar[r0:r1] = kept.max(axis=1)
 
     def result(self):
         """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
@@ -248,17 +253,21 @@ def _survivors(dist, bar, width):
         groups = np.lib.stride_tricks.as_strided(dist, (owners, _GROUP, per), (s_owner, per * s_nbr, s_nbr))
         group_min = _group_minima(groups)
         bar = _bar_from_group_minima(bar, group_min, width)
-        hit_owner, hit_group = np.nonzero(group_min <= bar[:, None])
-        values = groups[hit_owner, :, hit_group]  # [hits, _GROUP]
-        a, m = np.nonzero(values <= bar[hit_owner, None])
-        parts.append((hit_owner[a], m * per + hit_group[a], values[a, m]))
+        # Flat indices and divmod: 1.5-2x faster than numpy's 2-D nonzero.
+        hit_owner, hit_group = np.divmod(np.flatnonzero(group_min <= bar[:, None]), per)
+        values = groups[hit_owner, :, hit_group]  # [hits, _GROUP], a fresh array
+        flat = np.flatnonzero(values <= bar[hit_owner, None])
+        a, m = np.divmod(flat, _GROUP)
+        parts.append((hit_owner[a], m * per + hit_group[a], values.ravel()[flat]))
     if full < n:  # The last n % _GROUP neighbours, one by one.
         rest = dist[:, full:]
         o, j = np.nonzero(rest <= bar[:, None])
         parts.append((o, j + full, rest[o, j]))
-    owner, nbr, value = (np.concatenate(p) for p in zip(*parts))
-    finite = value < np.inf
-    return owner[finite], nbr[finite], value[finite]
+    owner, nbr, value = parts[0] if len(parts) == 1 else (np.concatenate(p) for p in zip(*parts))
+    if np.isinf(bar).any():  # Only then can inf (self) pass the bar.
+        finite = value < np.inf
+        owner, nbr, value = owner[finite], nbr[finite], value[finite]
+    return owner, nbr, value
 
 
 def _group_minima(groups):
@@ -280,19 +289,6 @@ def _bar_from_group_minima(bar, group_min, width):
     bar = bar.copy()
     bar[unset] = np.partition(group_min[unset], width - 1, axis=1)[:, width - 1]
     return bar
-
-
-def _slots(owner):
-    """For owner ids (any order): the distinct owners, and for each entry its owner's rank and its slot there."""
-    order = np.argsort(owner, kind='stable')
-    sorted_owner = owner[order]
-    starts = np.flatnonzero(np.diff(sorted_owner, prepend=-1))
-    counts = np.diff(starts, append=owner.size)
-    slot_row = np.empty_like(owner)
-    slot = np.empty_like(owner)
-    slot_row[order] = np.repeat(np.arange(starts.size), counts)
-    slot[order] = np.arange(owner.size) - np.repeat(starts, counts)
-    return sorted_owner[starts], slot_row, slot
 
 
 def _run_tasks(fn, tasks, workers):
