@@ -505,7 +505,10 @@ def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch', d
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'torch' or 'faiss'")
     row_index = torch.arange(r0, r1, device=cand_index.device)
-    return _decide(x_exact, norms, row_index, cand_dist, cand_index, k).cpu()
+    # One thread here too: the check is a few per cent of the work, and torch's OpenMP helper threads spin
+    # between its many small operations, which doubled the CPU time of a call on busy cores.
+    with _threads_per_operation(1 if device.type == 'cpu' else None):
+        return _decide(x_exact, norms, row_index, cand_dist, cand_index, k).cpu()
 
 
 def k_nearest_neighbors(x, k, block_size=None, device=None, backend='torch'):
@@ -612,7 +615,9 @@ def _drop_late_twins(x, k, counts):
     index is not: its list is the first k of them (distance 0, smaller index), where the uncorrected count
     has i itself and the first k - 1. So i loses one and the k-th twin of smaller index gains one.
     """
-    for members in _identical_row_groups(x, min_size=k + 1):
+    with _threads_per_operation(1):  # Small operations: see _neighbors.
+        groups = _identical_row_groups(x, min_size=k + 1)
+    for members in groups:
         late = members[k:]
         counts[late] -= 1
         counts[members[k - 1]] += len(late)
