@@ -9,10 +9,12 @@ squared differences), with ties broken by the smaller index. The bulk of the wor
 products; every row whose k-th/(k+1)-th boundary is closer than a rigorous float32 error bound is re-decided
 in float64, so the result never depends on rounding, block size, device or number of processes.
 
-Cost. The distance matrix is symmetric, so each pair of row blocks (I, J), I <= J, is multiplied once and the
-same tile updates the running top lists of both blocks. Memory is O(block_size**2 + N * (d + k)), never N x N.
+Cost. The distance matrix is symmetric, so each pair of row blocks (I, J), I < J, is multiplied once and the
+same tile updates the running top lists of both blocks (a block with itself: 3/4 of its square). Memory is
+O(block_size**2 + N * (d + k)), never N x N.
 """
 
+import bisect
 import concurrent.futures
 import contextlib
 import math
@@ -142,6 +144,17 @@ class _Augmented:
         return torch.from_numpy(out)
 
 
+class _BlockLocks:
+    """One lock per row block: a row range that starts inside a block takes that block's lock."""
+
+    def __init__(self, block_starts):
+        self._starts = sorted(block_starts)
+        self._locks = [threading.Lock() for _ in self._starts]
+
+    def __call__(self, r0):
+        return self._locks[bisect.bisect_right(self._starts, r0) - 1]
+
+
 class _DenseTopK:
     """Running lists of the `width` smallest float32 distances of each point, by a dense top-k per tile.
 
@@ -153,7 +166,7 @@ class _DenseTopK:
         self.dist = torch.full([num_rows, width], math.inf, dtype=torch.float32, device=device)
         self.index = torch.full([num_rows, width], -1, dtype=torch.int64, device=device)
         self.width = width
-        self._locks = {r0: threading.Lock() for r0 in block_starts}
+        self._lock = _BlockLocks(block_starts)
 
     def update(self, r0, r1, tile, col0, transposed=False):
         """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
@@ -163,7 +176,7 @@ class _DenseTopK:
         if transposed:
             new_dist, new_index = new_dist.T, new_index.T
         dist, index = self.dist[r0:r1], self.index[r0:r1]
-        with self._locks[r0]:
+        with self._lock(r0):
             all_dist = torch.cat([dist, new_dist], dim=1)
             all_index = torch.cat([index, new_index], dim=1)
             top_dist, pos = all_dist.topk(self.width, dim=1, largest=False, sorted=False)
@@ -200,12 +213,12 @@ class _SparseTopK:
         self.index = np.full([num_rows, width], -1, dtype=np.int64)
         self.bar = np.full([num_rows], np.inf, dtype=np.float32)
         self.width = width
-        self._locks = {r0: threading.Lock() for r0 in block_starts}
+        self._lock = _BlockLocks(block_starts)
 
     def update(self, r0, r1, tile, col0, transposed=False):
         """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
         dist = tile.numpy()
-        with self._locks[r0]:
+        with self._lock(r0):
             bar = self.bar[r0:r1].copy()
         owner, nbr, value = _survivors(dist.T if transposed else dist, bar, self.width)
         if owner.size:
@@ -222,7 +235,7 @@ class _SparseTopK:
         idx = np.full(dist.shape, -1, dtype=np.int64)
         dist[owner, slot] = value
         idx[owner, slot] = index
-        with self._locks[r0]:
+        with self._lock(r0):
             dist[:, : self.width] = self.dist[r0:r1]
             idx[:, : self.width] = self.index[r0:r1]
             keep = np.argpartition(dist, self.width - 1, axis=1)[:, : self.width]
@@ -312,10 +325,13 @@ def _candidates_all(aug, num, block_size, top_lists, workers):
     top = top_lists(num, [i0 for i0, _ in blocks])
 
     def diagonal(block):
-        i0, i1 = block
-        tile = aug.tile(i0, i1, i0, i1)
-        tile.fill_diagonal_(math.inf)
-        top.update(i0, i1, tile, i0)
+        for t0, t1, c0, c1 in _diagonal_tiles(*block):
+            tile = aug.tile(t0, t1, c0, c1)
+            own = torch.arange(t1 - t0, device=tile.device)
+            tile[own, own + (t0 - c0)] = math.inf  # Self.
+            top.update(t0, t1, tile, c0)
+            if t1 < c1:  # The columns past the rows: their points get the mirrored pairs.
+                top.update(t1, c1, tile[:, t1 - c0 :], t0, transposed=True)
 
     def pair(task):
         (i0, i1), (j0, j1) = task
@@ -329,6 +345,18 @@ def _candidates_all(aug, num, block_size, top_lists, workers):
     pairs = [(blocks[bi], blocks[bi + gap]) for gap in range(1, len(blocks)) for bi in range(len(blocks) - gap)]
     _run_tasks(pair, pairs, workers)
     return top.result()
+
+
+def _diagonal_tiles(i0, i1):
+    """The products covering the pairs within block i0 .. i1-1, as (rows, columns) ranges (r0, r1, c0, c1).
+
+    Its first half against the whole block, then its second half against itself: 3/4 of the square, where one
+    square product would compute every pair twice.
+    """
+    mid = (i0 + i1) // 2
+    if mid == i0:
+        return [(i0, i1, i0, i1)]
+    return [(i0, mid, i0, i1), (mid, i1, mid, i1)]
 
 
 def _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers):
@@ -534,13 +562,17 @@ def k_nearest_neighbors(x, k, block_size=None, device=None, backend='torch'):
 def distance_gemm_flops(num, dim, block_size=None, device='cpu'):
     """Floating-point operations of the float32 distance GEMMs that :func:`k_occurrence` runs on N x d points.
 
-    One [I, d + 2] x [d + 2, J] product per block pair I <= J (the diagonal tiles whole): about
-    (B + 1) / (2B) of a full N x N product for B blocks. For benchmarks: achieved GFLOP/s against the machine's.
+    One [I, d + 2] x [d + 2, J] product per block pair I < J, and 3/4 of the square for each block with itself
+    (:func:`_diagonal_tiles`): about (B + 0.5) / (2B) of a full N x N product for B blocks. For benchmarks:
+    achieved GFLOP/s against the machine's.
     """
     device = torch.device(device)
     block_size = _default_block_size(device, num) if block_size is None else int(block_size)
-    sizes = [min(block_size, num - i0) for i0 in range(0, num, block_size)]
-    return sum(2 * sizes[i] * sizes[j] * (dim + 2) for i in range(len(sizes)) for j in range(i, len(sizes)))
+    blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
+    sizes = [i1 - i0 for i0, i1 in blocks]
+    pairs = sum(2 * sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
+    diagonal = sum(2 * (r1 - r0) * (c1 - c0) for block in blocks for r0, r1, c0, c1 in _diagonal_tiles(*block))
+    return (pairs + diagonal) * (dim + 2)
 
 
 def _counts_from_sets(sets, num):

@@ -317,7 +317,8 @@ def test_hubness_stats_on_scores():
 
 
 def test_distance_gemm_flops_counts_the_block_pairs():
-    # Blocks of 4, 4 and 2 rows: pairs (0,0) (0,1) (0,2) (1,1) (1,2) (2,2), each 2 * |I| * |J| * (d + 2).
-    expected = 2 * 5 * (16 + 16 + 8 + 16 + 8 + 4)
+    # Blocks of 4, 4 and 2 rows: pairs (0,1) (0,2) (1,2), each 2 * |I| * |J| * (d + 2); a block of 4 with itself
+    # is rows 0-1 against 0-3 and rows 2-3 against 2-3 (8 + 4 entries), a block of 2 is 1 x 2 and 1 x 1.
+    expected = 2 * 5 * (16 + 8 + 8 + (8 + 4) + (8 + 4) + (2 + 1))
     assert H.distance_gemm_flops(10, 3, block_size=4) == expected
-    assert H.distance_gemm_flops(10, 3, block_size=10) == 2 * 10 * 10 * 5  # one block: the full product
+    assert H.distance_gemm_flops(10, 3, block_size=10) == 2 * 5 * (5 * 10 + 5 * 5)  # one block: 3/4 of the square
