@@ -319,44 +319,43 @@ def _run_tasks(fn, tasks, workers):
             future.result()
 
 
-def _candidates_all(aug, num, block_size, top_lists, workers):
-    """float32 top lists of every point against all others, one GEMM per block pair (I <= J)."""
+def _symmetric_tiles(num, block_size):
+    """The products covering every pair of points once, as (rows, columns) ranges (r0, r1, c0, c1), and the blocks.
+
+    Each block with itself, then the pairs of blocks I < J by increasing distance from the diagonal, so that
+    every point has a full list (a finite bar) early and all blocks are refined at the same pace. A block with
+    itself is its first half against the whole block, then its second half against itself: 3/4 of the square,
+    where one square product would compute every pair twice.
+    """
     blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
+    tiles = []
+    for i0, i1 in blocks:
+        mid = (i0 + i1) // 2
+        tiles += [(i0, i1, i0, i1)] if mid == i0 else [(i0, mid, i0, i1), (mid, i1, mid, i1)]
+    for gap in range(1, len(blocks)):
+        tiles += [blocks[bi] + blocks[bi + gap] for bi in range(len(blocks) - gap)]
+    return blocks, tiles
+
+
+def _candidates_all(aug, num, block_size, top_lists, workers):
+    """float32 top lists of every point against all others, each pair multiplied once (:func:`_symmetric_tiles`)."""
+    blocks, tiles = _symmetric_tiles(num, block_size)
     top = top_lists(num, [i0 for i0, _ in blocks])
 
-    def diagonal(block):
-        for t0, t1, c0, c1 in _diagonal_tiles(*block):
-            tile = aug.tile(t0, t1, c0, c1)
-            own = torch.arange(t1 - t0, device=tile.device)
-            tile[own, own + (t0 - c0)] = math.inf  # Self.
-            top.update(t0, t1, tile, c0)
-            if t1 < c1:  # The columns past the rows: their points get the mirrored pairs.
-                top.update(t1, c1, tile[:, t1 - c0 :], t0, transposed=True)
+    def run(task):
+        r0, r1, c0, c1 = task
+        tile = aug.tile(r0, r1, c0, c1)
+        if c0 <= r0 < c1:  # The tile holds the rows' distances to themselves.
+            own = torch.arange(r1 - r0, device=tile.device)
+            tile[own, own + (r0 - c0)] = math.inf
+        top.update(r0, r1, tile, c0)
+        mirror0 = max(c0, r1)  # The columns that are not rows too get the mirrored pairs.
+        if mirror0 < c1:
+            top.update(mirror0, c1, tile[:, mirror0 - c0 :], r0, transposed=True)
 
-    def pair(task):
-        (i0, i1), (j0, j1) = task
-        tile = aug.tile(i0, i1, j0, j1)
-        top.update(i0, i1, tile, j0)
-        top.update(j0, j1, tile, i0, transposed=True)
-
-    # Diagonal tiles first: every point then has a full list, hence a finite bar, before the other tiles.
-    # Pairs by increasing distance from the diagonal, so that every block is refined at the same pace.
-    _run_tasks(diagonal, blocks, workers)
-    pairs = [(blocks[bi], blocks[bi + gap]) for gap in range(1, len(blocks)) for bi in range(len(blocks) - gap)]
-    _run_tasks(pair, pairs, workers)
+    # One queue: a worker that finishes its last block-with-itself goes straight on to the pairs.
+    _run_tasks(run, tiles, workers)
     return top.result()
-
-
-def _diagonal_tiles(i0, i1):
-    """The products covering the pairs within block i0 .. i1-1, as (rows, columns) ranges (r0, r1, c0, c1).
-
-    Its first half against the whole block, then its second half against itself: 3/4 of the square, where one
-    square product would compute every pair twice.
-    """
-    mid = (i0 + i1) // 2
-    if mid == i0:
-        return [(i0, i1, i0, i1)]
-    return [(i0, mid, i0, i1), (mid, i1, mid, i1)]
 
 
 def _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers):
@@ -563,16 +562,13 @@ def distance_gemm_flops(num, dim, block_size=None, device='cpu'):
     """Floating-point operations of the float32 distance GEMMs that :func:`k_occurrence` runs on N x d points.
 
     One [I, d + 2] x [d + 2, J] product per block pair I < J, and 3/4 of the square for each block with itself
-    (:func:`_diagonal_tiles`): about (B + 0.5) / (2B) of a full N x N product for B blocks. For benchmarks:
+    (:func:`_symmetric_tiles`): about (B + 0.5) / (2B) of a full N x N product for B blocks. For benchmarks:
     achieved GFLOP/s against the machine's.
     """
     device = torch.device(device)
     block_size = _default_block_size(device, num) if block_size is None else int(block_size)
-    blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
-    sizes = [i1 - i0 for i0, i1 in blocks]
-    pairs = sum(2 * sizes[i] * sizes[j] for i in range(len(sizes)) for j in range(i + 1, len(sizes)))
-    diagonal = sum(2 * (r1 - r0) * (c1 - c0) for block in blocks for r0, r1, c0, c1 in _diagonal_tiles(*block))
-    return (pairs + diagonal) * (dim + 2)
+    _blocks, tiles = _symmetric_tiles(num, block_size)
+    return sum(2 * (r1 - r0) * (c1 - c0) * (dim + 2) for r0, r1, c0, c1 in tiles)
 
 
 def _counts_from_sets(sets, num):
