@@ -147,6 +147,18 @@ def test_identical_points_smaller_index_wins():
     assert k_nearest_neighbors(x, 2).sort(dim=1).values.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
 
 
+def test_identical_row_groups_are_found_whatever_the_summation_order():
+    # 8,300 copies of one float32 row (more than one hashing chunk; a float32 projection gave two keys here) and
+    # a row equal to another up to the sign of a zero.
+    row = np.random.RandomState(22).randn(64).astype(np.float32)
+    x = np.concatenate([np.tile(row, (8300, 1)), np.random.RandomState(23).randn(5, 64).astype(np.float32)])
+    x[8301, 0], x[8302] = 0.0, x[8301]
+    x[8302, 0] = -0.0
+    groups = H._identical_row_groups(torch.from_numpy(x), min_size=2)
+    assert sorted(g.tolist() for g in groups) == [list(range(8300)), [8301, 8302]]
+    assert H._identical_row_groups(torch.from_numpy(x).double(), min_size=8300)[0].tolist() == list(range(8300))
+
+
 @pytest.mark.parametrize('k', [1, 2, 5])
 def test_duplicated_points(k):
     base = np.random.RandomState(6).randn(100, 16)
