@@ -325,18 +325,19 @@ def _run_tasks(fn, tasks, workers):
 def _symmetric_tiles(num, block_size):
     """The products covering every pair of points once, as (rows, columns) ranges (r0, r1, c0, c1), and the blocks.
 
-    Each block with itself, then the pairs of blocks I < J by increasing distance from the diagonal, so that
-    every point has a full list (a finite bar) early and all blocks are refined at the same pace. A block with
-    itself is its first half against the whole block, then its second half against itself: 3/4 of the square,
-    where one square product would compute every pair twice.
+    Every pair of blocks I < J, and each block with itself as its first half against the whole block and its
+    second half against itself: 3/4 of the square, where one square product would compute every pair twice.
     """
     blocks = [(i0, min(i0 + block_size, num)) for i0 in range(0, num, block_size)]
     tiles = []
+    for gap in range(1, len(blocks)):
+        tiles += [blocks[bi] + blocks[bi + gap] for bi in range(len(blocks) - gap)]
     for i0, i1 in blocks:
         mid = (i0 + i1) // 2
         tiles += [(i0, i1, i0, i1)] if mid == i0 else [(i0, mid, i0, i1), (mid, i1, mid, i1)]
-    for gap in range(1, len(blocks)):
-        tiles += [blocks[bi] + blocks[bi + gap] for bi in range(len(blocks) - gap)]
+    # Largest first, so that the worker threads finish together. Order does not matter otherwise: a point
+    # whose bar is still inf gets one from the first tile it meets.
+    tiles.sort(key=lambda t: -(t[1] - t[0]) * (t[3] - t[2]))
     return blocks, tiles
 
 
