@@ -152,10 +152,17 @@ class _BlockLocks:
 
     def __init__(self, block_starts):
         self._starts = sorted(block_starts)
-        self._locks = [threading.Lock() for _ in self._starts]
+        self.locks = [threading.Lock() for _ in self._starts]
+
+    def find(self, r0):
+        """Index of the block holding row r0."""
+        return bisect.bisect_right(self._starts, r0) - 1
+
+    def bounds(self, block, num_rows):
+        return self._starts[block], (self._starts[block + 1] if block + 1 < len(self._starts) else num_rows)
 
     def __call__(self, r0):
-        return self._locks[bisect.bisect_right(self._starts, r0) - 1]
+        return self.locks[self.find(r0)]
 
 
 class _DenseTopK:
@@ -201,57 +208,87 @@ _GROUP = 16
 
 
 class _SparseTopK:
-    """Running lists of the `width` smallest float32 distances of each point, by screening (CPU).
+    """The `width` smallest float32 distances of each point and their neighbours, by screening (CPU).
 
-    Each point has a bar, the largest distance in its list (inf until the list is full): only tile entries at or
-    below it can enter, and once a few tiles are in, those are a small fraction of a per cent of the tile. A
-    tile is screened against a copy of its owners' bars and its survivors are merged under the owners' block
-    lock; bars only fall, so a stale copy lets a few extra entries through, never loses one. Lists are kept
-    unordered until :meth:`result`. The `width` smallest float32 values are found exactly; which of several
-    entries equal to the width-th gets the last place does not matter to :func:`_decide`.
+    Each point has a bar, the width-th smallest distance seen so far (inf before that): only tile entries at or
+    below it can be in its final list, and once a few tiles are in, those are a small fraction of a per cent of
+    the tile. A tile is screened against a copy of its owners' bars; the survivors are kept, and the bars are
+    lowered by merging the survivors' values into each point's `width` smallest values (values only: the
+    neighbours are sorted out once, at the end, from the kept survivors at or below the final bars). The lock
+    of the owners' block covers the merge; bars only fall, so a stale copy lets a few extra entries through,
+    never loses one. The `width` smallest float32 values are found exactly; which of several entries equal to
+    the width-th gets the last place does not matter to :func:`_decide`.
     """
 
     def __init__(self, num_rows, width, block_starts, device=None):
-        self.dist = np.full([num_rows, width], np.inf, dtype=np.float32)
-        self.index = np.full([num_rows, width], -1, dtype=np.int64)
+        self.best = np.full([num_rows, width], np.inf, dtype=np.float32)  # Unordered.
         self.bar = np.full([num_rows], np.inf, dtype=np.float32)
         self.width = width
-        self._lock = _BlockLocks(block_starts)
+        self._blocks = _BlockLocks(block_starts)
+        self._kept = [[] for _ in block_starts]  # Per block: (owner, neighbour, value) arrays.
+        self._kept_size = [0] * len(block_starts)
+        self._num_rows = num_rows
 
     def update(self, r0, r1, tile, col0, transposed=False):
-        """Merge tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) into rows r0 .. r1-1."""
+        """Screen tile[i, j] (or tile[j, i] if transposed) = dist(row r0 + i, point col0 + j) for rows r0 .. r1-1."""
         dist = tile.numpy()
-        with self._lock(r0):
+        block = self._blocks.find(r0)
+        with self._blocks.locks[block]:
             bar = self.bar[r0:r1].copy()
         owner, nbr, value = _survivors(dist.T if transposed else dist, bar, self.width)
         if owner.size:
-            self._merge(r0, r1, owner, nbr + col0, value)
+            self._merge(block, r0, r1, owner, nbr + col0, value)
 
-    def _merge(self, r0, r1, owner, index, value):
-        """Merge candidates (owner relative to r0) into the lists of the whole block: slices, not row gathers."""
-        if np.any(owner[1:] < owner[:-1]):  # Usually sorted already (row-major screening).
-            order = np.argsort(owner, kind='stable')
-            owner, index, value = owner[order], index[order], value[order]
-        counts = np.bincount(owner, minlength=r1 - r0)
-        slot = self.width + np.arange(owner.size) - (np.cumsum(counts) - counts)[owner]
-        dist = np.full([r1 - r0, self.width + int(counts.max())], np.inf, dtype=np.float32)
-        idx = np.full(dist.shape, -1, dtype=np.int64)
-        dist[owner, slot] = value
-        idx[owner, slot] = index
-        with self._lock(r0):
-            dist[:, : self.width] = self.dist[r0:r1]
-            idx[:, : self.width] = self.index[r0:r1]
-            keep = np.argpartition(dist, self.width - 1, axis=1)[:, : self.width]
-            kept = np.take_along_axis(dist, keep, 1)
-            self.dist[r0:r1] = kept
-            self.index[r0:r1] = np.take_along_axis(idx, keep, 1)
-            self.bar[r0:r1] = kept.max(axis=1)
+    def _merge(self, block, r0, r1, owner, index, value):
+        """Lower the bars of rows r0 .. r1-1 (owner relative to r0) and keep the survivors."""
+        width = self.width
+        values = _pack_by_owner(owner, value, r1 - r0, np.inf, first_slot=width)
+        with self._blocks.locks[block]:
+            values[:, :width] = self.best[r0:r1]
+            best = np.partition(values, width - 1, axis=1)[:, :width]
+            self.best[r0:r1] = best
+            self.bar[r0:r1] = best.max(axis=1)
+            self._kept[block].append((owner + r0, index, value))
+            self._kept_size[block] += owner.size
+            b0, b1 = self._blocks.bounds(block, self._num_rows)
+            if self._kept_size[block] > 8 * width * (b1 - b0):  # Bounded memory: drop what the bars exclude.
+                self._kept[block] = [self._kept_below_bars(block)]
+                self._kept_size[block] = self._kept[block][0][0].size
+
+    def _kept_below_bars(self, block):
+        owner, index, value = (np.concatenate(part) for part in zip(*self._kept[block]))
+        keep = value <= self.bar[owner]
+        return owner[keep], index[keep], value[keep]
 
     def result(self):
         """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
-        order = np.argsort(self.dist, axis=1)
-        return (torch.from_numpy(np.take_along_axis(self.dist, order, 1)),
-                torch.from_numpy(np.take_along_axis(self.index, order, 1)))
+        dist = np.empty([self._num_rows, self.width], dtype=np.float32)
+        index = np.empty([self._num_rows, self.width], dtype=np.int64)
+        for block in range(len(self._kept)):
+            b0, b1 = self._blocks.bounds(block, self._num_rows)
+            if not self._kept[block]:
+                dist[b0:b1], index[b0:b1] = np.inf, -1  # Only a block of one row, without neighbours.
+                continue
+            # Every row keeps at least `width` entries at or below its bar (more only with ties at it).
+            owner, nbr, value = self._kept_below_bars(block)
+            values = _pack_by_owner(owner - b0, value, b1 - b0, np.inf)
+            nbrs = _pack_by_owner(owner - b0, nbr, b1 - b0, -1)
+            order = np.argsort(values, axis=1)[:, : self.width]
+            dist[b0:b1] = np.take_along_axis(values, order, 1)
+            index[b0:b1] = np.take_along_axis(nbrs, order, 1)
+        return torch.from_numpy(dist), torch.from_numpy(index)
+
+
+def _pack_by_owner(owner, values, num_owners, fill, first_slot=0):
+    """[num_owners, first_slot + most per owner] array: each owner's values in its row from first_slot on."""
+    if np.any(owner[1:] < owner[:-1]):  # Usually sorted already (row-major screening).
+        order = np.argsort(owner, kind='stable')
+        owner, values = owner[order], values[order]
+    counts = np.bincount(owner, minlength=num_owners)
+    slot = first_slot + np.arange(owner.size) - (np.cumsum(counts) - counts)[owner]
+    packed = np.full([num_owners, first_slot + int(counts.max(initial=0))], fill, dtype=values.dtype)
+    packed[owner, slot] = values
+    return packed
 
 
 def _survivors(dist, bar, width):
