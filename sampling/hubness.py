@@ -17,6 +17,7 @@ O(block_size**2 + N * (d + k)), never N x N.
 import bisect
 import concurrent.futures
 import contextlib
+import functools
 import math
 import threading
 
@@ -64,6 +65,13 @@ def _default_block_size(device, num):
     return min(2048, max(512, -(-num // 4)))
 
 
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    # Made once: threadpoolctl.threadpool_limits scans the loaded libraries on every call (0.3 ms, several times
+    # a call here); the BLAS libraries of interest (numpy's) are loaded at import.
+    return threadpoolctl.ThreadpoolController()
+
+
 @contextlib.contextmanager
 def _threads_per_operation(threads):
     """Temporarily set torch's (process-wide) intra-op thread count and numpy's BLAS threads (the CPU tiles are
@@ -72,7 +80,7 @@ def _threads_per_operation(threads):
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        with threadpoolctl.threadpool_limits(limits=threads, user_api='blas'):
+        with _blas_controller().limit(limits=threads, user_api='blas'):
             yield
     finally:
         if threads is not None:
@@ -193,7 +201,7 @@ class _DenseTopK:
             dist.copy_(top_dist)
             index.copy_(all_index.gather(1, pos))
 
-    def result(self):
+    def result(self, workers=1):
         """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
         dist, pos = self.dist.sort(dim=1)
         return dist, self.index.gather(1, pos)
@@ -242,7 +250,10 @@ class _SparseTopK:
     def _merge(self, block, r0, r1, owner, index, value):
         """Lower the bars of rows r0 .. r1-1 (owner relative to r0) and keep the survivors."""
         width = self.width
-        values = _pack_by_owner(owner, value, r1 - r0, np.inf, first_slot=width)
+        if np.any(owner[1:] < owner[:-1]):  # Usually sorted already (row-major screening).
+            order = np.argsort(owner, kind='stable')
+            owner, index, value = owner[order], index[order], value[order]
+        values, = _pack_by_owner(owner, [value], r1 - r0, [np.inf], first_slot=width)
         with self._blocks.locks[block]:
             values[:, :width] = self.best[r0:r1]
             best = np.partition(values, width - 1, axis=1)[:, :width]
@@ -260,34 +271,39 @@ class _SparseTopK:
         keep = value <= self.bar[owner]
         return owner[keep], index[keep], value[keep]
 
-    def result(self):
+    def result(self, workers=1):
         """The lists, each sorted by ascending distance: (dist [N, width] float32, index [N, width] int64)."""
         dist = np.empty([self._num_rows, self.width], dtype=np.float32)
         index = np.empty([self._num_rows, self.width], dtype=np.int64)
-        for block in range(len(self._kept)):
+
+        def block_lists(block):
             b0, b1 = self._blocks.bounds(block, self._num_rows)
             if not self._kept[block]:
                 dist[b0:b1], index[b0:b1] = np.inf, -1  # Only a block of one row, without neighbours.
-                continue
+                return
             # Every row keeps at least `width` entries at or below its bar (more only with ties at it).
             owner, nbr, value = self._kept_below_bars(block)
-            values = _pack_by_owner(owner - b0, value, b1 - b0, np.inf)
-            nbrs = _pack_by_owner(owner - b0, nbr, b1 - b0, -1)
-            order = np.argsort(values, axis=1)[:, : self.width]
-            dist[b0:b1] = np.take_along_axis(values, order, 1)
-            index[b0:b1] = np.take_along_axis(nbrs, order, 1)
+            order = np.argsort(owner, kind='stable')
+            values, nbrs = _pack_by_owner(owner[order] - b0, [value[order], nbr[order]], b1 - b0, [np.inf, -1])
+            top = np.argsort(values, axis=1)[:, : self.width]
+            dist[b0:b1] = np.take_along_axis(values, top, 1)
+            index[b0:b1] = np.take_along_axis(nbrs, top, 1)
+
+        _run_tasks(block_lists, list(range(len(self._kept))), workers)
         return torch.from_numpy(dist), torch.from_numpy(index)
 
 
-def _pack_by_owner(owner, values, num_owners, fill, first_slot=0):
-    """[num_owners, first_slot + most per owner] array: each owner's values in its row from first_slot on."""
-    if np.any(owner[1:] < owner[:-1]):  # Usually sorted already (row-major screening).
-        order = np.argsort(owner, kind='stable')
-        owner, values = owner[order], values[order]
+def _pack_by_owner(owner, columns, num_owners, fills, first_slot=0):
+    """Per column: a [num_owners, first_slot + most per owner] array, each owner's values in its row from first_slot.
+
+    owner must be sorted (ascending).
+    """
     counts = np.bincount(owner, minlength=num_owners)
     slot = first_slot + np.arange(owner.size) - (np.cumsum(counts) - counts)[owner]
-    packed = np.full([num_owners, first_slot + int(counts.max(initial=0))], fill, dtype=values.dtype)
-    packed[owner, slot] = values
+    packed = []
+    for values, fill in zip(columns, fills):
+        packed.append(np.full([num_owners, first_slot + int(counts.max(initial=0))], fill, dtype=values.dtype))
+        packed[-1][owner, slot] = values
     return packed
 
 
@@ -396,7 +412,7 @@ def _candidates_all(aug, num, block_size, top_lists, workers):
 
     # One queue: a worker that finishes its last block-with-itself goes straight on to the pairs.
     _run_tasks(run, tiles, workers)
-    return top.result()
+    return top.result(workers)
 
 
 def _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers):
@@ -416,7 +432,7 @@ def _candidates_rows(aug, num, r0, r1, block_size, top_lists, workers):
             top.update(i0 - r0, i1 - r0, tile, j0)
 
     _run_tasks(block_row, blocks, workers)
-    return top.result()
+    return top.result(workers)
 
 
 def _candidates_faiss(x, width):
@@ -614,7 +630,8 @@ def distance_gemm_flops(num, dim, block_size=None, device='cpu'):
 
 
 def _counts_from_sets(sets, num):
-    return torch.bincount(sets.flatten(), minlength=num)
+    # numpy's: torch.bincount took 14 ms here with 2 intra-op threads, against 0.1 ms.
+    return torch.from_numpy(np.bincount(sets.flatten().numpy(), minlength=num))
 
 
 def k_occurrence(x, k, count_self=False, block_size=None, device=None, backend='torch'):
@@ -703,14 +720,15 @@ def _identical_row_groups(x, min_size, chunk=8192):
     num, dim = x.shape
     if num < min_size:
         return []
-    keys = torch.cat([_row_hashes(x[i:i + chunk]) for i in range(0, num, chunk)])
-    sorted_keys, order = torch.sort(keys, stable=True)
-    _values, run_lengths = torch.unique_consecutive(sorted_keys, return_counts=True)
+    keys = np.concatenate([_row_hashes(x[i:i + chunk]) for i in range(0, num, chunk)])
+    order = np.argsort(keys, kind='stable')  # numpy's: torch.sort was 2-10x slower here.
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]]))
+    run_lengths = np.diff(starts, append=num)
     groups = []
-    for run, start in zip(run_lengths.tolist(), (torch.cumsum(run_lengths, 0) - run_lengths).tolist()):
-        if run < min_size:
-            continue
-        rows = torch.sort(order[start:start + run]).values
+    large = run_lengths >= min_size
+    for start, run in zip(starts[large].tolist(), run_lengths[large].tolist()):
+        rows = torch.from_numpy(np.sort(order[start:start + run]))
         _unique, inverse = torch.unique(x[rows].to(device='cpu', dtype=torch.float64), dim=0, return_inverse=True)
         for label in torch.unique(inverse).tolist():
             members = rows[inverse == label]
@@ -732,7 +750,7 @@ def _row_hashes(rows):
     values = values.numpy() + values.numpy().dtype.type(0)  # -0.0 + 0.0 = 0.0
     bits = values.view(np.int64 if values.dtype == np.float64 else np.int32)
     weights = np.random.RandomState(0).randint(-2 ** 62, 2 ** 62, size=values.shape[1], dtype=np.int64) | 1
-    return torch.from_numpy(np.einsum('ij,j->i', bits, weights))  # int64; einsum ran 5x faster than matmul
+    return np.einsum('ij,j->i', bits, weights)  # int64; einsum ran 5x faster than matmul
 
 
 def _fingerprint(x, chunk=4096):
