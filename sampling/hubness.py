@@ -263,7 +263,9 @@ class _SparseTopK:
         self.bar = np.full([num_rows], np.inf, dtype=np.float32)
         self.width = width
         self._blocks = _BlockLocks(block_starts)
-        self._kept = [[] for _ in block_starts]  # Per block: (owner, neighbour, value) arrays.
+        # Per block: (owner, neighbour, value) arrays; int32 to save memory (an exact all-pairs search of 2**31
+        # points is out of reach anyway).
+        self._kept = [[] for _ in block_starts]
         self._kept_size = [0] * len(block_starts)
         self._num_rows = num_rows
 
@@ -289,10 +291,10 @@ class _SparseTopK:
             best = np.partition(values, width - 1, axis=1)[:, :width]
             self.best[r0:r1] = best
             self.bar[r0:r1] = best.max(axis=1)
-            self._kept[block].append((owner + r0, index, value))
+            self._kept[block].append(((owner + r0).astype(np.int32), index.astype(np.int32), value))
             self._kept_size[block] += owner.size
             b0, b1 = self._blocks.bounds(block, self._num_rows)
-            if self._kept_size[block] > 8 * width * (b1 - b0):  # Bounded memory: drop what the bars exclude.
+            if self._kept_size[block] > 4 * width * (b1 - b0):  # Bounded memory: drop what the bars exclude.
                 self._kept[block] = [self._kept_below_bars(block)]
                 self._kept_size[block] = self._kept[block][0][0].size
 
@@ -309,7 +311,7 @@ class _SparseTopK:
         def block_lists(block):
             b0, b1 = self._blocks.bounds(block, self._num_rows)
             if not self._kept[block]:
-                dist[b0:b1], index[b0:b1] = np.inf, -1  # Only a block of one row, without neighbours.
+                dist[b0:b1], index[b0:b1] = np.inf, -1  # No candidates at all: only if there is no other point.
                 return
             # Every row keeps at least `width` entries at or below its bar (more only with ties at it).
             owner, nbr, value = self._kept_below_bars(block)
