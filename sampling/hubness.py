@@ -10,8 +10,11 @@ products; every row whose k-th/(k+1)-th boundary is closer than a rigorous float
 in float64, so the result never depends on rounding, block size, device or number of processes.
 
 Cost. The distance matrix is symmetric, so each pair of row blocks (I, J), I < J, is multiplied once and the
-same tile updates the running top lists of both blocks (a block with itself: 3/4 of its square). Memory is
-O(block_size**2 + N * (d + k)), never N x N.
+same tile updates the running top lists of both blocks (a block with itself: 3/4 of its square). On the CPU a
+tile is not sorted: each point has a bar (its width-th smallest distance so far), a min-reduction over groups
+of 16 entries (one for the rows, one for the columns) rejects almost all of the tile, and only the few entries
+below the bars are read and merged.
+Memory is O(block_size**2 + N * (d + k)), never N x N.
 """
 
 import bisect
@@ -207,7 +210,7 @@ class _DenseTopK:
     """Running lists of the `width` smallest float32 distances of each point, by a dense top-k per tile.
 
     For GPUs, where a top-k over a whole tile is cheap and screening entries one by one would need host
-    synchronisation. Each row block (keyed by its first row) has a lock, held only while merging.
+    synchronisation. Each row block has a lock, held only while merging.
     """
 
     def __init__(self, num_rows, width, block_starts, device):
