@@ -182,8 +182,7 @@ class _Augmented:
         if rhs.device.type != 'cpu':
             return torch.mm(self.lhs(i0, i1), rhs.T)
         lhs = self.lhs(i0, i1, out=torch.from_numpy(self._lhs_buffer.get(i1 - i0, self.dim + 2)))
-        out = self._tile_buffer.get(i1 - i0, j1 - j0)
-        out = torch.from_numpy(out)
+        out = torch.from_numpy(self._tile_buffer.get(i1 - i0, j1 - j0))
         self._gemm(lhs, rhs, out)
         return out
 
@@ -241,8 +240,9 @@ class _DenseTopK:
 
 
 # A tile is screened by groups of _GROUP neighbours of one owner (a row, or a column for the mirrored pairs): one
-# min-reduction over the tile, a few per cent of the GEMM's time, rejects every group whose minimum is above the
-# owner's bar, and only the few groups left are read element by element. A group is strided (neighbours q,
+# min-reduction over the tile (0.16-0.2 ns an entry: half the GEMM's time at d = 64, a twentieth at d = 512)
+# rejects every group whose minimum is above the owner's bar, and only the few groups left are read element by
+# element. A group is strided (neighbours q,
 # q + n/16, q + 2n/16, ...) so that the reduction runs over whole contiguous rows of the tile, the fastest layout
 # for both row and column owners.
 _GROUP = 16
