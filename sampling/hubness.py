@@ -242,9 +242,8 @@ class _DenseTopK:
 # A tile is screened by groups of _GROUP neighbours of one owner (a row, or a column for the mirrored pairs): one
 # min-reduction over the tile (0.16-0.2 ns an entry: half the GEMM's time at d = 64, a twentieth at d = 512)
 # rejects every group whose minimum is above the owner's bar, and only the few groups left are read element by
-# element. A group is strided (neighbours q,
-# q + n/16, q + 2n/16, ...) so that the reduction runs over whole contiguous rows of the tile, the fastest layout
-# for both row and column owners.
+# element. A group is strided (neighbours q, q + n/16, q + 2n/16, ...) so that the reduction runs over whole
+# contiguous rows of the tile, the fastest layout for both row and column owners.
 _GROUP = 16
 
 
