@@ -9,8 +9,10 @@ own first neighbour), prints the seconds of
 
 their ratios, whether the counts agree, our achieved GFLOP/s (flops of the distance GEMMs actually run)
 against the machine's measured matrix-multiply rate (the faster of torch.mm and numpy's BLAS on one large
-float32 product; ours runs its CPU tiles through numpy's BLAS), and the peak memory of ours at a large N (in a subprocess, from
-/proc/self/status VmHWM) against the N x N float32 matrix a naive method would hold.
+float32 product; ours runs its CPU tiles through whichever of the two it timed faster on its tile shape), and
+the peak memory of ours at a large N (in a subprocess, from /proc/self/status VmHWM) against the N x N float32
+matrix a naive method would hold. ``--threads 1`` compares the methods' efficiency without the noise of shared
+cores (faiss's OpenMP threads lose much more than ours when other processes hold a core).
 
     python benchmarks/bench_hubness.py --quick          # N = 10,000 only, no memory run
     python benchmarks/bench_hubness.py                  # N = 10,000 and 50,000, memory at N = 200,000

@@ -147,6 +147,18 @@ def test_identical_points_smaller_index_wins():
     assert k_nearest_neighbors(x, 2).sort(dim=1).values.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
 
 
+def test_identical_row_groups_are_found_whatever_the_summation_order():
+    # 8,300 copies of one float32 row (more than one hashing chunk; a float32 projection gave two keys here) and
+    # a row equal to another up to the sign of a zero.
+    row = np.random.RandomState(22).randn(64).astype(np.float32)
+    x = np.concatenate([np.tile(row, (8300, 1)), np.random.RandomState(23).randn(5, 64).astype(np.float32)])
+    x[8301, 0], x[8302] = 0.0, x[8301]
+    x[8302, 0] = -0.0
+    groups = H._identical_row_groups(torch.from_numpy(x), min_size=2)
+    assert sorted(g.tolist() for g in groups) == [list(range(8300)), [8301, 8302]]
+    assert H._identical_row_groups(torch.from_numpy(x).double(), min_size=8300)[0].tolist() == list(range(8300))
+
+
 @pytest.mark.parametrize('k', [1, 2, 5])
 def test_duplicated_points(k):
     base = np.random.RandomState(6).randn(100, 16)
@@ -180,6 +192,19 @@ def test_near_ties_below_float32_resolution():
     x[100:] = x[:100] + 1e-9 * rs.randn(100, 64)
     for k in [1, 2, 3]:
         assert np.array_equal(k_occurrence(x, k).numpy(), reference_counts(x, k))
+
+
+@pytest.mark.parametrize('dense_selection', [False, True])
+def test_both_selections_give_the_reference_sets(dense_selection):
+    # Screening (the CPU default) and the dense top-k per tile (the GPU default, run here on the CPU), with
+    # duplicates, a last block not a multiple of the screening group, and the per-rank row range.
+    base = np.random.RandomState(21).randn(230, 20).astype(np.float32)
+    x = np.concatenate([base, base[:30]])
+    expected = np.sort(reference_neighbors(x, 5), axis=1)
+    got = H._neighbors(torch.from_numpy(x), 5, block_size=96, dense_selection=dense_selection)
+    assert np.array_equal(np.sort(got.numpy(), axis=1), expected)
+    got = H._neighbors(torch.from_numpy(x), 5, rows=(50, 190), block_size=64, dense_selection=dense_selection)
+    assert np.array_equal(np.sort(got.numpy(), axis=1), expected[50:190])
 
 
 def test_k_nearest_neighbors_sets():
@@ -304,7 +329,8 @@ def test_hubness_stats_on_scores():
 
 
 def test_distance_gemm_flops_counts_the_block_pairs():
-    # Blocks of 4, 4 and 2 rows: pairs (0,0) (0,1) (0,2) (1,1) (1,2) (2,2), each 2 * |I| * |J| * (d + 2).
-    expected = 2 * 5 * (16 + 16 + 8 + 16 + 8 + 4)
+    # Blocks of 4, 4 and 2 rows: pairs (0,1) (0,2) (1,2), each 2 * |I| * |J| * (d + 2); a block of 4 with itself
+    # is rows 0-1 against 0-3 and rows 2-3 against 2-3 (8 + 4 entries), a block of 2 is 1 x 2 and 1 x 1.
+    expected = 2 * 5 * (16 + 8 + 8 + (8 + 4) + (8 + 4) + (2 + 1))
     assert H.distance_gemm_flops(10, 3, block_size=4) == expected
-    assert H.distance_gemm_flops(10, 3, block_size=10) == 2 * 10 * 10 * 5  # one block: the full product
+    assert H.distance_gemm_flops(10, 3, block_size=10) == 2 * 5 * (5 * 10 + 5 * 5)  # one block: 3/4 of the square
