@@ -29,8 +29,7 @@ import numpy as np
 import threadpoolctl
 import torch
 
-__all__ = ['k_occurrence', 'k_occurrence_distributed', 'k_nearest_neighbors', 'hubness_stats',
-           'distance_gemm_flops']
+__all__ = ['k_occurrence', 'hubness_stats', 'distance_gemm_flops']
 
 # Candidates kept per point beyond k: if float32 rounding blurs the k-th/(k+1)-th boundary, the float64
 # re-check normally settles it among these instead of recomputing the whole row.
@@ -630,26 +629,6 @@ def _neighbors(x, k, rows=None, block_size=None, device=None, backend='torch', d
         return _decide(x_exact, norms, row_index, cand_dist, cand_index, k).cpu()
 
 
-def k_nearest_neighbors(x, k, block_size=None, device=None, backend='torch'):
-    """Exact Euclidean k-nearest-neighbour sets of every row of `x` among the other rows.
-
-    Parameters
-    ----------
-    x : array-like or torch.Tensor of shape (N, d)
-    k : int, 1 <= k <= N - 1
-    block_size, device, backend : see :func:`k_occurrence`.
-
-    Returns
-    -------
-    neighbors : torch.LongTensor of shape (N, k), on the CPU
-        Row i holds the indices of the k nearest other points of point i (as a set: the order within a row
-        is unspecified). Ties at the k-th distance are broken in favour of the smaller index.
-    """
-    x = _as_tensor(x)
-    _check_k(x.shape[0], k, count_self=False)
-    return _neighbors(x, int(k), block_size=block_size, device=device, backend=backend)
-
-
 def distance_gemm_flops(num, dim, block_size=None, device='cpu'):
     """Floating-point operations of the float32 distance GEMMs that :func:`k_occurrence` runs on N x d points.
 
@@ -786,57 +765,6 @@ def _row_hashes(rows):
     weights = np.random.RandomState(0).randint(-2 ** 62, 2 ** 62, size=values.shape[1], dtype=np.int64) | 1
     return np.einsum('ij,j->i', bits, weights)  # int64; einsum ran 5x faster than matmul
 
-
-def _fingerprint(x, chunk=4096):
-    acc = torch.zeros([3], dtype=torch.float64)
-    acc[0] = x.shape[0]
-    for i0 in range(0, x.shape[0], chunk):
-        xb = x[i0 : i0 + chunk].to(device='cpu', dtype=torch.float64)
-        acc[1] += xb.sum()
-        acc[2] += (xb * xb).sum()
-    return acc
-
-
-def k_occurrence_distributed(x, k, count_self=False, group=None, block_size=None, device=None):
-    """:func:`k_occurrence` split over the processes of a torch.distributed group.
-
-    Every rank passes the same `x` (e.g. latents regenerated from the same seed); rank r decides the neighbour
-    sets of a contiguous share of the rows against all points, and the counts are summed with all_reduce.
-    The result equals the single-process one exactly. Without an initialised process group it is simply
-    :func:`k_occurrence`. Collective tensors live on the CPU for gloo and on `device` otherwise (NCCL).
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return k_occurrence(x, k, count_self=count_self, block_size=block_size, device=device)
-    x = _as_tensor(x)
-    num = x.shape[0]
-    _check_k(num, k, count_self)
-    k = int(k)
-    if count_self and k == 1:
-        return _drop_late_twins(x, k, torch.ones([num], dtype=torch.int64))
-    k_others = k - 1 if count_self else k
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
-    comm_device = torch.device('cpu') if dist.get_backend(group) == 'gloo' else torch.device(
-        device if device is not None else f'cuda:{torch.cuda.current_device()}')
-
-    # Different inputs on different ranks would silently give garbage: compare a cheap fingerprint.
-    fingerprint = _fingerprint(x).to(comm_device)
-    lo, hi = fingerprint.clone(), fingerprint.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
-    if not torch.equal(lo, hi):
-        raise ValueError('k_occurrence_distributed: the ranks were given different points')
-
-    r0, r1 = num * rank // world, num * (rank + 1) // world
-    counts = torch.zeros([num], dtype=torch.int64)
-    if r1 > r0:
-        sets = _neighbors(x, k_others, rows=(r0, r1), block_size=block_size, device=device)
-        counts = _counts_from_sets(sets, num)
-    counts = counts.to(comm_device)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
-    counts = counts.cpu()
-    return _drop_late_twins(x, k, counts + 1) if count_self else counts
 
 # ----------------------------------------------------------------------------
 

@@ -1,8 +1,5 @@
 """Exact k-occurrence and hubness diagnostics (sampling/hubness.py)."""
 
-import os
-import shutil
-import subprocess
 import sys
 import types
 
@@ -10,11 +7,10 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from helpers import REPO_ROOT
 from scipy.spatial.distance import cdist
 
 from sampling import hubness as H
-from sampling.hubness import hubness_stats, k_nearest_neighbors, k_occurrence
+from sampling.hubness import _neighbors, hubness_stats, k_occurrence
 
 # ----------------------------------------------------------------------------
 # Independent float64 reference: full distance matrix by differences, rows ranked by (distance, index).
@@ -144,7 +140,7 @@ def test_identical_points_smaller_index_wins():
     # Neighbour of 0 is 1; of 1, 2 and 3 it is 0.
     assert k_occurrence(x, 1).tolist() == [3, 1, 0, 0]
     assert k_occurrence(x, 2).tolist() == [3, 3, 2, 0]
-    assert k_nearest_neighbors(x, 2).sort(dim=1).values.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
+    assert _neighbors(torch.as_tensor(x), 2).sort(dim=1).values.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
 
 
 def test_identical_row_groups_are_found_whatever_the_summation_order():
@@ -209,7 +205,7 @@ def test_both_selections_give_the_reference_sets(dense_selection):
 
 def test_k_nearest_neighbors_sets():
     x = np.random.RandomState(11).randn(500, 30)
-    got = np.sort(k_nearest_neighbors(x, 6, block_size=128).numpy(), axis=1)
+    got = np.sort(_neighbors(torch.as_tensor(x), 6, block_size=128).numpy(), axis=1)
     assert np.array_equal(got, np.sort(reference_neighbors(x, 6), axis=1))
 
 # ----------------------------------------------------------------------------
@@ -264,31 +260,6 @@ def test_faiss_backend_real():
     x = np.random.RandomState(14).randn(1000, 64).astype(np.float32)
     assert np.array_equal(k_occurrence(x, 5, backend='faiss'), k_occurrence(x, 5))
 
-
-def test_distributed_without_process_group_is_single_process():
-    x = np.random.RandomState(15).randn(100, 8)
-    assert np.array_equal(H.k_occurrence_distributed(x, 3), k_occurrence(x, 3))
-
-
-def test_distributed_torchrun_matches_single_process(tmp_path):
-    torchrun = shutil.which('torchrun')
-    cmd = [torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run']
-    rs = np.random.RandomState(16)
-    x = rs.randn(301, 24).astype(np.float32)
-    x[150:160] = x[:10]  # Ties across the ranks' row ranges.
-    np.savez(tmp_path / 'in.npz', x=x, k=4, block_size=64)
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
-    proc = subprocess.run(cmd + ['--standalone', '--nproc_per_node', '2',
-                                 os.path.join(REPO_ROOT, 'tests', 'dist_hubness_worker.py'),
-                                 str(tmp_path / 'in.npz'), str(tmp_path / 'out.npz')],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with np.load(tmp_path / 'out.npz') as out:
-        assert int(out['world_size']) == 2
-        assert np.array_equal(out['textbook'], k_occurrence(x, 4).numpy())
-        assert np.array_equal(out['textbook'], reference_counts(x, 4))
-        assert np.array_equal(out['authors'], k_occurrence(x, 4, count_self=True).numpy())
-        assert bool(out['mismatch_detected'])
 
 # ----------------------------------------------------------------------------
 
