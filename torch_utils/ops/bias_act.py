@@ -26,23 +26,28 @@ def bias_act(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=None, 
     ``alpha``/``gain`` default to the activation's ``def_alpha``/``def_gain``; ``clamp=None`` disables
     clamping. ``impl`` is accepted for NVlabs compatibility; every device runs the same PyTorch code.
     """
-    assert isinstance(x, torch.Tensor)
-    spec = activation_funcs[act]
-    alpha = float(alpha if alpha is not None else spec.def_alpha)
-    gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-
-    if b is not None:
-        assert isinstance(b, torch.Tensor) and b.ndim == 1
-        assert 0 <= dim < x.ndim
-        assert b.shape[0] == x.shape[dim]
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x, spec, alpha, gain, clamp = _with_bias(x, b, dim, act, alpha, gain, clamp)
     x = spec.func(x, alpha=alpha)
     if gain != 1:
         x = x * gain
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+def _with_bias(x, b, dim, act, alpha, gain, clamp):
+    """x + b along `dim`, the activation's spec, and alpha, gain, clamp (-1: none) with their defaults."""
+    assert isinstance(x, torch.Tensor)
+    spec = activation_funcs[act]
+    alpha = float(alpha if alpha is not None else spec.def_alpha)
+    gain = float(gain if gain is not None else spec.def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+    if b is not None:
+        assert isinstance(b, torch.Tensor) and b.ndim == 1
+        assert 0 <= dim < x.ndim
+        assert b.shape[0] == x.shape[dim]
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    return x, spec, alpha, gain, clamp
 
 
 # Activations whose derivative is piecewise constant, so a forward-mode rule is one multiplication.
@@ -60,17 +65,8 @@ def bias_act_with_slope(x, b=None, dim=1, act='linear', alpha=None, gain=None, c
     assert isinstance(x, torch.Tensor)
     if act not in PIECEWISE_LINEAR:
         raise ValueError(f'bias_act_with_slope supports {PIECEWISE_LINEAR}, got {act!r}')
-    spec = activation_funcs[act]
-    alpha = float(alpha if alpha is not None else spec.def_alpha)
-    gain = float(gain if gain is not None else spec.def_gain)
-    clamp = float(clamp if clamp is not None else -1)
-
     # The same operations as bias_act, so y is bit for bit the network's value.
-    if b is not None:
-        assert isinstance(b, torch.Tensor) and b.ndim == 1
-        assert 0 <= dim < x.ndim
-        assert b.shape[0] == x.shape[dim]
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    x, spec, alpha, gain, clamp = _with_bias(x, b, dim, act, alpha, gain, clamp)
     y = spec.func(x, alpha=alpha)
     if act == 'linear':
         slope = torch.full_like(x, gain)
