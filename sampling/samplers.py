@@ -846,12 +846,7 @@ class Sampler:
             raise ValueError(f'num must be >= 1, got {num}')
         key = (num, seed)
         if key not in self._memo:  # Several metrics of one run ask for the same latents; hub searches are slow.
-            drawn = self.source.draw(num, seed)
-            drawn = Draw(np.ascontiguousarray(drawn.z, dtype=np.float32),
-                         np.ascontiguousarray(drawn.c, dtype=np.float32).reshape(num, self.c_dim),
-                         np.asarray(drawn.bank_index, dtype=np.int64))
-            assert drawn.z.shape == (num, self.z_dim), (drawn.z.shape, num, self.z_dim)
-            self._memo = {key: drawn}
+            self._memo = {key: self._checked(self.source.draw(num, seed), num)}
         drawn = self._memo[key]
         return Draw(drawn.z.copy(), drawn.c.copy(), drawn.bank_index.copy())
 
@@ -859,10 +854,16 @@ class Sampler:
         """One latent per seed, the first of ``draw(1, seed)``: generate.py's latent of each seed."""
         draws = [self.source.draw(1, latent_utils.check_seed(seed)) for seed in seeds]
         if not draws:
-            return Draw(np.zeros([0, self.z_dim], np.float32), np.zeros([0, self.c_dim], np.float32),
-                        np.zeros([0], np.int64))
-        drawn = Draw.concatenate(draws)
-        return Draw(drawn.z.astype(np.float32), drawn.c.astype(np.float32).reshape(len(draws), self.c_dim), drawn.bank_index)
+            draws = [Draw(np.zeros([0, self.z_dim]), np.zeros([0, self.c_dim]), np.zeros([0]))]
+        return self._checked(Draw.concatenate(draws), len(seeds))
+
+    def _checked(self, drawn, num):
+        """`drawn` as contiguous float32 z [num, z_dim] and c [num, c_dim] and int64 bank rows [num]."""
+        drawn = Draw(np.ascontiguousarray(drawn.z, dtype=np.float32),
+                     np.ascontiguousarray(drawn.c, dtype=np.float32).reshape(num, self.c_dim),
+                     np.asarray(drawn.bank_index, dtype=np.int64))
+        assert drawn.z.shape == (num, self.z_dim), (drawn.z.shape, num, self.z_dim)
+        return drawn
 
     def sample(self, num, seed=0):
         """Draw the latents of an evaluation.
