@@ -295,7 +295,7 @@ def _load_dataset_images(path):
     return np.stack([dataset[i][0] for i in range(len(dataset))])
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--network', metavar='PKL', help='Generator pickle or URL [default: the embedded MNIST network]')
 @click.option('--data', metavar='ZIP|DIR', help='Report on the images of a dataset instead of a generator')
 @click.option('--num', type=click.IntRange(min=1), default=1000, show_default=True, help='Number of samples')
@@ -318,7 +318,6 @@ def main(network, data, num, seed, truncation_psi, noise_mode, threshold, classi
     python -m metrics.mnist_classifier --data datasets/mnist32.zip
     """
     from sampling.cli import load_generator, network_or_default, resolve_device
-    from training.dataset import DatasetError
     if data is not None and network is not None:
         raise click.UsageError('pass either --network or --data, not both')
     device = resolve_device(device)
@@ -327,10 +326,7 @@ def main(network, data, num, seed, truncation_psi, noise_mode, threshold, classi
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     if data is not None:
-        try:
-            images = _load_dataset_images(data)
-        except DatasetError as err:
-            raise click.ClickException(str(err)) from None
+        images = _load_dataset_images(data)  # A DatasetError is printed by cli.Command.
         report = digit_report(images, net, threshold=threshold, batch_size=batch_size)
     else:
         G = load_generator(network_or_default(network), device, allow_code=allow_pickle_code)

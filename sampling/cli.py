@@ -270,12 +270,10 @@ def network_or_default(network):
 
 
 def load_generator(network, device, allow_code=False):
-    """Load G_ema from a path or URL; a bad file becomes a one-line click error."""
+    """Load G_ema from a path or URL; a bad file raises legacy.NetworkLoadError, a user error that
+    :class:`Command` prints as one line."""
     import legacy
-    try:
-        return legacy.load_network(network, allow_code=allow_code, device=device)
-    except legacy.NetworkLoadError as err:
-        raise click.ClickException(str(err)) from None
+    return legacy.load_network(network, allow_code=allow_code, device=device)
 
 
 class Command(click.Command):
